@@ -1,0 +1,121 @@
+"""The Fixup rule, written once and used by every model of this package.
+
+Zhang, Dauphin, Ma, *Fixup Initialization: Residual Learning Without Normalization*, ICLR 2019, section 3.
+For a residual network with ``L`` residual branches of ``m`` weight layers each:
+
+1. the classification layer and the last layer of each residual branch start at zero;
+2. every other layer of a branch gets a standard init (He / Xavier) scaled by ``L ** (-1 / (2m - 2))``;
+3. each branch gets one scalar multiplier (init 1) and a scalar bias (init 0) before each
+   convolution, linear and element-wise activation.
+
+The modeling files only say *which* layer is branch-final or in-branch; the numbers come from here.
+Every initializer goes through ``transformers.initialization``, whose functions skip tensors that were
+loaded from a checkpoint, so ``from_pretrained`` never overwrites trained weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import initialization as hf_init
+
+
+def fixup_depth_factor(num_branches: int, layers_per_branch: int) -> float:
+    """``L ** (-1 / (2m - 2))``: the factor that keeps the summed branch updates O(1) at init."""
+    if num_branches < 1:
+        raise ValueError(f"num_branches must be >= 1, got {num_branches}")
+    if layers_per_branch < 2:
+        raise ValueError(
+            f"layers_per_branch must be >= 2 (a branch of one layer has no in-branch layer), got {layers_per_branch}"
+        )
+    return num_branches ** (-1.0 / (2 * layers_per_branch - 2))
+
+
+def xavier_uniform_bound(fan_in: int, fan_out: int) -> float:
+    """Bound ``a`` of Xavier/Glorot uniform init U(-a, a) for a ``fan_out x fan_in`` weight."""
+    return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+def he_normal_std(fan: int) -> float:
+    """Std of He (Kaiming) normal init for ReLU, ``sqrt(2 / fan)``."""
+    return math.sqrt(2.0 / fan)
+
+
+def scaled_xavier_uniform_(weight: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    """Xavier-uniform init of a 2-D weight, multiplied by ``gain`` (the Fixup or T-Fixup factor).
+
+    Sampling U(-gain * a, gain * a) equals sampling U(-a, a) and multiplying by ``gain``, and is a single
+    call that respects checkpoint-loaded tensors.
+    """
+    fan_out, fan_in = weight.shape
+    bound = gain * xavier_uniform_bound(fan_in, fan_out)
+    return hf_init.uniform_(weight, -bound, bound)
+
+
+def chunked_xavier_uniform_(weight: torch.Tensor, gains: list[float]) -> torch.Tensor:
+    """Xavier init of a fused projection (e.g. QKV stacked along dim 0), each chunk with its own gain.
+
+    Fan-in/fan-out are those of one chunk, so a fused ``3d x d`` QKV matrix is initialised exactly like
+    three separate ``d x d`` projections.
+    """
+    if getattr(weight, "_is_hf_initialized", False):
+        return weight
+    chunks = weight.detach().chunk(len(gains), dim=0)
+    values = []
+    for chunk, gain in zip(chunks, gains, strict=True):
+        fan_out, fan_in = chunk.shape
+        bound = gain * xavier_uniform_bound(fan_in, fan_out)
+        values.append(torch.empty_like(chunk).uniform_(-bound, bound))
+    return hf_init.copy_(weight, torch.cat(values, dim=0))
+
+
+def zero_(tensor: torch.Tensor | None) -> None:
+    """Rule 1: the last layer of every residual branch (and the classifier) starts at zero."""
+    if tensor is not None:
+        hf_init.zeros_(tensor)
+
+
+class ScalarBias(nn.Module):
+    """A single learned scalar added to its input (rule 3). Init 0, so it is the identity at init.
+
+    The paper writes the bias as added (``x + b``); the authors' fairseq code subtracted it. The two are
+    the same model up to the sign of a learned number that starts at 0.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+    def reset_parameters(self) -> None:
+        hf_init.zeros_(self.bias)
+
+
+class ScalarScale(nn.Module):
+    """A single learned multiplier on a residual branch (rule 3). Init 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+    def reset_parameters(self) -> None:
+        hf_init.ones_(self.weight)
+
+
+SCALAR_MODULES = (ScalarBias, ScalarScale)
+
+
+def scalar_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the Fixup scalar parameters, which the authors train at a 10x smaller learning rate."""
+    names = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, SCALAR_MODULES):
+            names.extend(f"{module_name}.{p}" if module_name else p for p, _ in module.named_parameters())
+    return names
