@@ -71,6 +71,15 @@ def chunked_xavier_uniform_(weight: torch.Tensor, gains: list[float]) -> torch.T
     return hf_init.copy_(weight, torch.cat(values, dim=0))
 
 
+def scaled_he_normal_(weight: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    """He-normal init of a conv/linear weight in fan-out mode, multiplied by ``gain`` (the Fixup factor).
+
+    Fan-out (``C_out * k * k``) is what the authors' ResNet code used: ``sqrt(2 / (C_out * k * k))``.
+    """
+    fan_out = weight.shape[0] * math.prod(weight.shape[2:])
+    return hf_init.normal_(weight, mean=0.0, std=gain * he_normal_std(fan_out))
+
+
 def zero_(tensor: torch.Tensor | None) -> None:
     """Rule 1: the last layer of every residual branch (and the classifier) starts at zero."""
     if tensor is not None:

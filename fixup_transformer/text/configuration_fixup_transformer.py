@@ -1,0 +1,155 @@
+"""Configuration of the Fixup encoder-decoder Transformer.
+
+Field names follow transformers' Marian/BART configs wherever the concept is the same, so that users
+and tools (generate, Trainer, PEFT) find what they expect. The fields that are new here are the two
+switches that run the paper's baselines through the same code (``normalization`` and ``init``) and
+the options of the Fixup recipe itself.
+"""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+NORMALIZATIONS = ("none", "post_ln", "pre_ln")
+INITS = ("fixup", "t_fixup", "xavier")
+POSITION_EMBEDDINGS = ("sinusoidal", "learned")
+ACTIVATIONS = ("relu", "gelu")
+
+
+@strict
+class FixupTransformerConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`FixupTransformerModel`] and [`FixupTransformerForConditionalGeneration`].
+
+    The defaults are fairseq's `transformer_iwslt_de_en` size (d 512, FFN 1024, 4 heads, 6+6 layers)
+    with the Fixup recipe of Zhang et al. (ICLR 2019): no LayerNorm, bias-free linears, scalar biases and
+    multipliers, and the Fixup init.
+
+    Args:
+        vocab_size: size of the (joint) vocabulary.
+        d_model: width of the residual stream.
+        encoder_layers / decoder_layers: number of layers of each stack.
+        encoder_attention_heads / decoder_attention_heads: heads per attention; must divide `d_model`.
+        encoder_ffn_dim / decoder_ffn_dim: inner width of the feed-forward blocks.
+        activation_function: `"relu"` (the paper's) or `"gelu"`.
+        dropout: dropout on embeddings and on each residual branch's output (fairseq `--dropout`).
+        attention_dropout: dropout on attention probabilities.
+        activation_dropout: dropout after the FFN activation (fairseq `--activation-dropout`).
+        max_position_embeddings: longest sequence for learned positions; sinusoidal positions have no
+            limit, but inputs longer than this are rejected for both so behaviour does not depend on it.
+        position_embedding: `"sinusoidal"` (fairseq-style, default) or `"learned"`.
+        scale_embedding: multiply token embeddings by `sqrt(d_model)` (fairseq default; with the
+            N(0, d^-1/2) embedding init this gives unit-scale inputs).
+        share_encoder_decoder_embeddings: one embedding matrix for the joint source/target vocabulary.
+        tie_word_embeddings: the output projection reuses the decoder's input embedding. Fixup's rule 1
+            (zero classifier) cannot hold for a tied projection without zeroing the input embeddings, so
+            with tying the output projection keeps the embedding init N(0, d^-1/2); untied, it starts at 0.
+        normalization: `"none"` (Fixup, default), `"post_ln"` (the original Transformer), `"pre_ln"`.
+        init: `"fixup"` (default), `"t_fixup"` (Huang et al. 2020), or `"xavier"` (standard init, for the
+            LayerNorm baselines).
+        fixup_cross_attention_depth: depth `L` used for the decoder's cross-attention projections under
+            Fixup. `None` (default) uses the true `L = 2 * encoder_layers + 3 * decoder_layers`; the
+            authors' fairseq code hard-coded 12 here, so set 12 to reproduce it exactly.
+        label_smoothing: label smoothing of the loss returned when `labels` are given (fairseq uses 0.1).
+        scalars_folded: set by `fold_scalars()`: the scalar biases and multipliers live inside the linear
+            weights and biases, for inference. Such a checkpoint is no longer trainable as Fixup.
+    """
+
+    model_type = "fixup_transformer"
+    keys_to_ignore_at_inference = ["cache"]
+    attribute_map = {
+        "num_attention_heads": "encoder_attention_heads",
+        "hidden_size": "d_model",
+        "num_hidden_layers": "encoder_layers",
+    }
+
+    vocab_size: int = 10000
+    d_model: int = 512
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    encoder_attention_heads: int = 4
+    decoder_attention_heads: int = 4
+    encoder_ffn_dim: int = 1024
+    decoder_ffn_dim: int = 1024
+    activation_function: str = "relu"
+    dropout: float | int = 0.1
+    attention_dropout: float | int = 0.0
+    activation_dropout: float | int = 0.0
+    max_position_embeddings: int = 1024
+    position_embedding: str = "sinusoidal"
+    scale_embedding: bool = True
+    share_encoder_decoder_embeddings: bool = True
+    tie_word_embeddings: bool = True
+    normalization: str = "none"
+    init: str = "fixup"
+    fixup_cross_attention_depth: int | None = None
+    label_smoothing: float | int = 0.0
+    scalars_folded: bool = False
+    use_cache: bool = True
+    is_encoder_decoder: bool = True
+    pad_token_id: int | None = 0
+    eos_token_id: int | list[int] | None = 1
+    bos_token_id: int | None = None
+    decoder_start_token_id: int | None = 1
+    forced_eos_token_id: int | list[int] | None = None
+
+    @property
+    def fixup_depth(self) -> int:
+        """Number of residual branches `L`: 2 per encoder layer (attention, FFN), 3 per decoder layer."""
+        return 2 * self.encoder_layers + 3 * self.decoder_layers
+
+    def __post_init__(self, **kwargs):
+        # Validated here rather than in a `validate_*` strict validator so that users get a plain
+        # `ValueError` (which strict would wrap in its own exception type).
+        self._validate_fixup_fields()
+        super().__post_init__(**kwargs)
+
+    def _validate_fixup_fields(self) -> None:
+        """Reject impossible or unsupported settings with an error naming the field."""
+        _require_choice("normalization", self.normalization, NORMALIZATIONS)
+        _require_choice("init", self.init, INITS)
+        _require_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
+        _require_choice("activation_function", self.activation_function, ACTIVATIONS)
+        for name in (
+            "vocab_size",
+            "d_model",
+            "encoder_layers",
+            "decoder_layers",
+            "encoder_attention_heads",
+            "decoder_attention_heads",
+            "encoder_ffn_dim",
+            "decoder_ffn_dim",
+            "max_position_embeddings",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        for name in ("encoder_attention_heads", "decoder_attention_heads"):
+            heads = getattr(self, name)
+            if self.d_model % heads != 0:
+                raise ValueError(f"`d_model` ({self.d_model}) must be divisible by `{name}` ({heads}).")
+        for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
+        if self.init in ("fixup", "t_fixup") and self.normalization != "none":
+            raise ValueError(
+                f"`init={self.init!r}` replaces normalization and requires `normalization='none'`, got "
+                f"`normalization={self.normalization!r}`; use `init='xavier'` for the LayerNorm baselines."
+            )
+        if self.fixup_cross_attention_depth is not None and self.fixup_cross_attention_depth < 1:
+            raise ValueError(
+                f"`fixup_cross_attention_depth` must be None or >= 1, got {self.fixup_cross_attention_depth}."
+            )
+        for name in ("pad_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(f"`{name}` ({value}) must be in [0, vocab_size={self.vocab_size}).")
+
+
+def _require_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{field}` must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
+
+
+__all__ = ["FixupTransformerConfig"]

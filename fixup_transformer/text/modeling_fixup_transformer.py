@@ -1,0 +1,813 @@
+"""The Fixup encoder-decoder Transformer (Zhang, Dauphin, Ma, ICLR 2019), as a transformers model type.
+
+One code path serves the paper's model and its baselines: ``config.normalization`` places LayerNorm
+(none / post / pre) and ``config.init`` picks the initialization (fixup / t_fixup / xavier).
+
+Per residual branch (attention or FFN) the layer computes
+
+    x = post_norm(x + scale * dropout(branch(pre_norm(x))))
+
+with ``post_norm``/``pre_norm`` the identity unless LayerNorm is asked for, ``scale`` a learned scalar
+(init 1), and, inside each branch, a learned scalar bias before every linear and activation:
+
+    attention:  out_proj(Attention(qkv_proj(x + b0)))
+    FFN:        fc2(dropout(relu(fc1(x + b1) + b2)) + b3)
+
+Linears have no bias; the scalars take their place (the authors' fairseq ``transformer_zero``). With
+``normalization="none"`` the encoder output is ``(x + b) * s`` and the decoder output ``x + b``.
+The init rules (which layer is zero, which is scaled and by how much) are in :func:`branch_init_gains`,
+the numbers themselves in :mod:`fixup_transformer.fixup`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import initialization as hf_init
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import can_return_tuple, is_torchdynamo_compiling
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+from ..fixup import ScalarBias, ScalarScale, chunked_xavier_uniform_, fixup_depth_factor, zero_
+from .configuration_fixup_transformer import FixupTransformerConfig
+
+# ---------------------------------------------------------------------------------------------------------
+# The init rule of each residual branch
+# ---------------------------------------------------------------------------------------------------------
+
+
+def branch_init_gains(config: FixupTransformerConfig, stack: str, branch: str) -> dict[str, float]:
+    """Multipliers on the Xavier-uniform init of each weight in one residual branch; 0 means zero init.
+
+    ``stack`` is ``"encoder"`` or ``"decoder"``; ``branch`` is ``"self_attn"``, ``"cross_attn"`` or
+    ``"ffn"``. Attention keys are ``q``, ``k``, ``v``, ``out``; FFN keys are ``fc1``, ``fc2``.
+    """
+    attention = branch != "ffn"
+    if config.init == "xavier":
+        return dict.fromkeys(("q", "k", "v", "out") if attention else ("fc1", "fc2"), 1.0)
+    if config.init == "fixup":
+        depth = config.fixup_depth
+        if branch == "cross_attn" and config.fixup_cross_attention_depth is not None:
+            depth = config.fixup_cross_attention_depth
+        if attention:
+            # The authors scale q/k/v by L^(-1/6): the rule L^(-1/(2m-2)) with m = 4.
+            gain = fixup_depth_factor(depth, layers_per_branch=4)
+            return {"q": gain, "k": gain, "v": gain, "out": 0.0}
+        return {"fc1": fixup_depth_factor(depth, layers_per_branch=2), "fc2": 0.0}
+    # T-Fixup (Huang et al., 2020): only value/output projections and the FFN are scaled.
+    gain = t_fixup_branch_gain(config, stack)
+    if attention:
+        return {"q": 1.0, "k": 1.0, "v": gain, "out": gain}
+    return {"fc1": gain, "fc2": gain}
+
+
+def t_fixup_branch_gain(config: FixupTransformerConfig, stack: str) -> float:
+    if stack == "encoder":
+        return 0.67 * config.encoder_layers ** (-0.25)
+    return (9 * config.decoder_layers) ** (-0.25)
+
+
+def embedding_init_std(config: FixupTransformerConfig, stack: str) -> float:
+    """N(0, d^-1/2) as fairseq; T-Fixup scales it by (9N)^-1/4 (encoder) or (9M)^-1/4 (decoder).
+
+    A shared embedding gets the encoder's factor, as in the T-Fixup authors' code.
+    """
+    std = config.d_model**-0.5
+    if config.init == "t_fixup":
+        layers = config.encoder_layers if stack == "encoder" else config.decoder_layers
+        std *= (9 * layers) ** (-0.25)
+    return std
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------
+
+
+def scalar_bias(config: FixupTransformerConfig) -> nn.Module:
+    """A Fixup scalar bias, or the identity once the scalars have been folded into the linears."""
+    return nn.Identity() if config.scalars_folded else ScalarBias()
+
+
+def linear(config: FixupTransformerConfig, in_features: int, out_features: int) -> nn.Linear:
+    # Bias-free as in the authors' code; a folded model carries the folded scalars as linear biases.
+    return nn.Linear(in_features, out_features, bias=config.scalars_folded)
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str) -> None:
+    """Out-of-range ids would index garbage (CPU) or crash asynchronously (CUDA); fail clearly instead."""
+    if is_torchdynamo_compiling() or input_ids.numel() == 0:
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = high if high >= vocab_size else low
+        raise ValueError(
+            f"`{name}` contains token id {bad}, outside the vocabulary [0, {vocab_size}) of this model "
+            "(was the input made with another tokenizer?)."
+        )
+
+
+class FixupSinusoidalPositions(nn.Module):
+    """fairseq's sinusoidal positions: sines in the first half of the features, cosines in the second.
+
+    Computed on the fly from the positions (a few hundred flops per token), so nothing is stored in the
+    checkpoint and any length works.
+    """
+
+    def __init__(self, embedding_dim: int) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        half = self.embedding_dim // 2
+        step = math.log(10000.0) / max(half - 1, 1)
+        frequencies = torch.exp(torch.arange(half, device=positions.device, dtype=torch.float32) * -step)
+        angles = positions.float().unsqueeze(-1) * frequencies
+        table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+        if self.embedding_dim % 2:
+            table = nn.functional.pad(table, (0, 1))
+        return table.to(dtype)
+
+
+class FixupLearnedPositions(nn.Embedding):
+    """Learned positions, initialised like the token embeddings (fairseq: N(0, d^-1/2))."""
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return super().forward(positions).to(dtype)
+
+
+def position_embeddings(config: FixupTransformerConfig) -> nn.Module:
+    if config.position_embedding == "learned":
+        return FixupLearnedPositions(config.max_position_embeddings, config.d_model)
+    return FixupSinusoidalPositions(config.d_model)
+
+
+class FixupTokenEmbedding(nn.Embedding):
+    """Token embedding that knows its own init std (which depends on the stack under T-Fixup)."""
+
+    def __init__(self, config: FixupTransformerConfig, stack: str) -> None:
+        super().__init__(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+        self.init_std = embedding_init_std(config, stack)
+
+    def reset_parameters(self) -> None:
+        # nn.Embedding.__init__ calls this before `init_std` exists; the real init runs from post_init().
+        init_std = getattr(self, "init_std", None)
+        if init_std is None or getattr(self.weight, "_is_hf_initialized", False):
+            return
+        hf_init.normal_(self.weight, mean=0.0, std=init_std)
+        if self.padding_idx is not None:
+            with torch.no_grad():
+                self.weight[self.padding_idx].zero_()
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention (softmax(QK^T * scaling + mask) V); transformers' sdpa path must match it."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+class FixupAttention(nn.Module):
+    """Multi-head attention with a scalar bias on its input and no linear biases.
+
+    Self-attention uses one fused QKV projection; cross-attention projects the query from the decoder
+    and keys/values (fused) from the encoder output, once per source: they are cached in the
+    ``EncoderDecoderCache`` after the first decoding step.
+    """
+
+    def __init__(
+        self, config: FixupTransformerConfig, stack: str, cross_attention: bool, layer_idx: int | None
+    ) -> None:
+        super().__init__()
+        heads = config.encoder_attention_heads if stack == "encoder" else config.decoder_attention_heads
+        d = config.d_model
+        self.config = config
+        self.num_heads = heads
+        self.head_dim = d // heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        self.is_cross_attention = cross_attention
+        # Read by transformers' sdpa integration: only the decoder's self-attention is causal.
+        self.is_causal = stack == "decoder" and not cross_attention
+        self.layer_idx = layer_idx
+        self.init_gains = branch_init_gains(config, stack, "cross_attn" if cross_attention else "self_attn")
+
+        self.input_shift = scalar_bias(config)
+        if cross_attention:
+            self.q_proj = linear(config, d, d)
+            self.kv_proj = linear(config, d, 2 * d)
+        else:
+            self.qkv_proj = linear(config, d, 3 * d)
+        self.out_proj = linear(config, d, d)
+
+    def reset_parameters(self) -> None:
+        gains = self.init_gains
+        if self.is_cross_attention:
+            chunked_xavier_uniform_(self.q_proj.weight, [gains["q"]])
+            chunked_xavier_uniform_(self.kv_proj.weight, [gains["k"], gains["v"]])
+        else:
+            chunked_xavier_uniform_(self.qkv_proj.weight, [gains["q"], gains["k"], gains["v"]])
+        if gains["out"] == 0.0:
+            zero_(self.out_proj.weight)
+        else:
+            chunked_xavier_uniform_(self.out_proj.weight, [gains["out"]])
+        for projection in self.projections():
+            zero_(projection.bias)
+
+    def projections(self) -> list[nn.Linear]:
+        inputs = [self.q_proj, self.kv_proj] if self.is_cross_attention else [self.qkv_proj]
+        return [*inputs, self.out_proj]
+
+    def _split_heads(self, states: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        batch, length, _ = states.shape
+        states = states.view(batch, length, parts, self.num_heads, self.head_dim)
+        return states.permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden_states = self.input_shift(hidden_states)
+        batch, length, _ = hidden_states.shape
+
+        if self.is_cross_attention:
+            (query,) = self._split_heads(self.q_proj(hidden_states), 1)
+            reuse = isinstance(cache, EncoderDecoderCache) and cache.is_updated.get(self.layer_idx, False)
+            if reuse:
+                layer_cache = cache.cross_attention_cache.layers[self.layer_idx]
+                key, value = layer_cache.keys, layer_cache.values
+            else:
+                key, value = self._split_heads(self.kv_proj(key_value_states), 2)
+                if isinstance(cache, EncoderDecoderCache):
+                    key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+                    cache.is_updated[self.layer_idx] = True
+        else:
+            query, key, value = self._split_heads(self.qkv_proj(hidden_states), 3)
+            if cache is not None:
+                self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+                key, value = self_cache.update(key, value, self.layer_idx)
+
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        output = self.out_proj(output.reshape(batch, length, -1))
+        return output, weights
+
+
+class FixupFeedForward(nn.Module):
+    """``fc2(dropout(act(fc1(x + b1) + b2)) + b3)``: bias-free linears, a scalar bias before each op."""
+
+    def __init__(self, config: FixupTransformerConfig, stack: str) -> None:
+        super().__init__()
+        ffn_dim = config.encoder_ffn_dim if stack == "encoder" else config.decoder_ffn_dim
+        self.init_gains = branch_init_gains(config, stack, "ffn")
+        self.activation = nn.ReLU() if config.activation_function == "relu" else nn.GELU()
+        self.activation_dropout = config.activation_dropout
+        self.input_shift = scalar_bias(config)
+        self.fc1 = linear(config, config.d_model, ffn_dim)
+        self.activation_shift = scalar_bias(config)
+        self.output_shift = scalar_bias(config)
+        self.fc2 = linear(config, ffn_dim, config.d_model)
+
+    def reset_parameters(self) -> None:
+        chunked_xavier_uniform_(self.fc1.weight, [self.init_gains["fc1"]])
+        if self.init_gains["fc2"] == 0.0:
+            zero_(self.fc2.weight)
+        else:
+            chunked_xavier_uniform_(self.fc2.weight, [self.init_gains["fc2"]])
+        zero_(self.fc1.bias)
+        zero_(self.fc2.bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.activation(self.activation_shift(self.fc1(self.input_shift(hidden_states))))
+        hidden_states = nn.functional.dropout(
+            hidden_states, p=self.activation_dropout, training=self.training
+        )
+        return self.fc2(self.output_shift(hidden_states))
+
+
+class ResidualConnection(nn.Module):
+    """Everything around one residual branch: LayerNorm placement, the branch multiplier, dropout.
+
+    ``normalize_input`` is applied to the branch input (pre-LN), ``forward`` adds the branch output back
+    (``post_norm(x + scale * dropout(branch_output))``).
+    """
+
+    def __init__(self, config: FixupTransformerConfig) -> None:
+        super().__init__()
+        self.pre_norm = nn.LayerNorm(config.d_model) if config.normalization == "pre_ln" else nn.Identity()
+        self.post_norm = nn.LayerNorm(config.d_model) if config.normalization == "post_ln" else nn.Identity()
+        self.scale = nn.Identity() if config.scalars_folded else ScalarScale()
+        self.dropout = config.dropout
+
+    def normalize_input(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.pre_norm(hidden_states)
+
+    def forward(self, residual: torch.Tensor, branch_output: torch.Tensor) -> torch.Tensor:
+        branch_output = nn.functional.dropout(branch_output, p=self.dropout, training=self.training)
+        return self.post_norm(residual + self.scale(branch_output))
+
+
+class FixupEncoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: FixupTransformerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = FixupAttention(config, "encoder", cross_attention=False, layer_idx=layer_idx)
+        self.self_attn_residual = ResidualConnection(config)
+        self.ffn = FixupFeedForward(config, "encoder")
+        self.ffn_residual = ResidualConnection(config)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs
+    ) -> torch.Tensor:
+        branch, _ = self.self_attn(
+            self.self_attn_residual.normalize_input(hidden_states), attention_mask=attention_mask, **kwargs
+        )
+        hidden_states = self.self_attn_residual(hidden_states, branch)
+        branch = self.ffn(self.ffn_residual.normalize_input(hidden_states))
+        return self.ffn_residual(hidden_states, branch)
+
+
+class FixupDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: FixupTransformerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = FixupAttention(config, "decoder", cross_attention=False, layer_idx=layer_idx)
+        self.self_attn_residual = ResidualConnection(config)
+        self.encoder_attn = FixupAttention(config, "decoder", cross_attention=True, layer_idx=layer_idx)
+        self.encoder_attn_residual = ResidualConnection(config)
+        self.ffn = FixupFeedForward(config, "decoder")
+        self.ffn_residual = ResidualConnection(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        branch, _ = self.self_attn(
+            self.self_attn_residual.normalize_input(hidden_states),
+            cache=cache,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
+        hidden_states = self.self_attn_residual(hidden_states, branch)
+        branch, _ = self.encoder_attn(
+            self.encoder_attn_residual.normalize_input(hidden_states),
+            key_value_states=encoder_hidden_states,
+            cache=cache,
+            attention_mask=encoder_attention_mask,
+            **kwargs,
+        )
+        hidden_states = self.encoder_attn_residual(hidden_states, branch)
+        branch = self.ffn(self.ffn_residual.normalize_input(hidden_states))
+        return self.ffn_residual(hidden_states, branch)
+
+
+class StackOutput(nn.Module):
+    """What closes a stack: Fixup's output bias (and, for the encoder, multiplier); pre-LN's final LayerNorm."""
+
+    def __init__(self, config: FixupTransformerConfig, with_scale: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(config.d_model) if config.normalization == "pre_ln" else nn.Identity()
+        fixup_scalars = config.normalization == "none"
+        self.shift = ScalarBias() if fixup_scalars else nn.Identity()
+        self.scale = ScalarScale() if fixup_scalars and with_scale else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.scale(self.shift(self.norm(hidden_states)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pretrained-model plumbing
+# ---------------------------------------------------------------------------------------------------------
+
+
+class FixupTransformerPreTrainedModel(PreTrainedModel):
+    config: FixupTransformerConfig
+    config_class = FixupTransformerConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["FixupEncoderLayer", "FixupDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # transformers treats out-of-tree models as "custom code" and then skips modules whose own
+        # (non-recursive) parameter list is empty, such as FixupAttention. Every init below goes through
+        # `transformers.initialization` (or checks `_is_hf_initialized` itself), so loaded weights are
+        # safe without that heuristic.
+        super()._initialize_weights(module, is_custom_code=False)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Every module that owns weights initialises itself from the rule it was built with; plain
+        # nn.Linear children are handled by their owner (attention / FFN / output projection), so the
+        # generic normal(0.02) init of transformers never touches them.
+        if isinstance(
+            module, FixupAttention | FixupFeedForward | FixupTokenEmbedding | ScalarBias | ScalarScale
+        ):
+            module.reset_parameters()
+        elif isinstance(module, FixupLearnedPositions):
+            hf_init.normal_(module.weight, mean=0.0, std=self.config.d_model**-0.5)
+        elif isinstance(module, nn.LayerNorm):
+            hf_init.ones_(module.weight)
+            hf_init.zeros_(module.bias)
+        elif isinstance(module, FixupTransformerForConditionalGeneration):
+            module.reset_output_projection()
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        # Sharing the encoder/decoder embedding and tying the output projection are two separate
+        # choices here, while transformers gates every tie on `tie_word_embeddings` alone.
+        if all_submodels:
+            return super().get_expanded_tied_weights_keys(all_submodels=True)
+        return dict(self._fixup_tied_weights())
+
+    def _fixup_tied_weights(self) -> dict[str, str]:
+        return {}
+
+
+class FixupTransformerEncoder(FixupTransformerPreTrainedModel):
+    _can_record_outputs = {"hidden_states": FixupEncoderLayer, "attentions": FixupAttention}
+
+    def __init__(self, config: FixupTransformerConfig) -> None:
+        super().__init__(config)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_tokens = FixupTokenEmbedding(config, "encoder")
+        self.embed_positions = position_embeddings(config)
+        self.layers = nn.ModuleList([FixupEncoderLayer(config, i) for i in range(config.encoder_layers)])
+        self.output = StackOutput(config, with_scale=True)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds` to the encoder.")
+        if inputs_embeds is None:
+            check_token_ids(input_ids, self.config.vocab_size, "input_ids")
+            inputs_embeds = self.embed_tokens(input_ids)
+        inputs_embeds = inputs_embeds * self.embed_scale
+        positions = _positions(inputs_embeds.shape[1], 0, inputs_embeds.device, self.config)
+        hidden_states = inputs_embeds + self.embed_positions(positions, inputs_embeds.dtype)
+        hidden_states = nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
+
+        mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
+        )
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, mask, **kwargs)
+        return BaseModelOutput(last_hidden_state=self.output(hidden_states))
+
+
+class FixupTransformerDecoder(FixupTransformerPreTrainedModel):
+    _can_record_outputs = {
+        "hidden_states": FixupDecoderLayer,
+        "attentions": OutputRecorder(FixupAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(FixupAttention, index=1, layer_name="encoder_attn"),
+    }
+
+    def __init__(self, config: FixupTransformerConfig) -> None:
+        super().__init__(config)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_tokens = FixupTokenEmbedding(config, "decoder")
+        self.embed_positions = position_embeddings(config)
+        self.layers = nn.ModuleList([FixupDecoderLayer(config, i) for i in range(config.decoder_layers)])
+        self.output = StackOutput(config, with_scale=False)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `decoder_input_ids` and `decoder_inputs_embeds`.")
+        if encoder_hidden_states is None:
+            raise ValueError("The decoder needs `encoder_hidden_states` (the encoder output) to attend to.")
+        if inputs_embeds is None:
+            check_token_ids(input_ids, self.config.vocab_size, "decoder_input_ids")
+            inputs_embeds = self.embed_tokens(input_ids)
+        inputs_embeds = inputs_embeds * self.embed_scale
+
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        batch, length = inputs_embeds.shape[:2]
+        past_length = cache.get_seq_length() if cache is not None else 0
+        positions = _positions(length, past_length, inputs_embeds.device, self.config)
+        hidden_states = inputs_embeds + self.embed_positions(positions, inputs_embeds.dtype)
+        hidden_states = nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
+
+        if attention_mask is None and not is_torchdynamo_compiling():
+            attention_mask = torch.ones(batch, past_length + length, device=inputs_embeds.device)
+        self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        causal_mask = create_causal_mask(
+            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=self_cache
+        )
+        cross_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=encoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+        )
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                causal_mask,
+                encoder_hidden_states,  # positional, so gradient checkpointing passes it through
+                encoder_attention_mask=cross_mask,
+                cache=cache,
+                **kwargs,
+            )
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=self.output(hidden_states), cache=cache
+        )
+
+
+def _positions(
+    length: int, offset: int, device: torch.device, config: FixupTransformerConfig
+) -> torch.Tensor:
+    if offset + length > config.max_position_embeddings:
+        raise ValueError(
+            f"Sequence of {offset + length} positions is longer than `max_position_embeddings` "
+            f"({config.max_position_embeddings}) of this model; truncate the input or raise that config field."
+        )
+    return torch.arange(offset, offset + length, device=device)
+
+
+class FixupTransformerModel(FixupTransformerPreTrainedModel):
+    """The bare encoder-decoder, returning the decoder's last hidden state."""
+
+    def __init__(self, config: FixupTransformerConfig) -> None:
+        super().__init__(config)
+        if config.share_encoder_decoder_embeddings:
+            self.shared = FixupTokenEmbedding(config, "encoder")
+        self.encoder = FixupTransformerEncoder(config)
+        self.decoder = FixupTransformerDecoder(config)
+        self.post_init()
+
+    def _fixup_tied_weights(self) -> dict[str, str]:
+        if not self.config.share_encoder_decoder_embeddings:
+            return {}
+        return {
+            "encoder.embed_tokens.weight": "shared.weight",
+            "decoder.embed_tokens.weight": "shared.weight",
+        }
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.encoder.embed_tokens = value
+        if self.config.share_encoder_decoder_embeddings:
+            self.shared = value
+            self.decoder.embed_tokens = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple[torch.Tensor] | BaseModelOutput | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput:
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(
+                last_hidden_state=encoder_outputs[0],
+                hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
+                attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
+            )
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            cache=cache,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            cache=decoder_outputs.cache,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Teacher-forcing decoder inputs: ``[start, y_1, ..., y_{n-1}]``, with ignored labels (-100) as pad."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill_(shifted == -100, pad_token_id)
+
+
+class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, GenerationMixin):
+    """Encoder-decoder with a language-modelling head, for translation and other seq2seq tasks."""
+
+    def __init__(self, config: FixupTransformerConfig) -> None:
+        super().__init__(config)
+        self.model = FixupTransformerModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _fixup_tied_weights(self) -> dict[str, str]:
+        if not self.config.tie_word_embeddings:
+            return {}
+        source = "shared" if self.config.share_encoder_decoder_embeddings else "decoder.embed_tokens"
+        return {"lm_head.weight": f"model.{source}.weight"}
+
+    def reset_output_projection(self) -> None:
+        """Fixup rule 1: an untied output projection (the classifier) starts at zero.
+
+        A tied projection *is* the embedding matrix, which cannot be zero, so it keeps the embedding's
+        N(0, d^-1/2) init (the tie is applied after this runs).
+        """
+        if self.config.tie_word_embeddings:
+            return
+        if self.config.init == "fixup":
+            zero_(self.lm_head.weight)
+        else:
+            hf_init.normal_(self.lm_head.weight, mean=0.0, std=self.config.d_model**-0.5)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple[torch.Tensor] | BaseModelOutput | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        r"""
+        labels: target token ids (`-100` is ignored); when given, decoder inputs are `labels` shifted right
+            behind `decoder_start_token_id`, and `loss` is the label-smoothed cross entropy
+            (`config.label_smoothing`) averaged over the non-ignored tokens, or summed and divided by
+            `num_items_in_batch` when the Trainer passes it (exact gradient accumulation).
+        """
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = shift_tokens_right(
+                    labels, self.config.pad_token_id, self.config.decoder_start_token_id
+                )
+        outputs: Seq2SeqModelOutput = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = self.loss(logits, labels, num_items_in_batch)
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+
+    def loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Label-smoothed cross entropy in fp32 over the tokens whose label is not -100."""
+        labels = labels.to(logits.device)
+        total = nn.functional.cross_entropy(
+            logits.float().flatten(0, 1),
+            labels.flatten(),
+            ignore_index=-100,
+            reduction="sum",
+            label_smoothing=float(self.config.label_smoothing),
+        )
+        denominator = (
+            num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum().clamp(min=1)
+        )
+        if isinstance(denominator, torch.Tensor):
+            denominator = denominator.to(total.device)
+        return total / denominator
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    @torch.no_grad()
+    def fold_scalars(self) -> FixupTransformerForConditionalGeneration:
+        """Fold the scalar biases and multipliers of every layer into linear weights and biases, in place.
+
+        ``W(x + b) = Wx + b * W·1``, a bias before an activation moves into the preceding linear's bias,
+        and the branch multiplier scales the branch's last linear. The result computes the same function
+        (within fp32 rounding) with fewer element-wise ops, for inference; it is no longer a Fixup model
+        for training. The stack-output scalars of the encoder/decoder (one op per sequence) are kept.
+        """
+        from .folding import fold_model_scalars
+
+        fold_model_scalars(self)
+        return self
+
+
+__all__ = [
+    "FixupTransformerPreTrainedModel",
+    "FixupTransformerModel",
+    "FixupTransformerForConditionalGeneration",
+    "FixupTransformerEncoder",
+    "FixupTransformerDecoder",
+]
