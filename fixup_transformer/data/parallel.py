@@ -1,0 +1,85 @@
+"""Read sentence-aligned parallel text from local files.
+
+Aligned corpora are distributed as one file per language (``train.de``, ``train.en``, optionally gzipped)
+where line *i* of one file translates line *i* of the other. Silent misalignment (a missing line, a stray
+newline) ruins a translation model without any visible error, so every check here fails loudly and names the
+file and the problem instead of truncating or guessing.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+Pair = tuple[str, str]
+
+
+class CorpusError(ValueError):
+    """A corpus file is missing, empty, undecodable or misaligned with its counterpart."""
+
+
+def find_split_file(data_dir: str | Path, stem: str, lang: str) -> Path:
+    """Return ``data_dir/{stem}.{lang}`` or its ``.gz`` variant.
+
+    Exactly one of the two must exist: if both do, which one is current is ambiguous, so that is an error too.
+    """
+    data_dir = Path(data_dir)
+    plain = data_dir / f"{stem}.{lang}"
+    zipped = data_dir / f"{stem}.{lang}.gz"
+    found = [p for p in (plain, zipped) if p.is_file()]
+    if not found:
+        raise CorpusError(f"corpus file not found: tried {plain} and {zipped}")
+    if len(found) == 2:
+        raise CorpusError(f"ambiguous corpus file: both {plain} and {zipped} exist; remove one")
+    return found[0]
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Read a UTF-8 text file (gzip if the name ends in ``.gz``) as a list of lines without line endings.
+
+    Lines are split on ``\\n`` only (not ``str.splitlines``, which also splits on characters such as U+2028
+    that can legitimately occur inside a sentence and would break the alignment); a trailing ``\\r`` is removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"corpus file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as err:  # e.g. a truncated or non-gzip ".gz" file
+        raise CorpusError(f"cannot read {path}: {err}") from err
+    if not data:
+        raise CorpusError(f"corpus file is empty: {path}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = data.count(b"\n", 0, err.start) + 1
+        raise CorpusError(
+            f"invalid UTF-8 in {path} at line {line_no} (byte offset {err.start}): {err.reason}"
+        ) from err
+    if text.endswith("\n"):
+        text = text[:-1]
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
+def read_parallel_files(src_path: str | Path, tgt_path: str | Path) -> list[Pair]:
+    """Read two aligned files into ``(source, target)`` pairs, checking that their line counts agree."""
+    src = read_lines(src_path)
+    tgt = read_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise CorpusError(
+            f"line counts differ: {src_path} has {len(src)} lines but {tgt_path} has {len(tgt)} lines"
+        )
+    return list(zip(src, tgt, strict=True))
+
+
+def load_local_parallel(data_dir: str | Path, split: str, src_lang: str, tgt_lang: str) -> list[Pair]:
+    """Load ``data_dir/{split}.{src_lang}[.gz]`` and ``data_dir/{split}.{tgt_lang}[.gz]`` as aligned pairs.
+
+    ``split`` is the file stem as it appears on disk (e.g. ``"val"`` or ``"test_2016_flickr"`` for Multi30k);
+    :func:`fixup_transformer.data.load_parallel` maps logical split names onto these stems.
+    """
+    return read_parallel_files(
+        find_split_file(data_dir, split, src_lang), find_split_file(data_dir, split, tgt_lang)
+    )

@@ -1,0 +1,21 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The real-data folder: ``$FIXUP_DATA_DIR`` if set, else ``<repo>/../shared/data``; skip if absent."""
+    env = os.environ.get("FIXUP_DATA_DIR")
+    path = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    if not path.is_dir():
+        source = "$FIXUP_DATA_DIR" if env else "default location (set FIXUP_DATA_DIR to override)"
+        pytest.skip(f"shared data not found at {path} ({source})")
+    return path

@@ -1,0 +1,133 @@
+"""Parallel-corpus loading, error reporting and training-data cleaning."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from fixup_transformer.data import (
+    CorpusConfig,
+    CorpusError,
+    clean_pairs,
+    load_local_parallel,
+    load_parallel,
+    load_training_pairs,
+    read_lines,
+)
+
+
+def write(path: Path, data: str | bytes) -> Path:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as handle:
+            handle.write(raw)
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+def test_loads_plain_and_gz(tmp_path: Path) -> None:
+    write(tmp_path / "train.de", "Ein Hund.\nZwei Katzen.\n")
+    write(tmp_path / "train.en.gz", "A dog.\nTwo cats.\n")
+    assert load_local_parallel(tmp_path, "train", "de", "en") == [
+        ("Ein Hund.", "A dog."),
+        ("Zwei Katzen.", "Two cats."),
+    ]
+
+
+def test_splits_on_newline_only(tmp_path: Path) -> None:
+    # U+2028 and \x1c are split points for str.splitlines but can occur inside a sentence.
+    write(tmp_path / "a.de", "eins\u2028zwei\r\ndrei\x1cvier\nfünf")
+    assert read_lines(tmp_path / "a.de") == ["eins\u2028zwei", "drei\x1cvier", "fünf"]
+
+
+def test_mismatched_line_counts_name_both_files_and_counts(tmp_path: Path) -> None:
+    write(tmp_path / "train.de", "a\nb\nc\n")
+    write(tmp_path / "train.en", "a\nb\n")
+    with pytest.raises(CorpusError) as err:
+        load_local_parallel(tmp_path, "train", "de", "en")
+    msg = str(err.value)
+    assert str(tmp_path / "train.de") in msg and str(tmp_path / "train.en") in msg
+    assert "3 lines" in msg and "2 lines" in msg
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path: Path) -> None:
+    write(tmp_path / "train.de.gz", b"gut\nauch gut\nkaputt \xff\xfe hier\n")
+    write(tmp_path / "train.en", "ok\nok\nok\n")
+    with pytest.raises(CorpusError, match=r"train\.de\.gz at line 3\b"):
+        load_local_parallel(tmp_path, "train", "de", "en")
+
+
+def test_missing_empty_and_ambiguous_files(tmp_path: Path) -> None:
+    write(tmp_path / "train.de", "a\n")
+    with pytest.raises(CorpusError, match=r"not found: tried .*train\.en and .*train\.en\.gz"):
+        load_local_parallel(tmp_path, "train", "de", "en")
+    write(tmp_path / "train.en", b"")
+    with pytest.raises(CorpusError, match=r"empty: .*train\.en"):
+        load_local_parallel(tmp_path, "train", "de", "en")
+    write(tmp_path / "train.en.gz", "a\n")
+    with pytest.raises(CorpusError, match="ambiguous"):
+        load_local_parallel(tmp_path, "train", "de", "en")
+
+
+def test_unknown_split_and_corpus() -> None:
+    with pytest.raises(CorpusError, match="unknown split"):
+        load_parallel(CorpusConfig(data_dir="/nonexistent"), "dev")
+    with pytest.raises(CorpusError, match="unknown corpus"):
+        load_parallel(CorpusConfig(name="nope"), "train")
+
+
+def test_hub_offline_raises_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    config = CorpusConfig("multi30k", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(CorpusError, match=r"bentrevett/multi30k.*set data_dir"):
+        load_parallel(config, "validation")
+
+
+def test_cleaning_counts_each_reason() -> None:
+    pairs = [
+        ("ein Hund", "a dog"),  # kept
+        ("", "empty source"),  # empty
+        ("leer", "   "),  # empty (whitespace only)
+        ("eins zwei drei vier fünf sechs", "one two three four five six"),  # too long (> 5)
+        ("ein", "one two"),  # ratio 2.0 > 1.5
+        ("  zwei   Katzen ", "two  cats"),  # kept, whitespace collapsed
+        ("drei kleine Katzen", "three cats"),  # ratio 1.5, kept (not strictly greater)
+    ]
+    kept, stats = clean_pairs(pairs, max_len=5, max_ratio=1.5)
+    assert kept == [("ein Hund", "a dog"), ("zwei Katzen", "two cats"), ("drei kleine Katzen", "three cats")]
+    assert (stats.kept, stats.empty, stats.too_long, stats.ratio) == (3, 2, 1, 1)
+    assert stats.dropped == 4 and stats.total == 7
+    assert "dropped 2 empty, 1 too long, 1 length ratio" in str(stats)
+
+
+def test_real_multi30k_split_sizes(shared_data_dir: Path) -> None:
+    config = CorpusConfig("multi30k", "de", "en", data_dir=shared_data_dir / "multi30k")
+    sizes = {split: len(load_parallel(config, split)) for split in ("train", "validation", "test")}
+    assert sizes == {"train": 29000, "validation": 1014, "test": 1000}
+    first = load_parallel(config, "validation")[0]
+    assert first[0].startswith("Eine Gruppe von Männern") and first[1].startswith("A group of men")
+
+
+def test_real_multi30k_training_cleaning(shared_data_dir: Path) -> None:
+    config = CorpusConfig("multi30k", data_dir=shared_data_dir / "multi30k")
+    kept, stats = load_training_pairs(config, max_len=50, max_ratio=2.0)
+    assert stats.total == 29000 and stats.kept == len(kept)
+    assert 0 < stats.dropped < 2900  # a few percent at most on this clean corpus
+
+
+def test_real_iwslt14_and_wmt_dev_sets(shared_data_dir: Path) -> None:
+    iwslt = CorpusConfig(
+        "iwslt14", data_dir=shared_data_dir / "iwslt14", split_files={"validation": "valid.tok.lc"}
+    )
+    assert len(load_parallel(iwslt, "validation")) == 7283
+    wmt = CorpusConfig("wmt16", data_dir=shared_data_dir / "wmt")
+    pairs = load_parallel(wmt, "validation")
+    assert len(pairs) == 3000
+    assert pairs[0][0] == "Eine republikanische Strategie, um der Wiederwahl von Obama entgegenzutreten"
