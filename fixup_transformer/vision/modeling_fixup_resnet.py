@@ -1,0 +1,411 @@
+"""Fixup ResNets (Zhang, Dauphin, Ma, ICLR 2019) and their BatchNorm / Kaiming baselines, as HF models.
+
+Architecture follows the authors' ``fixup_resnet_cifar.py`` / ``fixup_resnet_imagenet.py``:
+
+    basic:      out = relu(conv1(x + b1a) + b1b); out = conv2(out + b2a) * s + b2b; relu(out + shortcut)
+    bottleneck: the same pattern over conv1 (1x1), conv2 (3x3), conv3 (1x1), with one multiplier ``s``
+
+With ``normalization="batchnorm"`` the very same blocks become conv-BN-ReLU blocks: the Fixup scalars are
+``nn.Identity`` and the BN modules real, so both models run one forward code path.
+
+This file only *labels* layers: each conv carries ``fixup_gain`` (0 for branch-final, the depth factor for
+in-branch, 1 otherwise) and ``_init_weights`` hands the numbers to :mod:`fixup_transformer.fixup`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as hf_init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPoolingAndNoAttention,
+    ImageClassifierOutputWithNoAttention,
+)
+from transformers.modeling_utils import PreTrainedModel
+
+from ..fixup import ScalarBias, ScalarScale, fixup_depth_factor, scaled_he_normal_, zero_
+from .configuration_fixup_resnet import FixupResNetConfig
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer factories: they record each layer's role for `_init_weights`.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, gain: float = 1.0) -> nn.Conv2d:
+    """Bias-free conv (biases are scalar Fixup biases or BN shifts), tagged with its init gain."""
+    conv = nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False)
+    conv.fixup_gain = gain
+    return conv
+
+
+def _norm(config: FixupResNetConfig, channels: int, branch_final: bool = False) -> nn.Module:
+    if config.normalization != "batchnorm":
+        return nn.Identity()
+    bn = nn.BatchNorm2d(channels)
+    # Zero-init of the branch's last BN weight is the BatchNorm analogue of Fixup rule 1 (Goyal et al. 2017).
+    bn.fixup_zero = branch_final and config.init == "fixup"
+    return bn
+
+
+def _bias(config: FixupResNetConfig) -> nn.Module:
+    return ScalarBias() if config.normalization == "none" else nn.Identity()
+
+
+def _scale(config: FixupResNetConfig) -> nn.Module:
+    return ScalarScale() if config.normalization == "none" else nn.Identity()
+
+
+def _branch_gains(config: FixupResNetConfig) -> tuple[float, float]:
+    """(in-branch gain, branch-final gain) for the configured init."""
+    if config.init == "kaiming":
+        return 1.0, 1.0
+    in_branch = fixup_depth_factor(config.num_blocks, config.layers_per_branch)
+    # With BatchNorm the branch-final *BN weight* is zeroed; zeroing the conv before a BN would make the
+    # normalized output 0/sqrt(eps) with exploding gradients.
+    final = 0.0 if config.normalization == "none" else 1.0
+    return in_branch, final
+
+
+class SubsamplePadShortcut(nn.Module):
+    """He et al.'s option-A shortcut: stride-``s`` subsampling and zero-padded extra channels, no parameters."""
+
+    def __init__(self, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - x.shape[1]))
+
+
+def _shortcut(config: FixupResNetConfig, in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
+    if stride == 1 and in_ch == out_ch:
+        return None
+    if config.family == "cifar":
+        return SubsamplePadShortcut(out_ch, stride)
+    # The 1x1 projection is not inside a branch: plain He init (gain 1) under every scheme.
+    return nn.Sequential(_conv(in_ch, out_ch, 1, stride), _norm(config, out_ch))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------------------
+
+
+class FixupBasicBlock(GradientCheckpointingLayer):
+    """Two 3x3 convs (m = 2): conv1 in-branch (x L^-1/2 under Fixup), conv2 branch-final (0)."""
+
+    def __init__(self, config: FixupResNetConfig, in_ch: int, width: int, stride: int) -> None:
+        super().__init__()
+        in_gain, final_gain = _branch_gains(config)
+        self.bias1a, self.conv1, self.norm1, self.bias1b = (
+            _bias(config),
+            _conv(in_ch, width, 3, stride, in_gain),
+            _norm(config, width),
+            _bias(config),
+        )
+        self.bias2a, self.conv2 = _bias(config), _conv(width, width, 3, 1, final_gain)
+        self.norm2 = _norm(config, width, branch_final=True)
+        self.scale, self.bias2b = _scale(config), _bias(config)
+        self.shortcut = _shortcut(config, in_ch, width, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xb = self.bias1a(x)
+        out = F.relu(self.bias1b(self.norm1(self.conv1(xb))))
+        out = self.bias2b(self.scale(self.norm2(self.conv2(self.bias2a(out)))))
+        identity = x if self.shortcut is None else self.shortcut(xb)
+        return F.relu(out + identity)
+
+
+class FixupBottleneck(GradientCheckpointingLayer):
+    """1x1 -> 3x3 -> 1x1 (m = 3): conv1, conv2 in-branch (x L^-1/4 under Fixup), conv3 branch-final (0)."""
+
+    def __init__(self, config: FixupResNetConfig, in_ch: int, width: int, stride: int) -> None:
+        super().__init__()
+        in_gain, final_gain = _branch_gains(config)
+        out_ch = width * 4
+        self.bias1a, self.conv1, self.norm1, self.bias1b = (
+            _bias(config),
+            _conv(in_ch, width, 1, 1, in_gain),
+            _norm(config, width),
+            _bias(config),
+        )
+        self.bias2a, self.conv2, self.norm2, self.bias2b = (
+            _bias(config),
+            _conv(width, width, 3, stride, in_gain),
+            _norm(config, width),
+            _bias(config),
+        )
+        self.bias3a, self.conv3 = _bias(config), _conv(width, out_ch, 1, 1, final_gain)
+        self.norm3 = _norm(config, out_ch, branch_final=True)
+        self.scale, self.bias3b = _scale(config), _bias(config)
+        self.shortcut = _shortcut(config, in_ch, out_ch, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xb = self.bias1a(x)
+        out = F.relu(self.bias1b(self.norm1(self.conv1(xb))))
+        out = F.relu(self.bias2b(self.norm2(self.conv2(self.bias2a(out)))))
+        out = self.bias3b(self.scale(self.norm3(self.conv3(self.bias3a(out)))))
+        identity = x if self.shortcut is None else self.shortcut(xb)
+        return F.relu(out + identity)
+
+
+class FixupStem(nn.Module):
+    """``relu(conv(x) + b)``: 3x3 for CIFAR; 7x7 stride 2 followed by 3x3 max-pool for ImageNet."""
+
+    def __init__(self, config: FixupResNetConfig) -> None:
+        super().__init__()
+        width = config.stem_width
+        kernel, stride = (3, 1) if config.family == "cifar" else (7, 2)
+        self.conv = _conv(config.num_channels, width, kernel, stride)
+        self.norm = _norm(config, width)
+        self.bias = _bias(config)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1) if config.family == "imagenet" else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(F.relu(self.bias(self.norm(self.conv(x)))))
+
+
+class FixupStage(nn.Module):
+    """A run of blocks at one resolution; the first may downsample and widen."""
+
+    def __init__(
+        self, config: FixupResNetConfig, in_ch: int, width: int, num_blocks: int, stride: int
+    ) -> None:
+        super().__init__()
+        block_cls = FixupBasicBlock if config.layer_type == "basic" else FixupBottleneck
+        expansion = 1 if config.layer_type == "basic" else 4
+        blocks = []
+        for i in range(num_blocks):
+            blocks.append(block_cls(config, in_ch, width, stride if i == 0 else 1))
+            in_ch = width * expansion
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------
+
+
+class FixupResNetPreTrainedModel(PreTrainedModel):
+    config: FixupResNetConfig
+    config_class = FixupResNetConfig
+    base_model_prefix = "resnet"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["FixupBasicBlock", "FixupBottleneck"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Every branch goes through `transformers.initialization` (via fixup.py), which skips tensors
+        # loaded from a checkpoint: from_pretrained never re-initializes trained weights.
+        if isinstance(module, nn.Conv2d):
+            gain = getattr(module, "fixup_gain", 1.0)
+            if gain == 0.0:
+                zero_(module.weight)
+            else:
+                scaled_he_normal_(module.weight, gain)
+            zero_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            (hf_init.zeros_ if getattr(module, "fixup_zero", False) else hf_init.ones_)(module.weight)
+            hf_init.zeros_(module.bias)
+            hf_init.zeros_(module.running_mean)
+            hf_init.ones_(module.running_var)
+            hf_init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, nn.Linear):
+            if self.config.init == "fixup":
+                zero_(module.weight)  # rule 1: the classifier starts at zero
+                zero_(module.bias)
+            else:  # PyTorch's default Linear init, what the He et al. baselines used
+                hf_init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+                bound = 1.0 / math.sqrt(module.weight.shape[1])
+                hf_init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, (ScalarBias, ScalarScale)):
+            module.reset_parameters()
+
+
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
+    """Clear errors for the usual mistakes: channels-last arrays, a missing batch axis, integer pixels."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"pixel_values must have shape (batch, {num_channels}, height, width), got {tuple(pixel_values.shape)}"
+        )
+    if pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"pixel_values has {pixel_values.shape[1]} channels at dim 1 but the model expects {num_channels} "
+            f"(shape {tuple(pixel_values.shape)}; channels-last images must be permuted to (B, C, H, W))"
+        )
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"pixel_values must be a floating-point tensor (normalized images), got {pixel_values.dtype}; "
+            "use FixupResNetImageProcessor to convert uint8 images"
+        )
+
+
+class FixupResNetModel(FixupResNetPreTrainedModel):
+    """Stem + stages + global average pool. ``pooler_output`` is ``(batch, channels)``."""
+
+    def __init__(self, config: FixupResNetConfig) -> None:
+        super().__init__(config)
+        self.stem = FixupStem(config)
+        stages, in_ch = [], config.stem_width
+        for i, (width, n) in enumerate(zip(config.stage_widths, config.depths, strict=True)):
+            stages.append(FixupStage(config, in_ch, width, n, stride=1 if i == 0 else 2))
+            in_ch = config.hidden_sizes[i]
+        self.stages = nn.ModuleList(stages)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
+        check_pixel_values(pixel_values, self.config.num_channels)
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        hidden = self.stem(pixel_values)
+        all_hidden = (hidden,) if output_hidden_states else None
+        for stage in self.stages:
+            hidden = stage(hidden)
+            if output_hidden_states:
+                all_hidden = all_hidden + (hidden,)
+        pooled = hidden.mean(dim=(2, 3))
+        if not return_dict:
+            return tuple(v for v in (hidden, pooled, all_hidden) if v is not None)
+        return BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden
+        )
+
+
+class FixupClassifier(nn.Module):
+    """``fc(x + b)``: the scalar bias before the (zero-initialized) classification layer."""
+
+    def __init__(self, config: FixupResNetConfig) -> None:
+        super().__init__()
+        self.bias = _bias(config)
+        self.fc = nn.Linear(config.hidden_sizes[-1], config.num_labels)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bias(pooled))
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against class indices ``(B,)`` or soft/mixup targets ``(B, num_labels)``."""
+    batch, num_labels = logits.shape
+    if labels.shape[0] != batch:
+        raise ValueError(f"labels has batch size {labels.shape[0]} but pixel_values has {batch}")
+    if labels.is_floating_point():
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"soft labels must have shape (batch, num_labels) = {tuple(logits.shape)}, got {tuple(labels.shape)}"
+            )
+        return F.cross_entropy(logits.float(), labels.float())
+    if labels.ndim != 1:
+        raise ValueError(f"class-index labels must have shape (batch,), got {tuple(labels.shape)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
+        raise ValueError(
+            f"labels must be class indices in [0, {num_labels - 1}], got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+    return F.cross_entropy(logits.float(), labels.long())
+
+
+class FixupResNetForImageClassification(FixupResNetPreTrainedModel):
+    def __init__(self, config: FixupResNetConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.resnet = FixupResNetModel(config)
+        self.classifier = FixupClassifier(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutputWithNoAttention | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch,)` or `torch.FloatTensor` of shape `(batch, num_labels)`):
+            Class indices, or target distributions (mixup / label smoothing); cross-entropy either way.
+        """
+        if pixel_values is None:
+            raise ValueError("pixel_values is required")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(outputs.pooler_output)
+        loss = classification_loss(logits, labels) if labels is not None else None
+        if not return_dict:
+            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + out) if loss is not None else out
+        return ImageClassifierOutputWithNoAttention(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Factories (timm style)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _factory(family: str, depth: int):
+    def create(**kwargs) -> FixupResNetForImageClassification:
+        make = FixupResNetConfig.cifar if family == "cifar" else FixupResNetConfig.imagenet
+        return FixupResNetForImageClassification(make(depth=depth, **kwargs))
+
+    create.__name__ = f"fixup_resnet{depth}" + ("_cifar" if family == "cifar" else "")
+    create.__doc__ = f"{family} ResNet-{depth} image classifier (Fixup by default; kwargs go to the config)."
+    return create
+
+
+fixup_resnet20_cifar = _factory("cifar", 20)
+fixup_resnet32_cifar = _factory("cifar", 32)
+fixup_resnet44_cifar = _factory("cifar", 44)
+fixup_resnet56_cifar = _factory("cifar", 56)
+fixup_resnet110_cifar = _factory("cifar", 110)
+fixup_resnet1202_cifar = _factory("cifar", 1202)
+fixup_resnet18 = _factory("imagenet", 18)
+fixup_resnet34 = _factory("imagenet", 34)
+fixup_resnet50 = _factory("imagenet", 50)
+fixup_resnet101 = _factory("imagenet", 101)
+fixup_resnet152 = _factory("imagenet", 152)
+
+__all__ = [
+    "FixupResNetPreTrainedModel",
+    "FixupResNetModel",
+    "FixupResNetForImageClassification",
+    "FixupBasicBlock",
+    "FixupBottleneck",
+    "SubsamplePadShortcut",
+    "classification_loss",
+    "check_pixel_values",
+    "fixup_resnet20_cifar",
+    "fixup_resnet32_cifar",
+    "fixup_resnet44_cifar",
+    "fixup_resnet56_cifar",
+    "fixup_resnet110_cifar",
+    "fixup_resnet1202_cifar",
+    "fixup_resnet18",
+    "fixup_resnet34",
+    "fixup_resnet50",
+    "fixup_resnet101",
+    "fixup_resnet152",
+]
