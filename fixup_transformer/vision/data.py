@@ -1,0 +1,154 @@
+"""Image datasets as in-memory uint8 arrays: local ``.npz``, an image folder, or CIFAR-10 from the Hub.
+
+CIFAR-sized data fits in memory many times over, and keeping it as one uint8 tensor lets the training
+loop index batches and augment them on the accelerator, with no worker processes (the CPU machines this
+runs on have two cores). Vision data lives here, apart from the MT text pipeline in ``fixup_transformer.data``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+NPZ_KEYS = ("x", "y", "classes")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Local file names of the shared CIFAR-10 copy (see shared/data/README.md, section 4).
+CIFAR10_LOCAL_SPLITS = {"train": "train_subset.npz", "test": "test_shared.npz"}
+
+
+@dataclass
+class ImageArrays:
+    """``images``: uint8 ``[N, H, W, C]`` (RGB); ``labels``: int64 ``[N]``; ``classes``: names by index."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 [N, H, W, C], got {self.images.dtype} {self.images.shape}"
+            )
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels must have shape ({self.images.shape[0]},), got {self.labels.shape}")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            raise ValueError(f"labels must lie in [0, {len(self.classes) - 1}] (one per class name)")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int | None) -> ImageArrays:
+        """The first ``n`` examples (the shared files are already shuffled), or all when ``n`` is None."""
+        if n is None or n >= len(self):
+            return self
+        return ImageArrays(self.images[:n], self.labels[:n], self.classes)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 ``[N, C, H, W]`` images and int64 labels, ready to index batches from."""
+        images = torch.from_numpy(np.ascontiguousarray(self.images.transpose(0, 3, 1, 2)))
+        return images, torch.from_numpy(self.labels.astype(np.int64))
+
+
+def load_npz(path: str | os.PathLike) -> ImageArrays:
+    """Load an archive with keys ``x`` (uint8 [N,H,W,C]), ``y`` (int [N]) and ``classes`` (str [K])."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image archive not found: {path}")
+    with np.load(path, allow_pickle=False) as archive:
+        missing = [k for k in NPZ_KEYS if k not in archive.files]
+        if missing:
+            raise KeyError(f"{path} lacks required key(s) {missing}; it has {sorted(archive.files)}")
+        return ImageArrays(archive["x"], archive["y"].astype(np.int64), [str(c) for c in archive["classes"]])
+
+
+def load_image_folder(root: str | os.PathLike, image_size: int | None = None) -> ImageArrays:
+    """``root/<class>/*.png|jpg``; classes are the sorted sub-folder names.
+
+    Images are converted to RGB; with ``image_size`` they are resized to a square of that side, otherwise
+    they must all have the same size.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise FileNotFoundError(f"no class sub-folders in image folder {root}")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((root / name).iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            with Image.open(file) as img:
+                img = img.convert("RGB")
+                if image_size is not None and img.size != (image_size, image_size):
+                    img = img.resize((image_size, image_size), Image.BILINEAR)
+                images.append(np.asarray(img, dtype=np.uint8))
+            labels.append(label)
+    if not images:
+        raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {root}")
+    shapes = {a.shape for a in images}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"images under {root} have different sizes {sorted(shapes)}; pass image_size to resize"
+        )
+    return ImageArrays(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
+
+
+def load_hub_cifar10(split: str, dataset_name: str = "uoft-cs/cifar10") -> ImageArrays:
+    """CIFAR-10 from the Hugging Face Hub through ``datasets`` (needs the network or a warm cache)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset_name, split=split)
+    except Exception as err:  # datasets raises several types for "offline / not cached"
+        raise RuntimeError(
+            f"could not load {dataset_name!r} split {split!r} from the Hugging Face Hub ({type(err).__name__}: "
+            f"{err}). Offline? Use a local .npz (data_dir / FIXUP_DATA_DIR) or an image folder instead."
+        ) from err
+    image_col = "img" if "img" in ds.column_names else "image"
+    images = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in ds[image_col]])
+    return ImageArrays(images, np.asarray(ds["label"], dtype=np.int64), list(ds.features["label"].names))
+
+
+def shared_data_dir() -> Path:
+    """``$FIXUP_DATA_DIR`` if set, else ``<repo>/../shared/data`` (may not exist)."""
+    env = os.environ.get("FIXUP_DATA_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def load_images(source: str, split: str, image_size: int | None = None) -> ImageArrays:
+    """Resolve a dataset ``source`` for ``split`` ("train" / "test").
+
+    - ``hub:<name>``: a Hub dataset (``hub:uoft-cs/cifar10``);
+    - a ``.npz`` file: used as is (for either split, so pass the matching file);
+    - a folder holding ``train_subset.npz`` / ``test_shared.npz`` (the shared CIFAR-10 copy);
+    - a folder with ``<split>/<class>/`` images, or ``<class>/`` images directly.
+    """
+    if source.startswith("hub:"):
+        return load_hub_cifar10(split, source[4:])
+    path = Path(os.path.expandvars(os.path.expanduser(source)))
+    if path.suffix == ".npz":
+        return load_npz(path)
+    if split in CIFAR10_LOCAL_SPLITS and (path / CIFAR10_LOCAL_SPLITS[split]).is_file():
+        return load_npz(path / CIFAR10_LOCAL_SPLITS[split])
+    if (path / split).is_dir():
+        return load_image_folder(path / split, image_size)
+    if path.is_dir():
+        return load_image_folder(path, image_size)
+    raise FileNotFoundError(f"image data source {source!r} (split {split!r}) not found")
+
+
+__all__ = [
+    "ImageArrays",
+    "load_npz",
+    "load_image_folder",
+    "load_hub_cifar10",
+    "load_images",
+    "shared_data_dir",
+]
