@@ -1,0 +1,330 @@
+"""Checkpoints that survive crashes: atomic writes, exact resume, averaging, HF export.
+
+Atomicity. Everything is first written under a hidden temporary name in the same directory
+(``.tmp-<name>``) and then moved into place with ``os.replace``, which is atomic on POSIX file systems.
+A crash mid-write therefore leaves either the previous complete checkpoint or a ``.tmp-*`` leftover that
+no loader ever looks at (``list_checkpoints`` only accepts ``checkpoint-<step>`` directories that contain
+``trainer_state.json``, the last file written before the rename).
+
+Exact resume. ``accelerator.save_state`` stores model, optimizer, LR scheduler, GradScaler and the RNG
+states of every process; we add ``trainer_state.json`` with the counters the loop needs (update number,
+epoch, batches already consumed in the epoch, skipped fp16 steps, best metric, ...) so that training
+restarts at the very next batch with the same dropout masks.
+
+Safety. Weights are read from ``.safetensors`` only (averaging, export). ``accelerator.load_state`` reads
+the optimizer/RNG pickles that this same program wrote; never point it at files you did not produce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FILE = "trainer_state.json"
+WEIGHTS_FILE = "model.safetensors"
+TRAINING_CONFIG_FILE = "training_config.yaml"
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Atomic file and directory writes
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename itself durable; not supported everywhere (e.g. some network file systems).
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """UTF-8 text version of :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _tmp_dir_for(final: Path) -> Path:
+    return final.parent / f".tmp-{final.name}"
+
+
+def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move a fully written directory ``tmp`` to ``final`` atomically, replacing an existing ``final``.
+
+    ``os.replace`` cannot overwrite a non-empty directory, so an existing ``final`` is first renamed to
+    ``.old-<name>`` and deleted after the new one is in place. If the process dies in between, ``final``
+    is briefly missing but ``.old-<name>`` still holds the previous complete copy (and is restored by
+    :func:`recover_dir` on the next run).
+    """
+    tmp, final = Path(tmp), Path(final)
+    old = final.parent / f".old-{final.name}"
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_dir(final: str | os.PathLike) -> None:
+    """Undo an interrupted :func:`publish_dir`: bring back ``.old-<name>`` if ``final`` is missing."""
+    final = Path(final)
+    old = final.parent / f".old-{final.name}"
+    if old.exists():
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, final)
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
+    """Context manager yielding an empty temporary directory that becomes ``final`` on success.
+
+    Single-process only (see :func:`save_training_checkpoint` for the multi-process version). On an
+    exception the temporary directory is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_dir_for(final)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish_dir(tmp, final)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training checkpoints (Accelerate state + our JSON counters)
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The update number encoded in a ``checkpoint-<step>`` directory name, else None."""
+    match = _CHECKPOINT_RE.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def is_complete_checkpoint(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return path.is_dir() and checkpoint_step(path) is not None and (path / STATE_FILE).is_file()
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete ``checkpoint-<step>`` directories under ``output_dir``, oldest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if is_complete_checkpoint(p)]
+    return sorted(found, key=lambda p: checkpoint_step(p))
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """``None``/``""`` -> no resume; ``"auto"`` -> newest complete checkpoint in ``output_dir`` (or none);
+    anything else must be a complete checkpoint directory (or a run directory holding some)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(Path(output_dir) / "checkpoints")
+    path = Path(resume)
+    if is_complete_checkpoint(path):
+        return path
+    for candidate in (path, path / "checkpoints"):
+        found = latest_checkpoint(candidate)
+        if found is not None:
+            return found
+    raise FileNotFoundError(
+        f"--resume {resume}: not a complete checkpoint directory ({CHECKPOINT_PREFIX}<step> with {STATE_FILE}) "
+        "and no such checkpoint below it"
+    )
+
+
+def save_training_checkpoint(
+    accelerator,
+    checkpoints_dir: str | os.PathLike,
+    step: int,
+    trainer_state: dict[str, Any],
+    config_yaml: str | None = None,
+    keep_last: int | None = None,
+) -> Path:
+    """Save the full training state as ``checkpoints_dir/checkpoint-<step>``; call on every process.
+
+    All processes write into the same ``.tmp-checkpoint-<step>`` (Accelerate writes the weights from the
+    main process and one RNG file per process); the main process then adds ``trainer_state.json``, renames
+    the directory into place and deletes checkpoints beyond the newest ``keep_last``.
+    Assumes a file system shared by all processes (the single-node case).
+    """
+    checkpoints_dir = Path(checkpoints_dir)
+    final = checkpoints_dir / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = _tmp_dir_for(final)
+    if accelerator.is_main_process:
+        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if config_yaml is not None:
+            atomic_write_text(tmp / TRAINING_CONFIG_FILE, config_yaml)
+        atomic_write_json(tmp / STATE_FILE, {**trainer_state, "step": step})  # last file: marks completeness
+        publish_dir(tmp, final)
+        if keep_last is not None and keep_last > 0:
+            for old in list_checkpoints(checkpoints_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_training_checkpoint(accelerator, path: str | os.PathLike) -> dict[str, Any]:
+    """Restore model/optimizer/scheduler/scaler/RNG through Accelerate; return our ``trainer_state``."""
+    path = Path(path)
+    if not is_complete_checkpoint(path):
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (missing {STATE_FILE})")
+    accelerator.load_state(str(path))
+    with open(path / STATE_FILE, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint averaging (fairseq scripts/average_checkpoints.py)
+
+
+def average_state_dicts(paths: Sequence[str | os.PathLike]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the model weights stored in ``.safetensors`` files (or checkpoint dirs).
+
+    Like fairseq, floating tensors are summed in float64 and cast back to their dtype; integer tensors
+    (e.g. counters, which Fixup models do not have) must agree and are taken from the first file.
+    Only safetensors are read, so untrusted checkpoints cannot execute code.
+    """
+    if not paths:
+        raise ValueError("average_state_dicts needs at least one checkpoint")
+    files = [Path(p) / WEIGHTS_FILE if Path(p).is_dir() else Path(p) for p in paths]
+    total: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    for file in files:
+        if file.suffix != ".safetensors":
+            raise ValueError(f"refusing to average {file}: only .safetensors files are read")
+        state = load_file(str(file))
+        if total and set(state) != set(total):
+            missing = sorted(set(total) ^ set(state))[:5]
+            raise ValueError(f"{file} has different parameter names than {files[0]} (e.g. {missing})")
+        for name, tensor in state.items():
+            if name not in total:
+                dtypes[name] = tensor.dtype
+                total[name] = tensor.double() if tensor.is_floating_point() else tensor.clone()
+            elif tensor.is_floating_point():
+                total[name] += tensor.double()
+            elif not torch.equal(total[name], tensor):
+                raise ValueError(f"integer tensor {name!r} differs between checkpoints; cannot average")
+    n = len(files)
+    return {name: (t / n).to(dtypes[name]) if t.is_floating_point() else t for name, t in total.items()}
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Atomic safetensors write (contiguous copies, no shared storage, as safetensors requires)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(
+            {k: v.detach().contiguous().clone() for k, v in state.items()}, tmp, metadata={"format": "pt"}
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_averaged_weights(model: torch.nn.Module, paths: Sequence[str | os.PathLike]) -> None:
+    """Load the average of ``paths`` into ``model``.
+
+    safetensors files store a tied weight once (Accelerate drops the duplicate names), so a name missing
+    from the files is accepted only if its tensor shares storage with one that was loaded.
+    """
+    averaged = average_state_dicts(paths)
+    missing, unexpected = model.load_state_dict(averaged, strict=False)
+    params = dict(model.state_dict(keep_vars=True))
+    loaded_ptrs = {params[k].data_ptr() for k in averaged if k in params}
+    missing = [k for k in missing if params[k].data_ptr() not in loaded_ptrs]
+    if missing or unexpected:
+        raise ValueError(
+            f"averaged weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hugging Face export
+
+
+def export_pretrained(
+    model,
+    output_dir: str | os.PathLike,
+    tokenizer=None,
+    config_yaml: str | None = None,
+    extra_json: dict[str, Any] | None = None,
+) -> Path:
+    """``save_pretrained`` (safetensors) + tokenizer + resolved training config, published atomically.
+
+    Call on the main process only, with an unwrapped model (``accelerator.unwrap_model``). The result
+    loads with ``AutoModel*.from_pretrained(output_dir)`` / ``AutoTokenizer.from_pretrained(output_dir)``.
+    ``extra_json`` (e.g. the step and validation scores) is written to ``export_info.json``.
+    """
+    output_dir = Path(output_dir)
+    recover_dir(output_dir)
+    with atomic_directory(output_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if config_yaml is not None:
+            (tmp / TRAINING_CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
+        if extra_json is not None:
+            (tmp / "export_info.json").write_text(json.dumps(extra_json, indent=2, sort_keys=True) + "\n")
+    return output_dir

@@ -1,0 +1,99 @@
+"""Optimizers with the Fixup parameter groups.
+
+The authors train the scalar biases and multipliers at a 10x smaller learning rate (their fairseq fork
+and their CIFAR script both do); ``scalar_lr_multiplier`` (default 0.1) reproduces that. Scalars are
+found by module type through :func:`fixup_transformer.fixup.scalar_parameter_names`, so a model without
+them (a LayerNorm baseline, a Marian model) simply has no scalar group.
+
+Weight decay follows fairseq by default: it is applied to **every** parameter, biases, embeddings and
+Fixup scalars included (fairseq's ``--weight-decay`` has no exclusion list; the authors' CIFAR script
+likewise passes all parameters to SGD with weight decay). ``decay_scalars: false`` and
+``decay_biases_and_norms: false`` give the common modern exclusions instead.
+
+``adamw`` is the default because fairseq's ``adam`` optimizer implements *decoupled* weight decay
+(``p -= lr * wd * p``), which is exactly ``torch.optim.AdamW``; ``adam`` is torch's L2-coupled Adam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..fixup import scalar_parameter_names
+from .config import field_doc
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """Optimizer and gradient settings."""
+
+    name: Literal["adamw", "adam", "sgd"] = field_doc(
+        "adamw",
+        "adamw = fairseq's adam (decoupled weight decay); adam = torch L2-coupled Adam; sgd = momentum SGD.",
+    )
+    lr: float = field_doc(5e-4, "Peak learning rate of the main parameter group (after warmup).")
+    betas: tuple[float, float] = field_doc((0.9, 0.98), "Adam betas (fairseq Transformer: 0.9, 0.98).")
+    eps: float = field_doc(1e-8, "Adam epsilon.")
+    momentum: float = field_doc(0.9, "sgd only: momentum.")
+    nesterov: bool = field_doc(False, "sgd only: Nesterov momentum.")
+    weight_decay: float = field_doc(1e-4, "Weight decay (decoupled for adamw, L2 for adam and sgd).")
+    scalar_lr_multiplier: float = field_doc(
+        0.1, "Learning rate of the Fixup scalar biases/multipliers as a fraction of lr (the authors use 0.1)."
+    )
+    decay_scalars: bool = field_doc(True, "Apply weight decay to the Fixup scalars (fairseq: yes).")
+    decay_biases_and_norms: bool = field_doc(
+        True, "Apply weight decay to biases and LayerNorm/BatchNorm weights (fairseq: yes)."
+    )
+    clip_norm: float = field_doc(0.0, "Clip the global gradient norm to this value; 0 disables clipping.")
+
+
+def _is_bias_or_norm(name: str, param: nn.Parameter, norm_params: set[int]) -> bool:
+    return param.ndim <= 1 and (name.endswith("bias") or id(param) in norm_params)
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Split trainable parameters into named groups: ``main``, ``no_decay`` and ``scalars``.
+
+    Each group carries its own ``lr`` and ``weight_decay`` and a ``name`` (for logging); empty groups are
+    dropped. Tied parameters appear once (``named_parameters`` deduplicates shared tensors).
+    """
+    scalar_names = set(scalar_parameter_names(model))
+    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+    norm_params = {
+        id(p) for m in model.modules() if isinstance(m, norm_types) for p in m.parameters(recurse=False)
+    }
+    groups: dict[str, dict] = {
+        "main": {"name": "main", "params": [], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        "no_decay": {"name": "no_decay", "params": [], "lr": cfg.lr, "weight_decay": 0.0},
+        "scalars": {
+            "name": "scalars",
+            "params": [],
+            "lr": cfg.lr * cfg.scalar_lr_multiplier,
+            "weight_decay": cfg.weight_decay if cfg.decay_scalars else 0.0,
+        },
+    }
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name in scalar_names:
+            groups["scalars"]["params"].append(param)
+        elif not cfg.decay_biases_and_norms and _is_bias_or_norm(name, param, norm_params):
+            groups["no_decay"]["params"].append(param)
+        else:
+            groups["main"]["params"].append(param)
+    return [g for g in groups.values() if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer named by ``cfg`` over :func:`param_groups` of ``model``."""
+    groups = param_groups(model, cfg)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    raise ValueError(f"unknown optim.name {cfg.name!r}")

@@ -1,0 +1,99 @@
+"""Config loading: YAML + overrides, type coercion, errors that name the key and its source."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import pytest
+import yaml
+
+from fixup_transformer.training.config import ConfigError, dump_config, field_doc, load_config, parse_config
+
+
+@dataclasses.dataclass
+class Inner:
+    """A nested group."""
+
+    lr: float = field_doc(5e-4, "learning rate")
+    betas: tuple[float, float] = field_doc((0.9, 0.98), "betas")
+    milestones: list[int] = field_doc([], "milestones")
+
+
+@dataclasses.dataclass
+class Outer:
+    """A top-level config."""
+
+    name: str = field_doc("run", "name")
+    steps: int | None = field_doc(None, "steps")
+    norm: Literal["none", "post_ln"] = field_doc("none", "normalization")
+    flag: bool = field_doc(False, "a flag")
+    optim: Inner = field_doc(Inner(), "optimizer")
+
+
+def write(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_then_overrides_with_coercion(tmp_path):
+    # PyYAML reads 5e-4 without a dot as a string; the field type must make it a float.
+    path = write(tmp_path, "name: a\noptim:\n  lr: 1e-3\n  milestones: [10, 20]\n")
+    cfg = parse_config(Outer, ["--config", str(path), "--optim.betas", "0.9,0.99", "--steps=7", "--flag"])
+    assert cfg == Outer(
+        name="a", steps=7, flag=True, optim=Inner(lr=1e-3, betas=(0.9, 0.99), milestones=[10, 20])
+    )
+    assert parse_config(Outer, ["--steps", "none"]).steps is None
+    assert parse_config(Outer, ["--optim.milestones", "[1, 2]"]).optim.milestones == [1, 2]
+
+
+def test_defaults_are_not_shared_between_instances():
+    a, b = Outer(), Outer()
+    a.optim.milestones.append(3)
+    assert b.optim.milestones == []
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "optim:\n  lrr: 0.1\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'optim.lrr' in .*cfg.yaml.*did you mean 'optim.lr'"
+    ):
+        load_config(Outer, path)
+    with pytest.raises(ConfigError, match=r"unknown config key 'stepz' in the command line"):
+        parse_config(Outer, ["--stepz", "3"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "pattern"),
+    [
+        (["--steps", "abc"], r"field 'steps' \(from the command line\) expects int \| None, got 'abc'"),
+        (["--optim.lr", "fast"], r"field 'optim.lr' .* expects float"),
+        (["--norm", "pre"], r"field 'norm' .*choose one of \['none', 'post_ln'\]"),
+        (["--flag", "maybe"], r"field 'flag' .*true/false"),
+        (["--optim.betas", "1,2,3"], r"field 'optim.betas' .*expected 2 items"),
+    ],
+)
+def test_bad_type_names_field(argv, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        parse_config(Outer, argv)
+
+
+def test_bad_type_in_file_names_field_and_file(tmp_path):
+    path = write(tmp_path, "steps: 1.5\n")
+    with pytest.raises(ConfigError, match=r"field 'steps' \(from .*cfg.yaml\) expects int"):
+        load_config(Outer, path)
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = parse_config(Outer, ["--optim.lr", "0.002", "--steps", "3"])
+    dump_config(cfg, tmp_path / "resolved.yaml")
+    assert yaml.safe_load((tmp_path / "resolved.yaml").read_text())["optim"]["betas"] == [0.9, 0.98]
+    assert load_config(Outer, tmp_path / "resolved.yaml") == cfg
+
+
+def test_help_lists_documented_fields(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Outer, ["--help"])
+    out = capsys.readouterr().out
+    assert "--optim.lr (float, default 0.0005)" in out and "learning rate" in out
