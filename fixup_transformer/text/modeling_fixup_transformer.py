@@ -463,12 +463,10 @@ class FixupTransformerPreTrainedModel(PreTrainedModel):
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
         # Sharing the encoder/decoder embedding and tying the output projection are two separate
         # choices here, while transformers gates every tie on `tie_word_embeddings` alone.
+        # Each model sets `_tied_weights_keys` from its config in __init__ (save_pretrained reads it too).
         if all_submodels:
             return super().get_expanded_tied_weights_keys(all_submodels=True)
-        return dict(self._fixup_tied_weights())
-
-    def _fixup_tied_weights(self) -> dict[str, str]:
-        return {}
+        return dict(self._tied_weights_keys or {})
 
 
 class FixupTransformerEncoder(FixupTransformerPreTrainedModel):
@@ -602,17 +600,13 @@ class FixupTransformerModel(FixupTransformerPreTrainedModel):
         super().__init__(config)
         if config.share_encoder_decoder_embeddings:
             self.shared = FixupTokenEmbedding(config, "encoder")
+            self._tied_weights_keys = {
+                "encoder.embed_tokens.weight": "shared.weight",
+                "decoder.embed_tokens.weight": "shared.weight",
+            }
         self.encoder = FixupTransformerEncoder(config)
         self.decoder = FixupTransformerDecoder(config)
         self.post_init()
-
-    def _fixup_tied_weights(self) -> dict[str, str]:
-        if not self.config.share_encoder_decoder_embeddings:
-            return {}
-        return {
-            "encoder.embed_tokens.weight": "shared.weight",
-            "decoder.embed_tokens.weight": "shared.weight",
-        }
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.encoder.embed_tokens
@@ -684,13 +678,10 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
         super().__init__(config)
         self.model = FixupTransformerModel(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            source = "shared" if config.share_encoder_decoder_embeddings else "decoder.embed_tokens"
+            self._tied_weights_keys = {"lm_head.weight": f"model.{source}.weight"}
         self.post_init()
-
-    def _fixup_tied_weights(self) -> dict[str, str]:
-        if not self.config.tie_word_embeddings:
-            return {}
-        source = "shared" if self.config.share_encoder_decoder_embeddings else "decoder.embed_tokens"
-        return {"lm_head.weight": f"model.{source}.weight"}
 
     def reset_output_projection(self) -> None:
         """Fixup rule 1: an untied output projection (the classifier) starts at zero.

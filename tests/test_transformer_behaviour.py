@@ -1,0 +1,220 @@
+"""Forward/backward, caching, masking, attention backends, generation, folding and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_helpers import EOS, PAD, multi30k_word_batch, random_batch, tiny_config, trained_like
+
+from fixup_transformer import FixupTransformerForConditionalGeneration
+from fixup_transformer.fixup import ScalarBias, ScalarScale
+
+VARIANTS = [
+    ("none", "fixup"),
+    ("none", "t_fixup"),
+    ("none", "xavier"),
+    ("post_ln", "xavier"),
+    ("pre_ln", "xavier"),
+]
+
+
+def build(seed: int = 0, **overrides) -> FixupTransformerForConditionalGeneration:
+    torch.manual_seed(seed)
+    return FixupTransformerForConditionalGeneration(tiny_config(**overrides))
+
+
+def trained(**overrides) -> FixupTransformerForConditionalGeneration:
+    return trained_like(build(**overrides)).eval()
+
+
+@pytest.mark.parametrize(("normalization", "init"), VARIANTS)
+def test_every_variant_runs_forward_and_backward(normalization, init):
+    model = build(normalization=normalization, init=init, dropout=0.1)
+    labels = random_batch(3, 6, seed=1)
+    loss = model(input_ids=random_batch(3, 8), labels=labels).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize(("normalization", "init"), VARIANTS)
+def test_a_few_adam_steps_on_real_multi30k_reduce_the_loss(shared_data_dir, normalization, init):
+    input_ids, attention_mask, labels, vocab = multi30k_word_batch(shared_data_dir)
+    model = build(normalization=normalization, init=init, vocab_size=vocab, d_model=64, label_smoothing=0.1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.98))
+    losses = []
+    for _ in range(15):
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.85 * losses[0], losses
+
+
+@pytest.mark.parametrize(("normalization", "init"), [("none", "fixup"), ("pre_ln", "xavier")])
+def test_cached_step_by_step_decoding_equals_teacher_forcing(normalization, init):
+    model = trained(normalization=normalization, init=init)
+    source = random_batch(2, 7)
+    decoder_input = random_batch(2, 6, seed=5)
+    full = model(input_ids=source, decoder_input_ids=decoder_input, use_cache=False).logits
+    encoder_outputs = model.get_encoder()(input_ids=source)
+    cache, steps = None, []
+    for position in range(decoder_input.shape[1]):
+        out = model(
+            encoder_outputs=encoder_outputs,
+            decoder_input_ids=decoder_input[:, position : position + 1],
+            cache=cache,
+            use_cache=True,
+        )
+        cache = out.cache
+        steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_cross_attention_keys_are_computed_once_per_source():
+    model = trained()
+    calls = []
+    projection = model.model.decoder.layers[0].encoder_attn.kv_proj
+    handle = projection.register_forward_hook(lambda *_: calls.append(1))
+    model.generate(random_batch(2, 7), max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    handle.remove()
+    assert len(calls) == 1
+
+
+def test_greedy_with_and_without_cache_gives_the_same_tokens():
+    model = trained()
+    source = random_batch(3, 9)
+    with_cache = model.generate(source, max_new_tokens=10, do_sample=False, use_cache=True)
+    without = model.generate(source, max_new_tokens=10, do_sample=False, use_cache=False)
+    assert torch.equal(with_cache, without)
+
+
+def test_beam_search_and_sampling_run():
+    model = trained()
+    source = random_batch(2, 7)
+    beams = model.generate(source, num_beams=4, num_return_sequences=2, max_new_tokens=8, length_penalty=1.0)
+    assert beams.shape[0] == 4 and (beams[:, 0] == model.config.decoder_start_token_id).all()
+    torch.manual_seed(0)
+    sampled = model.generate(source, do_sample=True, top_k=10, max_new_tokens=8)
+    assert sampled.shape[0] == 2
+
+
+def test_eager_and_sdpa_attention_agree():
+    source, decoder_input = random_batch(2, 7), random_batch(2, 5, seed=3)
+    mask = torch.ones_like(source)
+    mask[1, 4:] = 0
+    logits = {}
+    for implementation in ("eager", "sdpa"):
+        model = trained()
+        model.set_attn_implementation(implementation)
+        assert model.config._attn_implementation == implementation
+        logits[implementation] = model(
+            input_ids=source, attention_mask=mask, decoder_input_ids=decoder_input
+        ).logits
+    torch.testing.assert_close(logits["eager"], logits["sdpa"], rtol=1e-5, atol=1e-5)
+
+
+def test_extra_padding_changes_nothing_at_real_positions():
+    model = trained()
+    source, decoder_input = random_batch(2, 6), random_batch(2, 5, seed=3)
+    padded = torch.cat([source, torch.full((2, 4), PAD)], dim=1)
+    reference = model(input_ids=source, decoder_input_ids=decoder_input).logits
+    result = model(
+        input_ids=padded, attention_mask=padded.ne(PAD).long(), decoder_input_ids=decoder_input
+    ).logits
+    torch.testing.assert_close(result, reference, rtol=1e-5, atol=1e-5)
+
+    # Padded decoder positions at the end do not change earlier target positions either.
+    padded_target = torch.cat([decoder_input, torch.full((2, 3), PAD)], dim=1)
+    target_mask = padded_target.ne(PAD).long()
+    result = model(
+        input_ids=source, decoder_input_ids=padded_target, decoder_attention_mask=target_mask
+    ).logits
+    torch.testing.assert_close(result[:, :5], reference, rtol=1e-5, atol=1e-5)
+
+
+def test_a_sentence_gives_the_same_result_alone_and_in_a_batch():
+    model = trained()
+    long_source, short_source = random_batch(1, 9, seed=1), random_batch(1, 4, seed=2)
+    batch = torch.full((2, 9), PAD)
+    batch[0], batch[1, :4] = long_source[0], short_source[0]
+    decoder_input = random_batch(2, 5, seed=3)
+    together = model(
+        input_ids=batch, attention_mask=batch.ne(PAD).long(), decoder_input_ids=decoder_input
+    ).logits
+    alone = model(input_ids=short_source, decoder_input_ids=decoder_input[1:]).logits
+    torch.testing.assert_close(together[1:], alone, rtol=1e-5, atol=1e-5)
+    generated_together = model.generate(batch, attention_mask=batch.ne(PAD).long(), max_new_tokens=6)
+    generated_alone = model.generate(short_source, max_new_tokens=6)
+    width = generated_alone.shape[1]
+    assert torch.equal(generated_together[1, :width], generated_alone[0])
+
+
+def test_labels_are_shifted_and_ignored_positions_do_not_count():
+    model = trained(label_smoothing=0.1)
+    source = random_batch(2, 6)
+    labels = random_batch(2, 5, seed=4)
+    padded_labels = torch.cat([labels, torch.full((2, 3), -100)], dim=1)
+    loss = model(input_ids=source, labels=labels).loss
+    padded_loss = model(input_ids=source, labels=padded_labels).loss
+    torch.testing.assert_close(loss, padded_loss)
+    out = model(input_ids=source, labels=labels)
+    decoder_input = torch.cat([torch.full((2, 1), EOS), labels[:, :-1]], dim=1)
+    manual = model(input_ids=source, decoder_input_ids=decoder_input).logits
+    torch.testing.assert_close(out.logits, manual)
+    summed = model(input_ids=source, labels=labels, num_items_in_batch=1).loss
+    torch.testing.assert_close(summed, loss * labels.numel())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    source, labels = random_batch(2, 7), random_batch(2, 5, seed=4)
+    gradients, ffn_calls = [], []
+    for checkpointing in (False, True):
+        model = trained_like(build()).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        calls = []
+        model.model.encoder.layers[0].ffn.register_forward_hook(lambda *_: calls.append(1))
+        model(input_ids=source, labels=labels).loss.backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        ffn_calls.append(len(calls))
+    torch.testing.assert_close(gradients[0], gradients[1])
+    assert ffn_calls == [1, 2]  # checkpointing recomputes the layer in the backward pass
+
+
+@pytest.mark.parametrize(("normalization", "init"), [("none", "fixup"), ("post_ln", "xavier")])
+def test_folded_scalars_give_the_same_logits_with_fewer_modules(normalization, init, tmp_path):
+    model = trained(normalization=normalization, init=init)
+    source, decoder_input = random_batch(2, 7), random_batch(2, 5, seed=3)
+    reference = model(input_ids=source, decoder_input_ids=decoder_input).logits
+    model.fold_scalars()
+    assert model.config.scalars_folded
+    remaining = [m for m in model.modules() if isinstance(m, ScalarBias | ScalarScale)]
+    # Only the stack outputs keep their scalars (Fixup: encoder shift+scale, decoder shift).
+    assert len(remaining) == (3 if normalization == "none" else 0)
+    folded = model(input_ids=source, decoder_input_ids=decoder_input).logits
+    torch.testing.assert_close(folded, reference, rtol=1e-5, atol=1e-5)
+
+    model.save_pretrained(tmp_path)
+    reloaded = FixupTransformerForConditionalGeneration.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(
+        reloaded(input_ids=source, decoder_input_ids=decoder_input).logits, reference, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_token_ids_outside_the_vocabulary_raise_a_clear_error():
+    model = build()
+    too_large = random_batch(1, 5)
+    too_large[0, 2] = model.config.vocab_size
+    with pytest.raises(ValueError, match=r"token id 97, outside the vocabulary \[0, 97\)"):
+        model(input_ids=too_large, decoder_input_ids=random_batch(1, 3))
+    with pytest.raises(ValueError, match="decoder_input_ids"):
+        model(input_ids=random_batch(1, 5), decoder_input_ids=too_large)
+
+
+def test_too_long_input_names_max_position_embeddings():
+    model = build(max_position_embeddings=8)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(input_ids=random_batch(1, 9), decoder_input_ids=random_batch(1, 3))

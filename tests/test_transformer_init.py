@@ -1,0 +1,178 @@
+"""The Fixup / T-Fixup / Xavier inits follow FIXUP.md number by number; configs reject bad values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from transformer_helpers import random_batch, tiny_config
+
+from fixup_transformer import FixupTransformerConfig, FixupTransformerForConditionalGeneration
+from fixup_transformer.fixup import ScalarBias, ScalarScale, scalar_parameter_names
+
+
+def xavier_std(fan_in: int, fan_out: int) -> float:
+    return math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def build(**overrides) -> FixupTransformerForConditionalGeneration:
+    torch.manual_seed(0)
+    return FixupTransformerForConditionalGeneration(tiny_config(**overrides))
+
+
+def chunk_std(weight: torch.Tensor, parts: int, index: int) -> float:
+    return weight.detach().chunk(parts, dim=0)[index].std().item()
+
+
+@pytest.mark.parametrize("layers", [(2, 2), (6, 6), (12, 4)])
+def test_fixup_in_branch_std_scales_with_depth(layers):
+    enc, dec = layers
+    d, ffn = 128, 256
+    model = build(
+        d_model=d,
+        encoder_layers=enc,
+        decoder_layers=dec,
+        encoder_ffn_dim=ffn,
+        decoder_ffn_dim=ffn,
+        vocab_size=50,
+    )
+    depth = 2 * enc + 3 * dec
+    assert model.config.fixup_depth == depth
+    attention_std = xavier_std(d, d) * depth ** (-1 / 6)
+    ffn_std = xavier_std(d, ffn) * depth ** (-1 / 2)
+    for layer in [*model.model.encoder.layers, *model.model.decoder.layers]:
+        for part in range(3):
+            assert chunk_std(layer.self_attn.qkv_proj.weight, 3, part) == pytest.approx(
+                attention_std, rel=0.05
+            )
+        assert layer.ffn.fc1.weight.std().item() == pytest.approx(ffn_std, rel=0.05)
+    for layer in model.model.decoder.layers:
+        assert layer.encoder_attn.q_proj.weight.std().item() == pytest.approx(attention_std, rel=0.05)
+        for part in range(2):
+            assert chunk_std(layer.encoder_attn.kv_proj.weight, 2, part) == pytest.approx(
+                attention_std, rel=0.05
+            )
+
+
+def test_fixup_branch_final_layers_and_untied_classifier_are_exactly_zero():
+    model = build(tie_word_embeddings=False)
+    for layer in [*model.model.encoder.layers, *model.model.decoder.layers]:
+        assert torch.count_nonzero(layer.self_attn.out_proj.weight) == 0
+        assert torch.count_nonzero(layer.ffn.fc2.weight) == 0
+    for layer in model.model.decoder.layers:
+        assert torch.count_nonzero(layer.encoder_attn.out_proj.weight) == 0
+    assert torch.count_nonzero(model.lm_head.weight) == 0
+    assert model.lm_head.weight is not model.model.shared.weight
+
+
+def test_tied_output_projection_keeps_the_embedding_init():
+    model = build(d_model=128, vocab_size=400)
+    assert model.lm_head.weight is model.model.shared.weight
+    assert model.model.encoder.embed_tokens.weight is model.model.shared.weight
+    assert model.model.decoder.embed_tokens.weight is model.model.shared.weight
+    rows = model.model.shared.weight.detach()[1:]  # row 0 is padding, zero as in fairseq
+    assert rows.std().item() == pytest.approx(128**-0.5, rel=0.05)
+    assert torch.count_nonzero(model.model.shared.weight[0]) == 0
+
+
+def test_cross_attention_depth_can_reproduce_the_authors_hard_coded_12():
+    d = 128
+    model = build(
+        d_model=d, encoder_layers=6, decoder_layers=6, fixup_cross_attention_depth=12, vocab_size=50
+    )
+    cross = model.model.decoder.layers[0].encoder_attn.q_proj.weight.std().item()
+    own = chunk_std(model.model.decoder.layers[0].self_attn.qkv_proj.weight, 3, 0)
+    assert cross == pytest.approx(xavier_std(d, d) * 12 ** (-1 / 6), rel=0.05)
+    assert own == pytest.approx(xavier_std(d, d) * 30 ** (-1 / 6), rel=0.05)
+
+
+def test_t_fixup_scales_value_output_and_ffn_only():
+    d, ffn, enc, dec = 128, 256, 4, 3
+    model = build(
+        d_model=d,
+        encoder_layers=enc,
+        decoder_layers=dec,
+        encoder_ffn_dim=ffn,
+        decoder_ffn_dim=ffn,
+        init="t_fixup",
+    )
+    enc_gain, dec_gain = 0.67 * enc ** (-0.25), (9 * dec) ** (-0.25)
+    encoder_layer, decoder_layer = model.model.encoder.layers[0], model.model.decoder.layers[0]
+    qkv = encoder_layer.self_attn.qkv_proj.weight
+    assert chunk_std(qkv, 3, 0) == pytest.approx(xavier_std(d, d), rel=0.05)
+    assert chunk_std(qkv, 3, 2) == pytest.approx(xavier_std(d, d) * enc_gain, rel=0.05)
+    assert encoder_layer.self_attn.out_proj.weight.std().item() == pytest.approx(
+        xavier_std(d, d) * enc_gain, rel=0.05
+    )
+    assert encoder_layer.ffn.fc2.weight.std().item() == pytest.approx(xavier_std(d, ffn) * enc_gain, rel=0.05)
+    kv = decoder_layer.encoder_attn.kv_proj.weight
+    assert chunk_std(kv, 2, 1) == pytest.approx(xavier_std(d, d) * dec_gain, rel=0.05)
+    assert decoder_layer.ffn.fc1.weight.std().item() == pytest.approx(xavier_std(d, ffn) * dec_gain, rel=0.05)
+    # Shared embedding: the encoder's factor, as in the T-Fixup authors' code.
+    embedding_std = d**-0.5 * (9 * enc) ** (-0.25)
+    assert model.model.shared.weight[1:].std().item() == pytest.approx(embedding_std, rel=0.05)
+
+
+def test_xavier_baseline_has_no_zero_layers():
+    model = build(normalization="post_ln", init="xavier")
+    layer = model.model.encoder.layers[0]
+    assert layer.self_attn.out_proj.weight.std().item() == pytest.approx(xavier_std(32, 32), rel=0.15)
+    assert layer.ffn.fc2.weight.std().item() == pytest.approx(xavier_std(64, 32), rel=0.15)
+
+
+def test_scalars_start_at_one_and_zero_and_are_listed_for_their_own_learning_rate():
+    model = build()
+    biases = [m for m in model.modules() if isinstance(m, ScalarBias)]
+    scales = [m for m in model.modules() if isinstance(m, ScalarScale)]
+    # 4 biases per encoder layer, 5 per decoder layer, + encoder and decoder output shifts.
+    assert len(biases) == 4 * 2 + 5 * 2 + 2
+    # One multiplier per branch (2 per encoder layer, 3 per decoder layer) + the encoder output scale.
+    assert len(scales) == 2 * 2 + 3 * 2 + 1
+    assert all(m.bias.item() == 0.0 for m in biases)
+    assert all(m.weight.item() == 1.0 for m in scales)
+    assert len(scalar_parameter_names(model)) == len(biases) + len(scales)
+
+
+def test_no_layernorm_without_normalization_and_layernorm_for_baselines():
+    assert not any(isinstance(m, nn.LayerNorm) for m in build().modules())
+    post = sum(isinstance(m, nn.LayerNorm) for m in build(normalization="post_ln", init="xavier").modules())
+    pre = sum(isinstance(m, nn.LayerNorm) for m in build(normalization="pre_ln", init="xavier").modules())
+    assert post == 2 * 2 + 3 * 2
+    assert pre == 2 * 2 + 3 * 2 + 2  # + final LayerNorm of each stack
+    assert not any(isinstance(m, nn.Linear) and m.bias is not None for m in build().modules())
+
+
+def test_at_init_the_decoder_output_does_not_depend_on_the_source():
+    model = build().eval()
+    decoder_input = random_batch(2, 6, seed=1)
+    first = model(input_ids=random_batch(2, 9, seed=2), decoder_input_ids=decoder_input).logits
+    second = model(input_ids=random_batch(2, 5, seed=3), decoder_input_ids=decoder_input).logits
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"normalization": "batchnorm"}, "normalization"),
+        ({"init": "kaiming"}, "init"),
+        ({"position_embedding": "rotary"}, "position_embedding"),
+        ({"d_model": 30, "encoder_attention_heads": 4}, "encoder_attention_heads"),
+        ({"decoder_attention_heads": 5}, "decoder_attention_heads"),
+        ({"init": "fixup", "normalization": "post_ln"}, "normalization"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"encoder_layers": 0}, "encoder_layers"),
+        ({"pad_token_id": 500}, "pad_token_id"),
+    ],
+)
+def test_invalid_config_names_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**overrides)
+
+
+def test_default_config_is_the_iwslt_size_with_depth_30():
+    config = FixupTransformerConfig()
+    assert (config.d_model, config.encoder_ffn_dim, config.encoder_attention_heads) == (512, 1024, 4)
+    assert config.fixup_depth == 30
+    assert (config.normalization, config.init) == ("none", "fixup")
