@@ -176,7 +176,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         if checkpointing:
             model.activation_checkpointing_enable()
         calls = []
-        model.model.encoder.layers[0].ffn.register_forward_hook(lambda *_: calls.append(1))
+        model.model.encoder.layers[0].ffn.register_forward_hook(lambda *_, calls=calls: calls.append(1))
         model(input_ids=source, labels=labels).loss.backward()
         gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         ffn_calls.append(len(calls))
