@@ -1,0 +1,101 @@
+"""Score a saved translation model on a corpus split (the library side of ``scripts/evaluate_mt.py``).
+
+The model directory is anything ``AutoModelForSeq2SeqLM.from_pretrained`` and
+``AutoTokenizer.from_pretrained`` load (``import fixup_transformer`` registers the Fixup types). When it
+was exported by the training loop it also holds ``training_config.yaml``, from which the corpus, data
+directory and languages are taken unless given explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..data import CorpusConfig, load_parallel
+from .bleu import Score, corpus_scores
+from .translate import GenerationSettings, translate_corpus
+
+
+@dataclass
+class EvalRequest:
+    """Which model, which data, how to decode."""
+
+    model_dir: str
+    split: str = "test"
+    data_dir: str | None = None
+    corpus: str | None = None
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+    split_file: str | None = None
+    limit: int | None = None
+    tokenized_bleu: bool = False
+    pretokenized_references: bool = False
+
+
+def training_data_defaults(model_dir: str | Path) -> dict:
+    """``data`` section of the model's ``training_config.yaml`` (empty if the file is absent)."""
+    path = Path(model_dir) / "training_config.yaml"
+    if not path.is_file():
+        return {}
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("data", {}) or {}
+
+
+def corpus_for(request: EvalRequest) -> CorpusConfig:
+    """Fill unspecified corpus fields from the training config; infer the corpus from the data dir name."""
+    from ..training.mt_config import resolve_path
+
+    defaults = training_data_defaults(request.model_dir)
+    data_dir = request.data_dir or defaults.get("data_dir")
+    corpus = request.corpus or (
+        defaults.get("corpus") if not request.data_dir else Path(request.data_dir).name
+    )
+    src = request.src_lang or defaults.get("src_lang")
+    tgt = request.tgt_lang or defaults.get("tgt_lang")
+    if not (src and tgt):
+        raise ValueError("source/target languages unknown: pass --src and --tgt")
+    split_files = dict(defaults.get("split_files") or {}) if not request.data_dir else {}
+    if request.split_file:
+        split_files[request.split] = request.split_file
+    return CorpusConfig(
+        name=corpus or "local",
+        src_lang=src,
+        tgt_lang=tgt,
+        data_dir=resolve_path(str(data_dir)) if data_dir else None,
+        split_files=split_files,
+    )
+
+
+def load_model_and_tokenizer(model_dir: str | Path, device=None):
+    """``AutoModelForSeq2SeqLM`` + ``AutoTokenizer`` from one directory, in eval mode."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    import fixup_transformer  # noqa: F401  (registers the Fixup model types with the Auto classes)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
+    if device is not None:
+        model.to(device)
+    return model.eval(), tokenizer
+
+
+def evaluate_model(
+    request: EvalRequest, settings: GenerationSettings, accelerator=None
+) -> tuple[list[str], dict[str, Score], CorpusConfig]:
+    """Translate the split and score it; every process returns the full, ordered hypotheses."""
+    corpus = corpus_for(request)
+    pairs = load_parallel(corpus, request.split)
+    if request.limit is not None:
+        pairs = pairs[: request.limit]
+    model, tokenizer = load_model_and_tokenizer(
+        request.model_dir, accelerator.device if accelerator is not None else None
+    )
+    hyps = translate_corpus(model, tokenizer, [s for s, _ in pairs], settings, accelerator=accelerator)
+    scores = corpus_scores(
+        hyps,
+        [t for _, t in pairs],
+        with_tokenized_bleu=request.tokenized_bleu or request.pretokenized_references,
+        pretokenized_references=request.pretokenized_references,
+    )
+    return hyps, scores, corpus

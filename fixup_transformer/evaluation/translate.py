@@ -1,0 +1,105 @@
+"""Translate a whole corpus fast: token-budget batches of similar length, original order restored.
+
+Sentences are encoded once, sorted by length (longest first, so an out-of-memory error shows up at
+once rather than at the end) and cut into batches of at most ``batch_tokens`` padded source tokens by
+:class:`fixup_transformer.data.SortedBatchSampler`. Under Accelerate every process translates its own
+round-robin share of the batches, the (index, hypothesis) pairs of all processes are gathered, and
+:func:`fixup_transformer.data.restore_order` puts them back in corpus order on every process (it fails
+loudly on a missing or duplicated sentence rather than scoring a misaligned output).
+
+Output length follows fairseq: at most ``max_len_a * source_length + max_len_b`` new tokens per batch
+(source length of the longest sentence in the batch), unless ``max_new_tokens`` fixes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import SortedBatchSampler, TranslationCollator, restore_order
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding options shared by validation, the final test and ``scripts/evaluate_mt.py``."""
+
+    num_beams: int = 5
+    length_penalty: float = 1.0
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    max_new_tokens: int | None = None
+    batch_tokens: int = 4096
+
+    def new_tokens(self, max_source_length: int) -> int:
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return max(1, math.ceil(self.max_len_a * max_source_length + self.max_len_b))
+
+
+@torch.no_grad()
+def translate_corpus(
+    model,
+    tokenizer,
+    sources: Sequence[str],
+    settings: GenerationSettings | None = None,
+    accelerator=None,
+    show_progress: bool = True,
+    desc: str = "translating",
+) -> list[str]:
+    """Detokenized translations of ``sources``, in their order, on every process.
+
+    ``model`` may be wrapped (DDP); generation runs on the unwrapped module in eval mode (training mode is
+    restored afterwards) and under the accelerator's autocast.
+    """
+    settings = settings or GenerationSettings()
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)
+        world, rank, is_main = (
+            accelerator.num_processes,
+            accelerator.process_index,
+            accelerator.is_main_process,
+        )
+    else:
+        world, rank, is_main = 1, 0, True
+    if len(sources) == 0:
+        return []
+    device = next(model.parameters()).device
+    encoded = tokenizer(list(sources), return_attention_mask=False)["input_ids"]
+    lengths = [len(ids) for ids in encoded]
+    sampler = SortedBatchSampler(lengths, settings.batch_tokens, num_replicas=world, rank=rank)
+    collate = TranslationCollator(pad_id=tokenizer.pad_token_id)
+    was_training = model.training
+    model.eval()
+    ids: list[int] = []
+    hypotheses: list[str] = []
+    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    try:
+        for batch_ids in tqdm(
+            sampler, desc=desc, unit="batch", disable=not (show_progress and is_main), leave=False
+        ):
+            batch = collate([{"input_ids": encoded[i]} for i in batch_ids])
+            with autocast():
+                output = model.generate(
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device),
+                    num_beams=settings.num_beams,
+                    length_penalty=settings.length_penalty,
+                    early_stopping=settings.num_beams > 1,
+                    max_new_tokens=settings.new_tokens(max(lengths[i] for i in batch_ids)),
+                    do_sample=False,
+                )
+            ids.extend(batch_ids)
+            hypotheses.extend(tokenizer.batch_decode(output, skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    pairs = list(zip(ids, hypotheses, strict=True))
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        pairs = gather_object(pairs)
+    return restore_order([i for i, _ in pairs], [h.strip() for _, h in pairs])

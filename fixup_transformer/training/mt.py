@@ -1,0 +1,598 @@
+"""The machine-translation training loop (fairseq recipe, Accelerate mechanics).
+
+Pipeline: load corpus -> clean train -> train (or reuse) a joint SentencePiece tokenizer -> encode ->
+token batches -> train, validating (loss + BLEU on a capped slice) and checkpointing as it goes; at the
+end: optional checkpoint averaging, export of the ``best``/``last`` HF model directories, and the test
+set scored with sacreBLEU (printed with its signature).
+
+Design choices (and why):
+
+- **Gradient accumulation by hand** (``train.update_freq``), with ``accelerator.no_sync`` on all but the
+  last micro-batch. Accelerate's ``gradient_accumulation_steps`` divides every micro-batch loss by a fixed
+  count and decides when to step by counting batches; fairseq instead divides the summed loss by the
+  number of target tokens of the *whole* update on *all* processes, and an epoch's last update may have
+  fewer batches. We reproduce fairseq, so the Accelerator is built with ``gradient_accumulation_steps=1``.
+- **Batches come straight from the data layer's** :class:`~fixup_transformer.data.TokenBatchSampler`,
+  which shards by rank itself and can skip the batches already consumed in an epoch. The loader is not
+  passed through ``accelerator.prepare`` (that would shard it a second time), and no ``DataLoader``
+  iterator is created, because creating one draws from the global torch RNG and would shift the dropout
+  masks after a resume.
+- **Exact resume**: Accelerate saves model, optimizer, scheduler, GradScaler and every process's RNG;
+  ``trainer_state.json`` adds epoch / batches consumed / counters (see ``checkpoint.py``).
+- **fp16**: an update whose gradients overflow is skipped by the GradScaler; like fairseq it does not count
+  as an update (the LR schedule does not advance) and is reported as ``skipped_steps``.
+- **Non-finite loss** (reduced over processes, so every rank agrees) raises :class:`NonFiniteLossError`
+  *before* the update is applied and before anything is saved, so the last checkpoint stays the last good
+  one.
+- Losses are in nats per target token; ``ppl = exp(nll_loss)`` (fairseq prints base 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from ..data import (
+    CorpusConfig,
+    SortedBatchSampler,
+    TokenBatchSampler,
+    TranslationCollator,
+    clean_pairs,
+    encode_pairs,
+    load_parallel,
+    load_tokenizer,
+    save_tokenizer,
+    train_tokenizer,
+)
+from ..evaluation.bleu import corpus_scores, format_scores, sacrebleu_score, scores_to_json
+from ..evaluation.translate import GenerationSettings, translate_corpus
+from ..text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
+from .checkpoint import (
+    WEIGHTS_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    export_pretrained,
+    latest_checkpoint,
+    list_checkpoints,
+    load_averaged_weights,
+    load_training_checkpoint,
+    resolve_resume,
+    save_training_checkpoint,
+)
+from .config import dump_yaml, to_dict
+from .losses import label_smoothed_nll_loss, shift_right
+from .metrics import MetricsWriter, available_trackers, tracker_config
+from .mt_config import ModelConfig, MTConfig, resolve_path
+from .optim import build_optimizer
+from .schedules import build_scheduler
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN/inf; the message names the update and the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class TrainerState:
+    """Counters saved as ``trainer_state.json`` in every checkpoint (everything else is Accelerate's)."""
+
+    step: int = 0  # optimizer updates applied
+    epoch: int = 0  # 0-based epoch in progress
+    batches_done: int = 0  # batches of ``epoch`` this rank has consumed (identical on all ranks)
+    skipped_steps: int = 0  # fp16 updates skipped for gradient overflow
+    train_seconds: float = 0.0  # wall-clock training time over all segments (for max_minutes)
+    target_tokens: int = 0  # target tokens trained on, all processes
+    best_metric: float | None = None
+    best_step: int | None = None
+    last_valid_step: int | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainerState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclasses.dataclass
+class MTData:
+    tokenizer: Any
+    train: Any  # TranslationDataset
+    valid: Any
+    valid_pairs: list[tuple[str, str]]
+    test_pairs: list[tuple[str, str]] | None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Setup
+
+
+def build_accelerator(cfg: MTConfig) -> Accelerator:
+    out = Path(cfg.output_dir)
+    trackers = available_trackers(cfg.train.trackers)
+    return Accelerator(
+        cpu=cfg.train.cpu,
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=1,  # accumulation is done by hand, fairseq-style (module docstring)
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        step_scheduler_with_optimizer=False,  # one schedule step per update, however many processes
+    )
+
+
+def _corpus(cfg: MTConfig) -> CorpusConfig:
+    d = cfg.data
+    data_dir = resolve_path(d.data_dir) if d.data_dir else None
+    return CorpusConfig(d.corpus, d.src_lang, d.tgt_lang, data_dir=data_dir, split_files=dict(d.split_files))
+
+
+def _limit(pairs: list, limit: int | None) -> list:
+    return pairs if limit is None else pairs[:limit]
+
+
+def prepare_data(cfg: MTConfig, accelerator: Accelerator) -> MTData:
+    """Load, clean, tokenize (training the tokenizer once, on the main process) and encode."""
+    corpus = _corpus(cfg)
+    log = accelerator.print
+    train_pairs = _limit(load_parallel(corpus, "train"), cfg.data.train_limit)
+    train_pairs, stats = clean_pairs(train_pairs, max_len=cfg.data.max_len, max_ratio=cfg.data.max_ratio)
+    log(f"train: {stats}")
+    valid_pairs = _limit(load_parallel(corpus, "validation"), cfg.data.valid_limit)
+    test_pairs = None
+    if cfg.eval.test_split:
+        test_pairs = _limit(load_parallel(corpus, cfg.eval.test_split), cfg.data.test_limit)
+
+    tokenizer_dir = Path(cfg.data.tokenizer_dir or Path(cfg.output_dir) / "tokenizer")
+    with accelerator.main_process_first():
+        if accelerator.is_main_process and not (tokenizer_dir / "tokenizer.json").exists():
+            if cfg.data.tokenizer_dir:
+                raise FileNotFoundError(f"data.tokenizer_dir={tokenizer_dir} has no tokenizer.json")
+            log(f"training a {cfg.data.vocab_size}-piece joint SentencePiece model -> {tokenizer_dir}")
+            tokenizer = train_tokenizer(
+                train_pairs,
+                cfg.data.vocab_size,
+                cfg.data.spm_model_type,
+                max_sentences=cfg.data.spm_max_sentences,
+                seed=cfg.seed,
+            )
+            save_tokenizer(tokenizer, tokenizer_dir)
+        tokenizer = load_tokenizer(tokenizer_dir)
+    return MTData(
+        tokenizer=tokenizer,
+        train=encode_pairs(train_pairs, tokenizer),
+        valid=encode_pairs(valid_pairs, tokenizer),
+        valid_pairs=valid_pairs,
+        test_pairs=test_pairs,
+    )
+
+
+def build_model(
+    model_cfg: ModelConfig, tokenizer, label_smoothing: float
+) -> FixupTransformerForConditionalGeneration:
+    config = FixupTransformerConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        label_smoothing=label_smoothing,
+        **to_dict(model_cfg),
+    )
+    return FixupTransformerForConditionalGeneration(config)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One update, validation
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _forward_loss(model, batch, pad_id: int, start_id: int, epsilon: float):
+    decoder_input_ids = shift_right(batch["labels"], pad_id, start_id)
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=decoder_input_ids,
+    ).logits
+    return label_smoothed_nll_loss(logits, batch["labels"], epsilon)
+
+
+def train_step(
+    model, optimizer, accelerator: Accelerator, batches: list[dict], cfg: MTConfig, ids: tuple[int, int]
+):
+    """Forward/backward over the micro-batches of one update and (if the loss is finite) step.
+
+    Returns ``(loss_sum, nll_sum, tokens, grad_norm, skipped)`` summed over processes.
+    """
+    device = accelerator.device
+    local_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
+    total_tokens = accelerator.reduce(torch.tensor(float(local_tokens), device=device), "sum")
+    # DDP averages gradients over processes, hence the factor num_processes: the result is d(sum)/d(total).
+    scale = accelerator.num_processes / total_tokens.clamp(min=1.0)
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    for k, batch in enumerate(batches):
+        batch = _to_device(batch, device)
+        sync = k == len(batches) - 1
+        with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
+            loss, nll, ntok = _forward_loss(model, batch, *ids, cfg.train.label_smoothing)
+            accelerator.backward(loss * scale)
+        sums += torch.stack([loss.detach().double(), nll.detach().double(), ntok.double()])
+    sums = accelerator.reduce(sums, "sum")
+    if not torch.isfinite(sums[0]):
+        optimizer.zero_grad(set_to_none=True)
+        return sums, None, False
+    max_norm = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    skipped = accelerator.optimizer_step_was_skipped
+    optimizer.zero_grad(set_to_none=True)
+    return sums, float(grad_norm), skipped
+
+
+@torch.no_grad()
+def validation_loss(model, accelerator: Accelerator, dataset, cfg: MTConfig, ids: tuple[int, int]) -> dict:
+    """Teacher-forced loss/nll per target token over the whole validation set (sharded over processes)."""
+    model = accelerator.unwrap_model(model)
+    was_training = model.training
+    model.eval()
+    collate = TranslationCollator()
+    sampler = SortedBatchSampler(
+        dataset.num_tokens,
+        cfg.data.max_tokens,
+        num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index,
+    )
+    sums = torch.zeros(3, device=accelerator.device, dtype=torch.float64)
+    try:
+        for batch_ids in sampler:
+            batch = _to_device(collate([dataset[i] for i in batch_ids]), accelerator.device)
+            with accelerator.autocast():
+                loss, nll, ntok = _forward_loss(model, batch, *ids, cfg.train.label_smoothing)
+            sums += torch.stack([loss.double(), nll.double(), ntok.double()])
+    finally:
+        model.train(was_training)
+    loss, nll, ntok = accelerator.reduce(sums, "sum").tolist()
+    return {
+        "valid_loss": loss / max(ntok, 1),
+        "valid_nll_loss": nll / max(ntok, 1),
+        "valid_ppl": math.exp(nll / max(ntok, 1)),
+    }
+
+
+def validate(model, accelerator: Accelerator, data: MTData, cfg: MTConfig, ids: tuple[int, int]) -> dict:
+    result = validation_loss(model, accelerator, data.valid, cfg, ids)
+    n = min(cfg.eval.bleu_sentences, len(data.valid_pairs))
+    if n > 0:
+        pairs = data.valid_pairs[:n]
+        hyps = translate_corpus(
+            model,
+            data.tokenizer,
+            [s for s, _ in pairs],
+            _generation(cfg, beam=cfg.eval.valid_beam),
+            accelerator=accelerator,
+            desc="valid BLEU",
+        )
+        result["valid_bleu"] = sacrebleu_score(hyps, [t for _, t in pairs]).score
+        result["valid_bleu_sentences"] = n
+    return result
+
+
+def _generation(cfg: MTConfig, beam: int) -> GenerationSettings:
+    e = cfg.eval
+    return GenerationSettings(
+        num_beams=beam,
+        length_penalty=e.lenpen,
+        max_len_a=e.max_len_a,
+        max_len_b=e.max_len_b,
+        batch_tokens=e.batch_tokens,
+    )
+
+
+def _metric(cfg: MTConfig, result: dict) -> tuple[float, bool]:
+    """(value, higher_is_better) of the best-model metric."""
+    if cfg.eval.best_metric == "bleu" and "valid_bleu" in result:
+        return result["valid_bleu"], True
+    return result["valid_loss"], False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+
+
+class MTTrainer:
+    """Holds the run's objects; :meth:`fit` trains, :meth:`finish` averages/exports/tests."""
+
+    def __init__(self, cfg: MTConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.accelerator = accelerator = build_accelerator(cfg)
+        self.config_yaml = dump_yaml(cfg)
+        set_seed(cfg.seed)  # identical init on every process
+        self.data = prepare_data(cfg, accelerator)
+        tokenizer = self.data.tokenizer
+        self.ids = (tokenizer.pad_token_id, tokenizer.eos_token_id)  # pad, decoder start (= eos)
+        model = build_model(cfg.model, tokenizer, cfg.train.label_smoothing)
+        optimizer = build_optimizer(model, cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.max_updates)
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=accelerator.is_main_process)
+        self.state = TrainerState()
+        resume = resolve_resume(cfg.checkpoint.resume, self.out)
+        if resume is not None:
+            self.state = TrainerState.from_dict(load_training_checkpoint(accelerator, resume))
+            self.metrics.truncate_after(self.state.step)
+            accelerator.print(
+                f"resumed from {resume} (update {self.state.step}, epoch {self.state.epoch + 1})"
+            )
+        elif latest_checkpoint(self.out / "checkpoints") is not None:
+            raise FileExistsError(
+                f"{self.out} already has checkpoints; use checkpoint.resume=auto or a new output_dir"
+            )
+        self.sampler = TokenBatchSampler(
+            self.data.train.src_lengths,
+            self.data.train.tgt_lengths,
+            max_tokens=cfg.data.max_tokens,
+            max_sentences=cfg.data.max_sentences,
+            seed=cfg.seed,
+            num_replicas=accelerator.num_processes,
+            rank=accelerator.process_index,
+            oversized="drop",
+        )
+        if accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.yaml", self.config_yaml)
+            n_params = sum(p.numel() for p in accelerator.unwrap_model(self.model).parameters())
+            accelerator.print(
+                f"model: {n_params / 1e6:.2f}M parameters, normalization={cfg.model.normalization}, "
+                f"init={cfg.model.init}; {len(self.data.train)} training pairs, "
+                f"{self.sampler.batches_per_rank} batches/epoch/process x {accelerator.num_processes} processes"
+                + (
+                    f" ({self.sampler.num_dropped} pairs over max_tokens dropped)"
+                    if self.sampler.num_dropped
+                    else ""
+                )
+            )
+        accelerator.init_trackers("mt", config=tracker_config(to_dict(cfg)))
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _budget_exhausted(self, elapsed: float) -> str | None:
+        t = self.cfg.train
+        reason = None
+        if t.max_updates is not None and self.state.step >= t.max_updates:
+            reason = "max_updates"
+        elif t.max_minutes is not None and elapsed >= 60 * t.max_minutes:
+            reason = "max_minutes"
+        # Clocks differ between processes: agree on the decision (any process out of time stops all).
+        flag = torch.tensor([0.0 if reason is None else 1.0], device=self.accelerator.device)
+        if (
+            self.accelerator.num_processes > 1
+            and self.accelerator.reduce(flag, "max").item() > 0
+            and reason is None
+        ):
+            reason = "max_minutes"
+        return reason
+
+    def _save(self) -> None:
+        self.accelerator.wait_for_everyone()
+        save_training_checkpoint(
+            self.accelerator,
+            self.out / "checkpoints",
+            self.state.step,
+            dataclasses.asdict(self.state),
+            config_yaml=self.config_yaml,
+            keep_last=self.cfg.checkpoint.keep_last or None,
+        )
+
+    def _export(self, name: str, extra: dict) -> None:
+        if self.accelerator.is_main_process:
+            export_pretrained(
+                self.accelerator.unwrap_model(self.model),
+                self.out / name,
+                tokenizer=self.data.tokenizer,
+                config_yaml=self.config_yaml,
+                extra_json={"step": self.state.step, **extra},
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _validate(self, bar=None) -> dict:
+        result = validate(self.model, self.accelerator, self.data, self.cfg, self.ids)
+        self.state.last_valid_step = self.state.step
+        value, higher = _metric(self.cfg, result)
+        best = self.state.best_metric
+        improved = best is None or (value > best if higher else value < best)
+        if improved:
+            self.state.best_metric, self.state.best_step = value, self.state.step
+            self._export("best", result)
+        record = {"kind": "valid", "step": self.state.step, "epoch": self.state.epoch + 1, **result}
+        record["best_metric"] = self.state.best_metric
+        self.metrics.write(record)
+        self.accelerator.log({k: v for k, v in result.items() if isinstance(v, float)}, step=self.state.step)
+        text = ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
+        (bar.write if bar is not None else self.accelerator.print)(
+            f"update {self.state.step}: {text}{' (best)' if improved else ''}"
+        )
+        return result
+
+    # -- training --------------------------------------------------------------------------------------
+
+    def fit(self) -> str:
+        """Train until a budget runs out; returns the reason ('max_updates', 'max_epochs', 'max_minutes')."""
+        cfg, acc, state = self.cfg, self.accelerator, self.state
+        collate = TranslationCollator()
+        dataset = self.data.train
+        segment_start = time.monotonic()
+        prior_seconds = state.train_seconds
+        window = torch.zeros(3, dtype=torch.float64)
+        window_start, window_tokens = time.monotonic(), 0
+        bar = tqdm(
+            total=cfg.train.max_updates,
+            initial=state.step,
+            desc="training",
+            unit="upd",
+            disable=not acc.is_main_process,
+            dynamic_ncols=True,
+        )
+        stop = None
+        self.model.train()
+        while stop is None:
+            if cfg.train.max_epochs is not None and state.epoch >= cfg.train.max_epochs:
+                stop = "max_epochs"
+                break
+            self.sampler.set_epoch(state.epoch, start_batch=state.batches_done)
+            batches = iter(self.sampler)
+            while stop is None:
+                group = list(islice(batches, cfg.train.update_freq))
+                if not group:
+                    break
+                micro = [collate([dataset[i] for i in ids]) for ids in group]
+                sums, grad_norm, skipped = train_step(self.model, self.optimizer, acc, micro, cfg, self.ids)
+                if grad_norm is None:
+                    self._non_finite(float(sums[0]))
+                state.batches_done += len(group)
+                lr = self.optimizer.param_groups[0]["lr"]
+                if skipped:
+                    state.skipped_steps += 1
+                else:
+                    state.step += 1
+                    self.scheduler.step()
+                    bar.update(1)
+                state.target_tokens += int(sums[2])
+                window += sums.cpu()
+                window_tokens += int(sums[2])
+                state.train_seconds = prior_seconds + time.monotonic() - segment_start
+                if not skipped and state.step % cfg.train.log_interval == 0:
+                    window, window_start, window_tokens = self._log_train(
+                        window, window_start, window_tokens, lr, grad_norm, bar
+                    )
+                if (
+                    not skipped
+                    and cfg.eval.valid_interval_updates
+                    and state.step % cfg.eval.valid_interval_updates == 0
+                ):
+                    self._validate(bar)
+                stop = self._budget_exhausted(state.train_seconds)
+                if (
+                    not skipped
+                    and stop is None
+                    and cfg.checkpoint.save_interval_updates
+                    and state.step % cfg.checkpoint.save_interval_updates == 0
+                ):
+                    self._save()
+            if stop is None:
+                state.epoch += 1
+                state.batches_done = 0
+                if cfg.eval.valid_every_epoch and state.last_valid_step != state.step:
+                    self._validate(bar)
+        bar.close()
+        acc.print(
+            f"stopped ({stop}) at update {state.step}, epoch {state.epoch + 1}, "
+            f"{state.train_seconds / 60:.1f} min, {state.skipped_steps} skipped fp16 steps"
+        )
+        if state.last_valid_step != state.step:
+            self._validate()
+        last = latest_checkpoint(self.out / "checkpoints")
+        if last is None or last.name != f"checkpoint-{state.step}":
+            self._save()
+        self._export("last", {"stop_reason": stop})
+        return stop
+
+    def _log_train(self, window, window_start, window_tokens, lr, grad_norm, bar):
+        loss, nll, ntok = window.tolist()
+        seconds = max(time.monotonic() - window_start, 1e-9)
+        record = {
+            "kind": "train",
+            "step": self.state.step,
+            "epoch": self.state.epoch + 1,
+            "loss": loss / max(ntok, 1),
+            "nll_loss": nll / max(ntok, 1),
+            "ppl": math.exp(min(nll / max(ntok, 1), 50.0)),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "target_tokens": int(ntok),
+            "tokens_per_second": window_tokens / seconds,
+            "skipped_steps": self.state.skipped_steps,
+            "train_seconds": self.state.train_seconds,
+        }
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None:
+            record["loss_scale"] = float(scaler.get_scale())
+        self.metrics.write(record)
+        self.accelerator.log(
+            {k: v for k, v in record.items() if k not in ("kind", "step")}, step=self.state.step
+        )
+        bar.set_postfix(
+            loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:.0f}"
+        )
+        return torch.zeros(3, dtype=torch.float64), time.monotonic(), 0
+
+    def _non_finite(self, value: float) -> None:
+        last = latest_checkpoint(self.out / "checkpoints")
+        message = (
+            f"non-finite loss ({value}) at update {self.state.step + 1} (epoch {self.state.epoch + 1}); "
+            "the update was not applied and nothing was saved. Last good checkpoint: "
+            f"{last if last is not None else 'none'}. Lower optim.lr, add warmup or use fp32/bf16."
+        )
+        self.metrics.write({"kind": "error", "step": self.state.step + 1, "message": message})
+        self.accelerator.end_training()
+        raise NonFiniteLossError(message)
+
+    # -- end of training -------------------------------------------------------------------------------
+
+    def finish(self) -> dict:
+        """Average checkpoints (optional), pick the test model, score the test set; returns the summary."""
+        cfg, acc = self.cfg, self.accelerator
+        model = acc.unwrap_model(self.model)
+        summary: dict[str, Any] = {"step": self.state.step, "best_step": self.state.best_step}
+        if cfg.checkpoint.average_last > 1:
+            paths = list_checkpoints(self.out / "checkpoints")[-cfg.checkpoint.average_last :]
+            acc.print(f"averaging {len(paths)} checkpoints: {', '.join(p.name for p in paths)}")
+            load_averaged_weights(model, paths)
+            result = validate(self.model, acc, self.data, cfg, self.ids)
+            summary["averaged_valid"] = result
+            self._export("averaged", {"averaged": [p.name for p in paths], **result})
+        test_model = cfg.eval.test_model
+        if test_model == "best" and (self.out / "best" / WEIGHTS_FILE).exists():
+            load_averaged_weights(model, [self.out / "best" / WEIGHTS_FILE])
+        elif test_model == "last":
+            load_averaged_weights(model, [self.out / "last" / WEIGHTS_FILE])
+        summary["test_model"] = test_model
+        if self.data.test_pairs:
+            pairs = self.data.test_pairs
+            hyps = translate_corpus(
+                model,
+                self.data.tokenizer,
+                [s for s, _ in pairs],
+                _generation(cfg, cfg.eval.beam),
+                accelerator=acc,
+                desc="test",
+            )
+            scores = corpus_scores(hyps, [t for _, t in pairs], with_tokenized_bleu=cfg.eval.tokenized_bleu)
+            summary["test"] = scores_to_json(scores)
+            if acc.is_main_process:
+                split = cfg.eval.test_split
+                atomic_write_text(
+                    self.out / f"{split}.{test_model}.hyp.{cfg.data.tgt_lang}", "\n".join(hyps) + "\n"
+                )
+                acc.print(f"{split} ({len(pairs)} sentences, {test_model} model, beam {cfg.eval.beam}):")
+                acc.print(format_scores(scores))
+        if acc.is_main_process:
+            atomic_write_json(self.out / "results.json", summary)
+        acc.end_training()
+        return summary
+
+
+def train(cfg: MTConfig) -> dict:
+    """Run the whole pipeline for ``cfg``; returns the summary also written to ``results.json``."""
+    trainer = MTTrainer(cfg)
+    trainer.fit()
+    return trainer.finish()

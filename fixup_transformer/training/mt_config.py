@@ -1,0 +1,209 @@
+"""The machine-translation recipe: every option of ``scripts/train_mt.py``, documented once, here.
+
+YAML files in ``configs/`` set a subset of these fields; the command line overrides any of them with
+dotted keys (``--optim.lr 1e-3 --model.normalization post_ln``). Defaults are the paper's IWSLT14 recipe
+(fairseq ``transformer_iwslt_de_en`` size, Adam (0.9, 0.98), lr 5e-4, inverse-sqrt with 4000 warmup
+updates from 1e-7, label smoothing 0.1, weight decay 1e-4, 4000 tokens per batch) except dropout, which
+the configs set (the paper used 0.5 on IWSLT).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from .config import ConfigError, field_doc
+from .optim import OptimConfig
+from .schedules import ScheduleConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Corpus, cleaning, tokenizer and batching."""
+
+    corpus: str = field_doc(
+        "multi30k", "Corpus name from fixup_transformer.data.CORPORA (decides Hub id and local file stems)."
+    )
+    src_lang: str = field_doc("de", "Source language code (file suffix / Hub column).")
+    tgt_lang: str = field_doc("en", "Target language code.")
+    data_dir: str | None = field_doc(
+        None,
+        "Local directory with {split}.{lang}[.gz] files; None loads the corpus from the Hub. "
+        "${VAR} and ${VAR:-default} are expanded; a relative path that does not exist from the working "
+        "directory is tried from the repository root.",
+    )
+    split_files: dict[str, str] = field_doc(
+        {}, "Override local file stems per split, e.g. {validation: valid.tok.lc}."
+    )
+    max_len: int = field_doc(250, "Cleaning: drop training pairs with a side longer than this many words.")
+    max_ratio: float = field_doc(1.5, "Cleaning: drop training pairs whose word-count ratio exceeds this.")
+    train_limit: int | None = field_doc(
+        None, "Use only the first N training pairs (before cleaning); for tests."
+    )
+    valid_limit: int | None = field_doc(None, "Use only the first N validation pairs (loss and BLEU).")
+    test_limit: int | None = field_doc(None, "Use only the first N test pairs; for tests.")
+    vocab_size: int = field_doc(8000, "Joint SentencePiece vocabulary size (including <pad>, </s>, <unk>).")
+    spm_model_type: Literal["unigram", "bpe"] = field_doc("unigram", "SentencePiece model type.")
+    spm_max_sentences: int | None = field_doc(
+        None, "Train SentencePiece on a seeded random subset of this many sentences (both sides together)."
+    )
+    tokenizer_dir: str | None = field_doc(
+        None,
+        "Reuse this saved tokenizer instead of training one. Default: <output_dir>/tokenizer, trained on "
+        "the first run and reused on resume.",
+    )
+    max_tokens: int = field_doc(4096, "Padded tokens per batch per process (fairseq --max-tokens).")
+    max_sentences: int | None = field_doc(None, "Optional cap on sentences per batch.")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Architecture (fields of FixupTransformerConfig; vocab and special ids come from the tokenizer)."""
+
+    d_model: int = field_doc(512, "Width of the residual stream.")
+    encoder_layers: int = field_doc(6, "Encoder layers.")
+    decoder_layers: int = field_doc(6, "Decoder layers.")
+    encoder_attention_heads: int = field_doc(4, "Encoder attention heads.")
+    decoder_attention_heads: int = field_doc(4, "Decoder attention heads.")
+    encoder_ffn_dim: int = field_doc(1024, "Encoder feed-forward inner width.")
+    decoder_ffn_dim: int = field_doc(1024, "Decoder feed-forward inner width.")
+    activation_function: Literal["relu", "gelu"] = field_doc("relu", "FFN activation (the paper: relu).")
+    dropout: float = field_doc(0.3, "Dropout on embeddings and residual branches (the paper's IWSLT: 0.5).")
+    attention_dropout: float = field_doc(0.0, "Dropout on attention probabilities.")
+    activation_dropout: float = field_doc(0.0, "Dropout after the FFN activation.")
+    max_position_embeddings: int = field_doc(1024, "Longest accepted sequence.")
+    position_embedding: Literal["sinusoidal", "learned"] = field_doc("sinusoidal", "Position encoding.")
+    scale_embedding: bool = field_doc(True, "Multiply token embeddings by sqrt(d_model).")
+    share_encoder_decoder_embeddings: bool = field_doc(True, "One embedding matrix for both sides.")
+    tie_word_embeddings: bool = field_doc(True, "Output projection = decoder input embedding.")
+    normalization: Literal["none", "post_ln", "pre_ln"] = field_doc(
+        "none", "none = Fixup (no LayerNorm); post_ln / pre_ln = the LayerNorm baselines."
+    )
+    init: Literal["fixup", "t_fixup", "xavier"] = field_doc(
+        "fixup", "fixup (the paper), t_fixup (Huang et al. 2020), xavier (standard init, with LayerNorm)."
+    )
+    fixup_cross_attention_depth: int | None = field_doc(
+        None, "Depth L for the cross-attention init; None = true L, 12 = the authors' hard-coded value."
+    )
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Budget, precision, batching of updates, logging."""
+
+    max_updates: int | None = field_doc(None, "Stop after this many optimizer updates.")
+    max_epochs: int | None = field_doc(None, "Stop after this many epochs.")
+    max_minutes: float | None = field_doc(
+        None,
+        "Wall-clock budget for training in minutes, summed over resumed segments (setup, final evaluation "
+        "and test are not counted); on expiry the run validates, saves and exports as usual.",
+    )
+    update_freq: int = field_doc(
+        1,
+        "Gradient accumulation: batches per update (fairseq --update-freq). The loss is normalized by the "
+        "target tokens of all accumulated batches on all processes.",
+    )
+    label_smoothing: float = field_doc(0.1, "Label smoothing epsilon (fairseq label_smoothed_cross_entropy).")
+    mixed_precision: Literal["no", "bf16", "fp16"] = field_doc(
+        "no", "no, bf16 (autocast) or fp16 (autocast + dynamic loss scaling; overflowing steps are skipped)."
+    )
+    cpu: bool = field_doc(False, "Force CPU (also selects the gloo backend for multi-process runs).")
+    log_interval: int = field_doc(50, "Write a train metrics record every N updates.")
+    trackers: list[str] = field_doc(
+        ["tensorboard"], "Accelerate trackers (those not installed are skipped); [] for none."
+    )
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Validation during training and the final test."""
+
+    valid_interval_updates: int = field_doc(1000, "Validate every N updates (0: only at epoch ends/the end).")
+    valid_every_epoch: bool = field_doc(True, "Also validate at the end of every epoch.")
+    bleu_sentences: int = field_doc(
+        500, "Translate this many validation sentences for the validation BLEU (0: loss only)."
+    )
+    valid_beam: int = field_doc(1, "Beam size for validation BLEU (1 = greedy, fastest).")
+    best_metric: Literal["bleu", "loss"] = field_doc(
+        "bleu", "Metric that selects the 'best' model (falls back to loss when BLEU is disabled)."
+    )
+    test_split: str | None = field_doc("test", "Split scored at the end (None: no test).")
+    test_model: Literal["best", "last", "averaged"] = field_doc(
+        "best", "Weights used for the final test; 'averaged' needs checkpoint.average_last > 1."
+    )
+    beam: int = field_doc(5, "Beam size for the final test.")
+    lenpen: float = field_doc(1.0, "Length penalty for beam search (fairseq --lenpen).")
+    max_len_a: float = field_doc(1.2, "Generate at most max_len_a * source_len + max_len_b tokens.")
+    max_len_b: int = field_doc(10, "See max_len_a.")
+    batch_tokens: int = field_doc(8000, "Padded source tokens per generation batch.")
+    tokenized_bleu: bool = field_doc(
+        False, "Also report lowercased tokenized BLEU (as IWSLT papers), labelled, beside sacreBLEU."
+    )
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    """Saving, resuming, averaging."""
+
+    save_interval_updates: int = field_doc(
+        1000, "Save a full training checkpoint every N updates (0: end only)."
+    )
+    keep_last: int = field_doc(5, "Keep only the newest N checkpoints (0 keeps all).")
+    resume: str | None = field_doc(
+        "auto",
+        "auto: continue from the newest complete checkpoint in output_dir if any; a path: that checkpoint "
+        "(or the newest below it); None: always start fresh (fails if output_dir has checkpoints).",
+    )
+    average_last: int = field_doc(
+        0, "At the end, average the weights of the last N checkpoints into <output_dir>/averaged (0/1: off)."
+    )
+
+
+@dataclasses.dataclass
+class MTConfig:
+    """Everything ``scripts/train_mt.py`` needs."""
+
+    output_dir: str = field_doc("runs/mt", "Run directory: checkpoints/, best/, last/, metrics.jsonl, logs.")
+    seed: int = field_doc(1, "Seed for init, batch order and dropout (fairseq default 1).")
+    data: DataConfig = field_doc(DataConfig(), "Corpus and batching.")
+    model: ModelConfig = field_doc(ModelConfig(), "Architecture.")
+    optim: OptimConfig = field_doc(OptimConfig(), "Optimizer.")
+    schedule: ScheduleConfig = field_doc(ScheduleConfig(), "Learning-rate schedule.")
+    train: TrainConfig = field_doc(TrainConfig(), "Training budget and precision.")
+    eval: EvalConfig = field_doc(EvalConfig(), "Validation and test.")
+    checkpoint: CheckpointConfig = field_doc(CheckpointConfig(), "Checkpoints.")
+
+    def validate(self) -> None:
+        """Cross-field checks that a single field's type cannot express."""
+        t = self.train
+        if t.max_updates is None and t.max_epochs is None and t.max_minutes is None:
+            raise ConfigError("set a budget: train.max_updates, train.max_epochs and/or train.max_minutes")
+        if t.update_freq < 1:
+            raise ConfigError(f"train.update_freq must be >= 1, got {t.update_freq}")
+        if self.eval.test_model == "averaged" and self.checkpoint.average_last < 2:
+            raise ConfigError("eval.test_model=averaged needs checkpoint.average_last >= 2")
+
+
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def resolve_path(path: str) -> Path:
+    """Expand ``${VAR}``/``${VAR:-default}`` and ``~``; try the repository root for missing relative paths."""
+
+    def expand(match: re.Match) -> str:
+        value = os.environ.get(match.group(1))
+        if value:
+            return value
+        if match.group(2) is not None:
+            return match.group(2)
+        raise ConfigError(f"path {path!r} uses ${{{match.group(1)}}}, which is not set")
+
+    resolved = Path(os.path.expanduser(_VAR.sub(expand, path)))
+    if not resolved.is_absolute() and not resolved.exists() and (REPO_ROOT / resolved).exists():
+        return REPO_ROOT / resolved
+    return resolved
