@@ -1,0 +1,251 @@
+"""Fixup ResNets: the init rule number by number, depth behaviour at init, configs and input errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import fixup_transformer.vision as V
+from fixup_transformer.fixup import ScalarBias, ScalarScale, he_normal_std, scalar_parameter_names
+from fixup_transformer.vision.modeling_fixup_resnet import (
+    FixupBasicBlock,
+    FixupBottleneck,
+    SubsamplePadShortcut,
+)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # These nets are tiny per layer; on a shared 2-core machine, OpenMP threads spinning against other
+    # processes make each small conv ~100x slower than running on one thread.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _he_std(conv: nn.Conv2d) -> float:
+    w = conv.weight
+    return he_normal_std(w.shape[0] * w.shape[2] * w.shape[3])
+
+
+def _pooled_normalized_std(convs: list[nn.Conv2d]) -> tuple[float, int]:
+    """Std of all weights, each divided by its conv's He std: 1 for He init, the gain if scaled."""
+    values = torch.cat([(c.weight.detach() / _he_std(c)).flatten() for c in convs])
+    return values.std().item(), values.numel()
+
+
+def _assert_std(measured: float, expected: float, n: int) -> None:
+    # Sampling error of a std estimate is ~ expected / sqrt(2n); allow 6 of those.
+    assert abs(measured - expected) < 6 * expected / math.sqrt(2 * n), (measured, expected, n)
+
+
+def test_basic_block_init_follows_the_rule():
+    torch.manual_seed(0)
+    model = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(110))
+    blocks = [m for m in model.modules() if isinstance(m, FixupBasicBlock)]
+    assert len(blocks) == 54 == model.config.num_blocks
+    std, n = _pooled_normalized_std([b.conv1 for b in blocks])
+    _assert_std(std, 54**-0.5, n)
+    for b in blocks:
+        assert torch.count_nonzero(b.conv2.weight) == 0
+    stem_std, n = _pooled_normalized_std([model.resnet.stem.conv])
+    _assert_std(stem_std, 1.0, n)  # outside the branches: plain He
+    assert torch.count_nonzero(model.classifier.fc.weight) == 0
+    assert torch.count_nonzero(model.classifier.fc.bias) == 0
+    # Rule 3: 4 scalar biases + 1 multiplier per block, one bias after the stem and one before the classifier.
+    scalars = [m for m in model.modules() if isinstance(m, (ScalarBias, ScalarScale))]
+    assert len(scalars) == 5 * 54 + 2
+    assert len(scalar_parameter_names(model)) == len(scalars)
+    for m in scalars:
+        expected = 1.0 if isinstance(m, ScalarScale) else 0.0
+        assert all(p.numel() == 1 and p.item() == expected for p in m.parameters())
+
+
+def test_bottleneck_init_follows_the_rule():
+    torch.manual_seed(0)
+    config = V.FixupResNetConfig.imagenet(50, width_multiplier=0.25, num_labels=5)
+    model = V.FixupResNetForImageClassification(config)
+    blocks = [m for m in model.modules() if isinstance(m, FixupBottleneck)]
+    assert len(blocks) == 16 == config.num_blocks
+    std, n = _pooled_normalized_std([c for b in blocks for c in (b.conv1, b.conv2)])
+    _assert_std(std, 16**-0.25, n)  # L^(-1/(2m-2)) with m = 3
+    assert all(torch.count_nonzero(b.conv3.weight) == 0 for b in blocks)
+    projections = [b.shortcut[0] for b in blocks if b.shortcut is not None]
+    assert len(projections) == 4  # first block of every stage
+    std, n = _pooled_normalized_std(projections)
+    _assert_std(std, 1.0, n)  # the 1x1 downsample conv is not in a branch: plain He
+    assert torch.count_nonzero(model.classifier.fc.weight) == 0
+
+
+def test_no_normalization_modules_by_default_and_batchnorm_baseline_has_them():
+    norm_types = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+    fixup = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(20))
+    assert not any(isinstance(m, norm_types) for m in fixup.modules())
+    assert not any(isinstance(m, nn.Conv2d) and m.bias is not None for m in fixup.modules())
+    bn = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(20, normalization="batchnorm"))
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 19
+    assert scalar_parameter_names(bn) == []
+    # With BatchNorm, "fixup" init zeroes the branch-final BN weight instead of the conv.
+    finals = [b.norm2 for b in bn.modules() if isinstance(b, FixupBasicBlock)]
+    assert all(torch.count_nonzero(n.weight) == 0 for n in finals)
+    kaiming = V.FixupResNetForImageClassification(
+        V.FixupResNetConfig.cifar(20, normalization="batchnorm", init="kaiming")
+    )
+    assert all(m.weight.eq(1).all() for m in kaiming.modules() if isinstance(m, nn.BatchNorm2d))
+    assert torch.count_nonzero(kaiming.classifier.fc.weight) > 0
+
+
+def test_logits_are_zero_at_init():
+    model = V.fixup_resnet32_cifar(width_multiplier=0.5)
+    out = model(torch.randn(3, 3, 32, 32), labels=torch.tensor([0, 1, 2]))
+    assert torch.equal(out.logits, torch.zeros(3, 10))
+    assert out.loss.item() == pytest.approx(math.log(10), abs=1e-6)
+
+
+def _feature_rms(depth: int, init: str) -> float:
+    torch.manual_seed(0)
+    config = V.FixupResNetConfig.cifar(depth, width_multiplier=0.25, init=init)
+    model = V.FixupResNetModel(config).eval()
+    with torch.no_grad():
+        features = model(torch.randn(2, 3, 32, 32)).pooler_output
+    return features.pow(2).mean().sqrt().item()
+
+
+def test_output_scale_at_init_is_bounded_in_depth_for_fixup_but_not_for_kaiming():
+    fixup = [_feature_rms(d, "fixup") for d in (20, 110, 1202)]
+    kaiming = [_feature_rms(d, "kaiming") for d in (20, 110, 1202)]
+    assert all(math.isfinite(v) and v > 0 for v in fixup)
+    assert max(fixup) / min(fixup) < 2.0, fixup
+    # Without normalization, He init roughly doubles the variance per block: 10^k growth, then overflow.
+    assert kaiming[1] > 100 * kaiming[0], kaiming
+    assert not math.isfinite(kaiming[2]) or kaiming[2] > 1e6 * kaiming[0], kaiming
+
+
+def test_ten_thousand_layer_net_builds_and_runs_on_cpu():
+    config = V.FixupResNetConfig.cifar(6 * 1667 + 2, width_multiplier=0.125)  # 10,004 layers
+    model = V.FixupResNetForImageClassification(config)
+    assert config.num_blocks == 5001
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 16, 16))
+    assert torch.equal(out.logits, torch.zeros(1, 10))
+    hidden = model.resnet(torch.randn(1, 3, 16, 16)).last_hidden_state
+    assert torch.isfinite(hidden).all()
+
+
+def test_option_a_shortcut_subsamples_and_zero_pads():
+    x = torch.arange(2 * 4 * 4 * 4, dtype=torch.float32).view(2, 4, 4, 4)
+    y = SubsamplePadShortcut(8, 2)(x)
+    assert y.shape == (2, 8, 2, 2)
+    assert torch.equal(y[:, :4], x[:, :, ::2, ::2])
+    assert torch.count_nonzero(y[:, 4:]) == 0
+    model = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(20))
+    shortcuts = [m for m in model.modules() if isinstance(m, SubsamplePadShortcut)]
+    assert len(shortcuts) == 2  # entering stages 2 and 3; parameter-free
+    assert sum(p.numel() for m in shortcuts for p in m.parameters()) == 0
+
+
+@pytest.mark.parametrize(
+    ("depth", "hidden", "blocks"),
+    [(18, (64, 128, 256, 512), 8), (34, (64, 128, 256, 512), 16), (101, (256, 512, 1024, 2048), 33)],
+)
+def test_imagenet_table(depth, hidden, blocks):
+    config = V.FixupResNetConfig.imagenet(depth)
+    assert config.hidden_sizes == hidden and config.num_blocks == blocks
+    assert config.num_labels == 1000 and config.image_size == 224
+
+
+def test_imagenet_model_output_shapes():
+    model = V.FixupResNetModel(V.FixupResNetConfig.imagenet(18, width_multiplier=0.125))
+    out = model(torch.randn(1, 3, 64, 64), output_hidden_states=True)
+    assert out.last_hidden_state.shape == (1, 64, 2, 2)
+    assert out.pooler_output.shape == (1, 64)
+    assert [h.shape[1] for h in out.hidden_states] == [8, 8, 16, 32, 64]
+
+
+def test_presets_and_factories():
+    config = V.FixupResNetConfig.cifar(depth=56)
+    assert config.id2label[0] == "airplane" and config.label2id["truck"] == 9
+    assert config.depths == (9, 9, 9) and config.model_type == "fixup_resnet"
+    assert V.FixupResNetConfig.cifar(20, width_multiplier=2).hidden_sizes == (32, 64, 128)
+    assert V.FixupResNetConfig.cifar(20, num_labels=100).num_labels == 100
+    model = V.fixup_resnet20_cifar(normalization="batchnorm", init="kaiming")
+    assert model.config.depth == 20 and model.config.normalization == "batchnorm"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"depth": 21}, "6n+2"),
+        ({"depth": 2}, "6n+2"),
+        ({"family": "imagenet", "depth": 20}, "18, 34, 50, 101, 152"),
+        ({"normalization": "layernorm"}, "normalization must be one of ['none', 'batchnorm']"),
+        ({"init": "xavier"}, "init must be one of ['fixup', 'kaiming']"),
+        ({"family": "mnist"}, "family must be one of"),
+        ({"width_multiplier": 0.0}, "width_multiplier"),
+    ],
+)
+def test_invalid_config_values_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("+", r"\+")):
+        V.FixupResNetConfig(**kwargs)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(8))
+    with pytest.raises(ValueError, match="channels"):
+        model(torch.randn(2, 32, 32, 3))  # channels-last
+    with pytest.raises(ValueError, match=r"shape \(batch, 3, height, width\)"):
+        model(torch.randn(3, 32, 32))
+    with pytest.raises(TypeError, match="floating-point"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 9\]"):
+        model(x, labels=torch.tensor([3, 10]))
+    with pytest.raises(ValueError, match=r"class indices in \[0, 9\]"):
+        model(x, labels=torch.tensor([-1, 0]))
+    with pytest.raises(ValueError, match="batch size"):
+        model(x, labels=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="soft labels"):
+        model(x, labels=torch.rand(2, 5))
+
+
+def test_soft_labels_give_the_mixup_loss():
+    torch.manual_seed(0)
+    model = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(8))
+    with torch.no_grad():
+        model.classifier.fc.weight.normal_()
+    x = torch.randn(2, 3, 32, 32)
+    a, b = torch.tensor([1, 4]), torch.tensor([7, 0])
+    soft = 0.3 * nn.functional.one_hot(a, 10).float() + 0.7 * nn.functional.one_hot(b, 10).float()
+    mixed = model(x, labels=soft).loss
+    expected = 0.3 * model(x, labels=a).loss + 0.7 * model(x, labels=b).loss
+    assert mixed.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_from_pretrained_keeps_loaded_weights(tmp_path):
+    model = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(8, width_multiplier=0.5))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))  # zero-init layers and scalars now differ from their init
+    model.save_pretrained(tmp_path)
+    loaded = V.FixupResNetForImageClassification.from_pretrained(tmp_path)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_batchnorm_baseline_trains_a_step_and_keeps_running_stats(tmp_path):
+    model = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(8, normalization="batchnorm"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = model(torch.randn(4, 3, 32, 32), labels=torch.tensor([0, 1, 2, 3])).loss
+    loss.backward()
+    opt.step()
+    bn = model.resnet.stem.norm
+    assert bn.num_batches_tracked.item() == 1 and not torch.equal(
+        bn.running_mean, torch.zeros_like(bn.running_mean)
+    )
+    model.save_pretrained(tmp_path)
+    loaded = V.FixupResNetForImageClassification.from_pretrained(tmp_path)
+    assert torch.equal(loaded.resnet.stem.norm.running_mean, bn.running_mean)
