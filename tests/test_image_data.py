@@ -1,0 +1,135 @@
+"""Image data: .npz / image-folder / Hub loaders and their errors; torch augmentation and mixup."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fixup_transformer.vision.augment import mixup, normalize, random_crop_flip
+from fixup_transformer.vision.data import load_hub_cifar10, load_image_folder, load_images, load_npz
+
+
+def _write_npz(path, n=6, **overrides):
+    arrays = {
+        "x": np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
+        "y": np.arange(n, dtype=np.int64) % 3,
+        "classes": np.array(["a", "b", "c"]),
+    }
+    arrays.update(overrides)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_load_npz_round_trip(tmp_path):
+    arrays = _write_npz(tmp_path / "d.npz")
+    data = load_npz(tmp_path / "d.npz")
+    assert np.array_equal(data.images, arrays["x"]) and data.classes == ["a", "b", "c"]
+    images, labels = data.tensors()
+    assert images.shape == (6, 3, 8, 8) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+    assert torch.equal(images[2].permute(1, 2, 0), torch.from_numpy(arrays["x"][2]))
+    assert len(data.subset(4)) == 4
+
+
+def test_load_npz_missing_keys_names_file_and_keys(tmp_path):
+    _write_npz(tmp_path / "bad.npz", y=None, classes=None)
+    with pytest.raises(KeyError, match=r"bad\.npz.*\['y', 'classes'\]"):
+        load_npz(tmp_path / "bad.npz")
+
+
+def test_load_npz_refuses_pickled_arrays(tmp_path):
+    _write_npz(tmp_path / "obj.npz", classes=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_npz(tmp_path / "obj.npz")
+
+
+def test_load_npz_rejects_labels_out_of_range(tmp_path):
+    _write_npz(tmp_path / "lab.npz", y=np.array([0, 1, 2, 3, 0, 1]))
+    with pytest.raises(ValueError, match="labels must lie in"):
+        load_npz(tmp_path / "lab.npz")
+
+
+def test_missing_source_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_npz(tmp_path / "nope.npz")
+    with pytest.raises(FileNotFoundError):
+        load_images(str(tmp_path / "nowhere"), "train")
+
+
+def test_image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, count in (("cat", 2), ("dog", 3)):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(
+                tmp_path / "train" / name / f"{i}.png"
+            )
+    (tmp_path / "train" / "dog" / "notes.txt").write_text("ignored")
+    data = load_images(str(tmp_path), "train")
+    assert data.classes == ["cat", "dog"] and list(data.labels) == [0, 0, 1, 1, 1]
+    assert data.images.shape == (5, 10, 12, 3)
+    Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(tmp_path / "train" / "cat" / "gray.jpg")
+    with pytest.raises(ValueError, match="different sizes"):
+        load_image_folder(tmp_path / "train")
+    resized = load_image_folder(tmp_path / "train", image_size=8)
+    assert resized.images.shape == (6, 8, 8, 3)
+
+
+def test_hub_loader_offline_error_is_clear(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="Offline.*local .npz"):
+        load_hub_cifar10("test", "fixup-transformer-tests/surely-not-cached")
+
+
+def test_shared_cifar10_files_load(shared_data_dir):
+    data = load_images(str(shared_data_dir / "cifar10"), "test")
+    assert data.images.shape[1:] == (32, 32, 3) and len(data.classes) == 10
+    assert data.classes[0] == "airplane" and data.classes[9] == "truck"
+
+
+def test_random_crop_flip_is_a_shifted_window_and_reproducible():
+    images = torch.arange(4 * 3 * 6 * 6, dtype=torch.float32).view(4, 3, 6, 6) + 1
+    out = random_crop_flip(images, torch.Generator().manual_seed(0), padding=2)
+    again = random_crop_flip(images, torch.Generator().manual_seed(0), padding=2)
+    assert torch.equal(out, again) and out.shape == images.shape
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for i in range(4):
+        windows = [padded[i, :, y : y + 6, x : x + 6] for y in range(5) for x in range(5)]
+        candidates = windows + [w.flip(2) for w in windows]
+        assert any(torch.equal(out[i], w) for w in candidates)
+    assert torch.equal(random_crop_flip(images, torch.Generator(), padding=0, flip=False), images)
+
+
+def test_random_crop_flip_flips_about_half():
+    images = torch.arange(8, dtype=torch.uint8).view(1, 1, 1, 8).expand(1000, 1, 1, 8)
+    out = random_crop_flip(images, torch.Generator().manual_seed(1), padding=0)
+    flipped = (out[:, 0, 0, 0] == 7).float().mean().item()
+    assert 0.4 < flipped < 0.6
+
+
+def test_mixup_mixes_images_and_targets_with_the_same_lambda():
+    x = torch.randn(16, 3, 4, 4)
+    y = torch.arange(16)  # one class per image, so each target row reveals the mixing partner
+    mixed, targets = mixup(x, y, 16, alpha=0.7, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(targets.sum(1), torch.ones(16))
+    lams = set()
+    for i in range(16):
+        lam = targets[i, i].item()
+        partner = i if lam == 1.0 else int(torch.nonzero(targets[i] * (torch.arange(16) != i))[0])
+        torch.testing.assert_close(mixed[i], lam * x[i] + (1 - lam) * x[partner])
+        if partner != i:
+            lams.add(round(lam, 6))
+    assert len(lams) == 1 and 0 < lams.pop() < 1  # one lambda per batch
+    again, _ = mixup(x, y, 16, alpha=0.7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, mixed)
+    plain_x, one_hot = mixup(x, y, 16, alpha=0.0, generator=torch.Generator())
+    assert torch.equal(plain_x, x) and torch.equal(one_hot.argmax(1), y)
+
+
+def test_normalize_uses_channel_statistics():
+    images = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    out = normalize(images, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
