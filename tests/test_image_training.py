@@ -1,0 +1,160 @@
+"""Image training: SGD on real CIFAR-10 lowers the loss; configs; train_image.py end to end with exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import fixup_transformer.vision as V
+from fixup_transformer.training.config import ConfigError, load_config
+from fixup_transformer.training.optim import OptimConfig, build_optimizer
+from fixup_transformer.vision.augment import normalize
+from fixup_transformer.vision.data import load_images
+from fixup_transformer.vision.training import ImageTrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_CONFIG = REPO / "configs" / "cifar10_resnet20_cpu.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_sgd_steps_on_real_cifar10_reduce_the_loss(shared_data_dir):
+    data = load_images(str(shared_data_dir / "cifar10"), "test").subset(128)
+    images, labels = data.tensors()
+    x = normalize(images, V.CIFAR10_MEAN, V.CIFAR10_STD)
+    torch.manual_seed(0)
+    model = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(8))
+    optimizer = build_optimizer(model, OptimConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4))
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert groups["scalars"]["lr"] == pytest.approx(0.01)  # Fixup scalars at lr / 10
+    assert len(groups["scalars"]["params"]) == 5 * 3 + 2
+    losses = []
+    for _ in range(12):
+        loss = model(pixel_values=x, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(2.302585, abs=1e-5)  # zero logits at init
+    # Fixup starts slowly (the zero classifier passes no gradient to the trunk on the first update), but
+    # every later loss must be below the first and the last clearly lower.
+    assert all(loss < losses[0] for loss in losses[1:]), losses
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_shipped_configs_load_and_the_batchnorm_twin_differs_only_in_normalization_and_init():
+    fixup = load_config(ImageTrainConfig, CPU_CONFIG)
+    bn = load_config(ImageTrainConfig, REPO / "configs" / "cifar10_resnet20_cpu_batchnorm.yaml")
+    big = load_config(ImageTrainConfig, REPO / "configs" / "cifar10_resnet110.yaml")
+    assert (fixup.depth, fixup.normalization, fixup.init) == (20, "none", "fixup")
+    assert (bn.normalization, bn.init) == ("batchnorm", "kaiming")
+    a, b = (
+        yaml.safe_load(CPU_CONFIG.read_text()),
+        yaml.safe_load((REPO / "configs" / "cifar10_resnet20_cpu_batchnorm.yaml").read_text()),
+    )
+    assert {k for k in a if a[k] != b[k]} == {"normalization", "init", "output_dir"}
+    assert (big.depth, big.epochs, big.batch_size, big.milestones) == (110, 200, 128, [100, 150])
+    assert big.optim.name == "sgd" and big.optim.lr == 0.1 and big.optim.scalar_lr_multiplier == 0.1
+
+
+def test_unknown_or_invalid_config_keys_are_rejected(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("depth: 20\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_config(ImageTrainConfig, path)
+    with pytest.raises(ConfigError, match="normalization"):
+        load_config(ImageTrainConfig, None, {"normalization": "groupnorm"})
+    with pytest.raises(ValueError, match="6n\\+2"):
+        load_config(ImageTrainConfig, None, {"depth": "21"})
+
+
+def _run(args: list[str], launcher: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [*launcher, str(REPO / "scripts" / "train_image.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=REPO,
+    )
+
+
+def _epoch_records(path: Path) -> list[dict]:
+    drop = {"img_per_s", "train_seconds"}
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in drop} for r in records]
+
+
+@pytest.mark.slow
+def test_train_image_script_end_to_end_with_exact_resume(shared_data_dir, tmp_path):
+    common = [
+        "--config", str(CPU_CONFIG),
+        "--train_data", str(shared_data_dir / "cifar10"),
+        "--depth", "8", "--width_multiplier", "0.25",
+        "--train_samples", "256", "--test_samples", "200", "--batch_size", "64",
+        "--epochs", "2", "--schedule", "step", "--milestones", "1", "--mixup_alpha", "0.7",
+        "--progress_bar", "false", "--num_threads", "1",
+    ]  # fmt: skip
+    accelerate = shutil.which("accelerate")
+    launcher = (
+        [accelerate, "launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no"]
+        if accelerate
+        else [sys.executable]
+    )  # fmt: skip
+    full = tmp_path / "full"
+    result = _run([*common, "--output_dir", str(full)], launcher)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    paused = tmp_path / "paused"
+    result = _run([*common, "--output_dir", str(paused), "--stop_after_steps", "5"], [sys.executable])
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (paused / "checkpoints" / "checkpoint-5" / "trainer_state.json").is_file()
+    assert not (paused / "final").exists()
+    result = _run([*common, "--output_dir", str(paused), "--resume"], [sys.executable])
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "resumed from" in result.stdout + result.stderr
+
+    # The resumed run is the uninterrupted run: same weights bit for bit, same metrics.
+    a = load_file(str(full / "final" / "model.safetensors"))
+    b = load_file(str(paused / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    records = _epoch_records(full / "metrics.jsonl")
+    assert records == _epoch_records(paused / "metrics.jsonl")
+    assert [r["kind"] for r in records] == ["epoch", "epoch", "final"]
+    assert records[0]["lr"] == pytest.approx(0.01) and records[-1]["step"] == 8  # step schedule at epoch 1
+    assert 0.0 <= records[-1]["test_top1"] <= 1.0
+
+    # The exported checkpoint is a standard HF image classifier.
+    from transformers import pipeline
+
+    final = full / "final"
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {
+        p.name for p in final.iterdir()
+    }
+    predictions = pipeline("image-classification", model=str(final))(
+        load_images(str(shared_data_dir / "cifar10"), "test")
+        .subset(1)
+        .tensors()[0][0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
+    assert predictions[0]["label"] in V.CIFAR10_CLASSES
