@@ -10,7 +10,6 @@ Corpus, data directory and languages default to the model's training_config.yaml
 
 import argparse
 import json
-import sys
 
 from accelerate import Accelerator
 
@@ -18,6 +17,7 @@ from fixup_transformer.evaluation.bleu import format_scores, scores_to_json
 from fixup_transformer.evaluation.mt_eval import EvalRequest, evaluate_model
 from fixup_transformer.evaluation.translate import GenerationSettings
 from fixup_transformer.training.checkpoint import atomic_write_text
+from fixup_transformer.training.process import exit_process
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,4 +94,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -12,6 +12,7 @@ import sys
 from fixup_transformer.training.config import ConfigError, parse_config
 from fixup_transformer.training.mt import NonFiniteLossError, train
 from fixup_transformer.training.mt_config import MTConfig
+from fixup_transformer.training.process import exit_process
 
 
 def main(argv=None) -> int:
@@ -29,4 +30,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

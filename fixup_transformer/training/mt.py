@@ -74,6 +74,7 @@ from .losses import label_smoothed_nll_loss, shift_right
 from .metrics import MetricsWriter, available_trackers, tracker_config
 from .mt_config import ModelConfig, MTConfig, resolve_path
 from .optim import build_optimizer
+from .process import keep_alive
 from .schedules import build_scheduler
 
 
@@ -594,5 +595,8 @@ class MTTrainer:
 def train(cfg: MTConfig) -> dict:
     """Run the whole pipeline for ``cfg``; returns the summary also written to ``results.json``."""
     trainer = MTTrainer(cfg)
-    trainer.fit()
-    return trainer.finish()
+    try:
+        trainer.fit()
+        return trainer.finish()
+    finally:
+        keep_alive(trainer)  # multi-process: freed only by exit_process (gloo teardown deadlock, process.py)

@@ -1,0 +1,79 @@
+"""Corpus translation (order restored, sharded batches) and BLEU/chrF reporting with signatures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fixup_transformer.data import train_tokenizer
+from fixup_transformer.evaluation import GenerationSettings, corpus_scores, format_scores, translate_corpus
+from fixup_transformer.evaluation.bleu import sacrebleu_score, tokenized_bleu
+
+WORDS = "a man in a blue shirt is riding his bike down the street while two dogs play with a red ball".split()
+SENTENCES = [" ".join(WORDS[i : i + 1 + (i * 7) % 13]) for i in range(len(WORDS))] + [
+    "dogs",
+    "a very small cat",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer([(s, s) for s in SENTENCES], vocab_size=40)
+
+
+class EchoModel(nn.Module):
+    """'Translates' by copying the source ids: any reordering or loss of sentences becomes visible."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.calls: list[dict] = []
+
+    def generate(self, input_ids, attention_mask, **kwargs):
+        self.calls.append({"batch": len(input_ids), **kwargs})
+        return input_ids
+
+
+@pytest.mark.parametrize("batch_tokens", [16, 40, 10_000])
+def test_translate_corpus_restores_order(tokenizer, batch_tokens):
+    model = EchoModel().train()
+    settings = GenerationSettings(num_beams=3, max_len_a=1.0, max_len_b=4, batch_tokens=batch_tokens)
+    hyps = translate_corpus(model, tokenizer, SENTENCES, settings, show_progress=False)
+    expected = [
+        tokenizer.decode(tokenizer(s)["input_ids"], skip_special_tokens=True).strip() for s in SENTENCES
+    ]
+    assert hyps == expected
+    assert model.training  # mode restored
+    if batch_tokens == 16:
+        assert len(model.calls) > 3  # really several length-sorted batches
+    call = model.calls[0]
+    assert call["num_beams"] == 3 and call["early_stopping"] is True and call["do_sample"] is False
+    # fairseq length limit: a * longest source in the batch + b (batches are longest-first)
+    assert call["max_new_tokens"] == max(len(tokenizer(s)["input_ids"]) for s in SENTENCES) + 4
+
+
+def test_fixed_max_new_tokens():
+    assert GenerationSettings(max_new_tokens=7).new_tokens(100) == 7
+    assert GenerationSettings(max_len_a=1.2, max_len_b=10).new_tokens(10) == 22
+
+
+def test_scores_carry_signatures():
+    hyps = ["The cat sat on the mat.", "A dog runs in the park."]
+    refs = ["The cat sat on the mat.", "A dog is running in the park."]
+    scores = corpus_scores(hyps, refs, with_tokenized_bleu=True)
+    text = format_scores(scores)
+    assert "sacreBLEU = " in text and "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in text
+    assert "chrF2 = " in text and "nc:6|nw:0" in text
+    assert "tokenized BLEU (lowercased" in text and "case:lc" in text
+    assert scores["bleu"].score == pytest.approx(sacrebleu_score(hyps, refs).score)
+    assert 0 < scores["bleu"].score < 100
+
+
+def test_tokenized_bleu_is_case_insensitive_and_handles_pretokenized_refs():
+    assert tokenized_bleu(
+        ["THE CAT SAT ON THE MAT ."], ["the cat sat on the mat ."], pretokenized=True
+    ).score == pytest.approx(100.0)
+    assert "tok:none" in tokenized_bleu(["a"], ["a"], pretokenized=True).signature
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        sacrebleu_score(["a", "b"], ["a"])

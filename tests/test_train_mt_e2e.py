@@ -1,0 +1,223 @@
+"""End-to-end MT training on a slice of real Multi30k: exact resume, failure handling, exports, DDP.
+
+Runs use ``configs/tiny_test.yaml`` (300 training pairs, a 1+1-layer d=32 model, 8 updates), so each
+takes seconds; the data comes from the ``shared_data_dir`` fixture and the tests skip without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fixup_transformer.training import mt
+from fixup_transformer.training.checkpoint import list_checkpoints
+from fixup_transformer.training.config import load_config
+from fixup_transformer.training.metrics import read_metrics
+from fixup_transformer.training.mt_config import MTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny_test.yaml"
+OFFLINE_ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@pytest.fixture(scope="module")
+def multi30k(shared_data_dir) -> Path:
+    path = shared_data_dir / "multi30k"
+    if not (path / "train.de.gz").exists():
+        pytest.skip(f"Multi30k not found in {path}")
+    return path
+
+
+def tiny_config(multi30k: Path, output_dir: Path, **overrides) -> MTConfig:
+    values = {"data.data_dir": str(multi30k), "output_dir": str(output_dir)}
+    values.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return load_config(MTConfig, TINY, values)
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl", "train")}
+
+
+@pytest.mark.slow
+def test_exact_resume_exports_and_test_scores(multi30k, tmp_path, capsys):
+    full = tmp_path / "full"
+    summary = mt.train(tiny_config(multi30k, full, checkpoint__average_last=2))
+    reference = train_losses(full)
+    assert sorted(reference) == list(range(1, 9))
+
+    # Stopped cleanly at 4 (budget), then resumed with the full budget.
+    stopped = tmp_path / "stopped"
+    mt.train(tiny_config(multi30k, stopped, train__max_updates=4, eval__test_split="none"))
+    mt.train(tiny_config(multi30k, stopped, checkpoint__average_last=2))
+    assert train_losses(stopped) == reference  # bit-identical: same batches, dropout masks, optimizer state
+
+    # Killed during update 7 (after checkpoint-4 was written), then resumed automatically.
+    killed = tmp_path / "killed"
+    real_step = mt.train_step
+    calls = {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(*args, **kwargs)
+
+    mt.train_step = dying_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mt.train(tiny_config(multi30k, killed))
+    finally:
+        mt.train_step = real_step
+    assert [p.name for p in list_checkpoints(killed / "checkpoints")] == ["checkpoint-4"]
+    assert max(train_losses(killed)) == 6  # records 5 and 6 were written, and are dropped on resume
+    mt.train(tiny_config(multi30k, killed))
+    assert train_losses(killed) == reference
+
+    # Exports load through the Auto classes; averaging is the mean of the last two checkpoints.
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    import fixup_transformer  # noqa: F401
+
+    for name in ("best", "last", "averaged"):
+        model = AutoModelForSeq2SeqLM.from_pretrained(full / name)
+        assert type(model).__name__ == "FixupTransformerForConditionalGeneration"
+        assert AutoTokenizer.from_pretrained(full / name).eos_token_id == 1
+        assert (full / name / "training_config.yaml").exists()
+    averaged = load_file(str(full / "averaged" / "model.safetensors"))
+    ckpts = [load_file(str(full / "checkpoints" / f"checkpoint-{s}" / "model.safetensors")) for s in (4, 8)]
+    name = "model.encoder.layers.0.self_attn.qkv_proj.weight"
+    name = (
+        name
+        if name in averaged
+        else next(k for k in averaged if k.endswith("weight") and averaged[k].ndim == 2)
+    )
+    torch.testing.assert_close(averaged[name], (ckpts[0][name] + ckpts[1][name]) / 2)
+
+    out = capsys.readouterr().out
+    assert "sacreBLEU = " in out and "|tok:13a|smooth:exp|version:" in out and "chrF2 = " in out
+    results = json.loads((full / "results.json").read_text())
+    assert results == summary and results["test_model"] == "best"
+    assert results["test"]["bleu"]["signature"].startswith("nrefs:1|case:mixed")
+    assert len((full / "test.best.hyp.en").read_text().splitlines()) == 20
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_naming_the_step(multi30k, tmp_path):
+    real_loss = mt.label_smoothed_nll_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, labels, epsilon):
+        calls["n"] += 1
+        loss, nll, ntok = real_loss(logits, labels, epsilon)
+        if calls["n"] >= 6:  # one micro-batch per update: update 6 diverges
+            loss = loss * float("nan")
+        return loss, nll, ntok
+
+    mt.label_smoothed_nll_loss = poisoned
+    try:
+        with pytest.raises(
+            mt.NonFiniteLossError, match=r"non-finite loss \(nan\) at update 6 .*checkpoint-4"
+        ):
+            mt.train(tiny_config(multi30k, tmp_path / "run", eval__test_split="none"))
+    finally:
+        mt.label_smoothed_nll_loss = real_loss
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["checkpoint-4"]
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert records[-1]["kind"] == "error" and records[-1]["step"] == 6
+
+
+def test_train_script_rejects_unknown_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  learning_rate: 0.1\n")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train_mt.py"), "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env=OFFLINE_ENV,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "unknown config key 'optim.learning_rate'" in proc.stderr and str(bad) in proc.stderr
+
+
+def run_process_group(cmd: list[str], timeout: float) -> tuple[int, str]:
+    """Run ``cmd`` in its own session; on timeout kill the whole group (launcher *and* its workers)."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=OFFLINE_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"{cmd[:6]} timed out after {timeout}s:\n{stderr[-3000:]}")
+    return proc.returncode, stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_training_matches_single_process(multi30k, tmp_path):
+    """DDP over gloo (2 CPU processes) = one process accumulating the same two batches per update."""
+    overrides = ["--model.dropout", "0", "--eval.test_split", "none", "--eval.bleu_sentences", "0"]
+    dist = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        str(Path(__file__).with_name("mt_distributed_worker.py")),
+        "--config", str(TINY), "--data.data_dir", str(multi30k), "--output_dir", str(dist), *overrides,
+    ]  # fmt: skip
+    returncode, stderr = run_process_group(cmd, timeout=300)
+    assert returncode == 0, stderr[-3000:]
+
+    rank0, rank1 = (load_file(str(dist / f"rank{r}.safetensors")) for r in (0, 1))
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), f"ranks differ in {key}"
+    echo = [json.loads((dist / f"echo_rank{r}.json").read_text()) for r in (0, 1)]
+    assert echo[0]["world"] == 2 and echo[0]["hyps"] == echo[1]["hyps"] and len(echo[0]["hyps"]) == 40
+
+    single = tmp_path / "single"
+    mt.train(
+        tiny_config(
+            multi30k,
+            single,
+            model__dropout=0,
+            eval__test_split="none",
+            eval__bleu_sentences=0,
+            train__update_freq=2,
+            data__tokenizer_dir=str(dist / "tokenizer"),
+        )
+    )
+    dist_losses, single_losses = train_losses(dist), train_losses(single)
+    assert sorted(dist_losses) == sorted(single_losses) == list(range(1, 9))
+    for step in dist_losses:
+        assert dist_losses[step] == pytest.approx(single_losses[step], rel=1e-5)
+    single_weights = load_file(str(single / "last" / "model.safetensors"))
+    for key, value in single_weights.items():
+        torch.testing.assert_close(rank0[key], value, rtol=1e-4, atol=1e-5)
