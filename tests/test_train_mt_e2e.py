@@ -6,6 +6,7 @@ takes seconds; the data comes from the ``shared_data_dir`` fixture and the tests
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fixup_transformer.data import CorpusConfig, load_parallel
 from fixup_transformer.training import mt
 from fixup_transformer.training.checkpoint import list_checkpoints
 from fixup_transformer.training.config import load_config
@@ -46,6 +48,14 @@ def tiny_config(multi30k: Path, output_dir: Path, **overrides) -> MTConfig:
     values = {"data.data_dir": str(multi30k), "output_dir": str(output_dir)}
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
     return load_config(MTConfig, TINY, values)
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:
@@ -110,9 +120,34 @@ def test_exact_resume_exports_and_test_scores(multi30k, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sacreBLEU = " in out and "|tok:13a|smooth:exp|version:" in out and "chrF2 = " in out
     results = json.loads((full / "results.json").read_text())
-    assert results == summary and results["test_model"] == "best"
+    assert results == summary and results["test_model"] in ("best", "averaged")  # auto: chosen on validation
     assert results["test"]["bleu"]["signature"].startswith("nrefs:1|case:mixed")
-    assert len((full / "test.best.hyp.en").read_text().splitlines()) == 20
+    assert len((full / f"test.{results['test_model']}.hyp.en").read_text().splitlines()) == 20
+
+    # scripts/evaluate_mt.py on the exported model: data and languages from its training_config.yaml.
+    hyp_file = tmp_path / "hyp.txt"
+    evaluate_main = load_script("evaluate_mt").main
+    argv = ["--model", str(full / "best"), "--limit", "12", "--beam", "2", "--batch-tokens", "60", "--cpu"]
+    assert evaluate_main([*argv, "--output", str(hyp_file), "--tokenized-bleu"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "multi30k de-en test: 12 sentences" in out
+        and "sacreBLEU = " in out
+        and "tokenized BLEU (lowercased" in out
+    )
+    from fixup_transformer.evaluation import GenerationSettings, translate_corpus
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(full / "best")
+    tokenizer = AutoTokenizer.from_pretrained(full / "best")
+    test_pairs = load_parallel(CorpusConfig("multi30k", "de", "en", data_dir=multi30k), "test")[:12]
+    expected = translate_corpus(
+        model,
+        tokenizer,
+        [s for s, _ in test_pairs],
+        GenerationSettings(num_beams=2, batch_tokens=60),
+        show_progress=False,
+    )
+    assert hyp_file.read_text().splitlines() == expected
 
 
 @pytest.mark.slow

@@ -97,3 +97,21 @@ def test_help_lists_documented_fields(capsys):
         parse_config(Outer, ["--help"])
     out = capsys.readouterr().out
     assert "--optim.lr (float, default 0.0005)" in out and "learning rate" in out
+
+
+def test_shipped_mt_configs_parse_and_twins_differ_only_in_normalization():
+    from pathlib import Path
+
+    from fixup_transformer.training.config import to_dict
+    from fixup_transformer.training.mt_config import MTConfig
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("multi30k_de_en", "iwslt14_de_en", "wmt16_en_de"):
+        fixup = to_dict(load_config(MTConfig, configs / f"{name}.yaml"))
+        layernorm = to_dict(load_config(MTConfig, configs / f"{name}_layernorm.yaml"))
+        assert (fixup["model"]["normalization"], fixup["model"]["init"]) == ("none", "fixup")
+        assert (layernorm["model"]["normalization"], layernorm["model"]["init"]) == ("post_ln", "xavier")
+        for cfg in (fixup, layernorm):
+            cfg["model"].pop("normalization"), cfg["model"].pop("init"), cfg.pop("output_dir")
+        assert fixup == layernorm, name
+    load_config(MTConfig, configs / "tiny_test.yaml")

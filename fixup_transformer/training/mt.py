@@ -116,6 +116,8 @@ class MTData:
 
 
 def build_accelerator(cfg: MTConfig) -> Accelerator:
+    if cfg.train.num_threads is not None:
+        torch.set_num_threads(cfg.train.num_threads)
     out = Path(cfg.output_dir)
     trackers = available_trackers(cfg.train.trackers)
     return Accelerator(
@@ -553,19 +555,32 @@ class MTTrainer:
         """Average checkpoints (optional), pick the test model, score the test set; returns the summary."""
         cfg, acc = self.cfg, self.accelerator
         model = acc.unwrap_model(self.model)
-        summary: dict[str, Any] = {"step": self.state.step, "best_step": self.state.best_step}
+        summary: dict[str, Any] = {
+            "step": self.state.step,
+            "best_step": self.state.best_step,
+            "best_valid_metric": self.state.best_metric,
+        }
+        averaged_better = False
         if cfg.checkpoint.average_last > 1:
             paths = list_checkpoints(self.out / "checkpoints")[-cfg.checkpoint.average_last :]
             acc.print(f"averaging {len(paths)} checkpoints: {', '.join(p.name for p in paths)}")
             load_averaged_weights(model, paths)
             result = validate(self.model, acc, self.data, cfg, self.ids)
+            acc.print(
+                "averaged: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
+            )
             summary["averaged_valid"] = result
             self._export("averaged", {"averaged": [p.name for p in paths], **result})
+            value, higher = _metric(cfg, result)
+            best = self.state.best_metric
+            averaged_better = best is None or (value > best if higher else value < best)
         test_model = cfg.eval.test_model
-        if test_model == "best" and (self.out / "best" / WEIGHTS_FILE).exists():
-            load_averaged_weights(model, [self.out / "best" / WEIGHTS_FILE])
-        elif test_model == "last":
-            load_averaged_weights(model, [self.out / "last" / WEIGHTS_FILE])
+        if test_model == "auto":  # chosen on validation, never on test
+            test_model = "averaged" if averaged_better else "best"
+        if test_model == "best" and not (self.out / "best" / WEIGHTS_FILE).exists():
+            test_model = "last"
+        if test_model in ("best", "last"):
+            load_averaged_weights(model, [self.out / test_model / WEIGHTS_FILE])
         summary["test_model"] = test_model
         if self.data.test_pairs:
             pairs = self.data.test_pairs

@@ -113,6 +113,11 @@ class TrainConfig:
         "no", "no, bf16 (autocast) or fp16 (autocast + dynamic loss scaling; overflowing steps are skipped)."
     )
     cpu: bool = field_doc(False, "Force CPU (also selects the gloo backend for multi-process runs).")
+    num_threads: int | None = field_doc(
+        None,
+        "torch intra-op CPU threads per process (None: PyTorch's default, all cores). Set 1 when several "
+        "runs or processes share a few cores: oversubscribed OpenMP threads can be several times slower.",
+    )
     log_interval: int = field_doc(50, "Write a train metrics record every N updates.")
     trackers: list[str] = field_doc(
         ["tensorboard"], "Accelerate trackers (those not installed are skipped); [] for none."
@@ -133,8 +138,10 @@ class EvalConfig:
         "bleu", "Metric that selects the 'best' model (falls back to loss when BLEU is disabled)."
     )
     test_split: str | None = field_doc("test", "Split scored at the end (None: no test).")
-    test_model: Literal["best", "last", "averaged"] = field_doc(
-        "best", "Weights used for the final test; 'averaged' needs checkpoint.average_last > 1."
+    test_model: Literal["auto", "best", "last", "averaged"] = field_doc(
+        "auto",
+        "Weights used for the final test: best (by validation), last, averaged (needs "
+        "checkpoint.average_last > 1), or auto = averaged if its validation metric beats best, else best.",
     )
     beam: int = field_doc(5, "Beam size for the final test.")
     lenpen: float = field_doc(1.0, "Length penalty for beam search (fairseq --lenpen).")
