@@ -25,6 +25,7 @@ from fixup_transformer.training.checkpoint import list_checkpoints
 from fixup_transformer.training.config import load_config
 from fixup_transformer.training.metrics import read_metrics
 from fixup_transformer.training.mt_config import MTConfig
+from fixup_transformer.training.schedules import schedule_multiplier
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny_test.yaml"
@@ -256,3 +257,23 @@ def test_two_process_training_matches_single_process(multi30k, tmp_path):
     single_weights = load_file(str(single / "last" / "model.safetensors"))
     for key, value in single_weights.items():
         torch.testing.assert_close(rank0[key], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_skipped_fp16_steps_are_counted_not_applied(multi30k, tmp_path, monkeypatch):
+    """An overflowing fp16 step (GradScaler skip) is reported and does not count as an update."""
+    from accelerate import Accelerator
+
+    flags = iter([False, False, True] + [False] * 20)  # the 3rd optimizer step overflows
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: next(flags)))
+    run = tmp_path / "run"
+    mt.train(tiny_config(multi30k, run, eval__test_split="none", checkpoint__save_interval_updates=0))
+    records = read_metrics(run / "metrics.jsonl", "train")
+    assert [r["step"] for r in records] == list(range(1, 9))  # still 8 real updates
+    assert [r["skipped_steps"] for r in records] == [0, 0] + [1] * 6
+    state = json.loads((run / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["skipped_steps"] == 1 and state["batches_done"] == 9  # 9 batches for 8 updates
+    # The schedule did not advance on the skipped step: update k still ran at multiplier(k - 1).
+    cfg = tiny_config(multi30k, run)
+    multiplier = schedule_multiplier(cfg.schedule, cfg.optim.lr)
+    assert [r["lr"] for r in records] == pytest.approx([cfg.optim.lr * multiplier(k) for k in range(8)])

@@ -212,9 +212,11 @@ def _forward_loss(model, batch, pad_id: int, start_id: int, epsilon: float):
 def train_step(
     model, optimizer, accelerator: Accelerator, batches: list[dict], cfg: MTConfig, ids: tuple[int, int]
 ):
-    """Forward/backward over the micro-batches of one update and (if the loss is finite) step.
+    """Forward/backward over the micro-batches of one update and, if the loss is finite, step.
 
-    Returns ``(loss_sum, nll_sum, tokens, grad_norm, skipped)`` summed over processes.
+    Returns ``(sums, grad_norm, skipped)``: ``sums`` = [loss, nll, target tokens] summed over micro-batches
+    and processes; ``grad_norm`` is None when the loss was not finite (nothing was applied); ``skipped`` is
+    True when the fp16 GradScaler skipped the step for overflowing gradients.
     """
     device = accelerator.device
     local_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
