@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,3 +20,16 @@ def shared_data_dir() -> Path:
         source = "$FIXUP_DATA_DIR" if env else "default location (set FIXUP_DATA_DIR to override)"
         pytest.skip(f"shared data not found at {path} ({source})")
     return path
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test on one torch thread.
+
+    The ResNet tests use nets that are tiny per layer; on a shared 2-core machine, OpenMP threads spinning
+    against other processes made each small conv ~100x slower than one thread.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

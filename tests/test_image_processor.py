@@ -16,13 +16,8 @@ from PIL import Image
 import fixup_transformer.vision as V
 from fixup_transformer.vision import CIFAR10_MEAN, CIFAR10_STD
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny per-layer nets: one thread (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO / "configs" / "cifar10_resnet20_cpu.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny per-layer nets: one thread (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_sgd_steps_on_real_cifar10_reduce_the_loss(shared_data_dir):

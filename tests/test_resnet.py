@@ -16,15 +16,8 @@ from fixup_transformer.vision.modeling_fixup_resnet import (
     SubsamplePadShortcut,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # These nets are tiny per layer; on a shared 2-core machine, OpenMP threads spinning against other
-    # processes make each small conv ~100x slower than running on one thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny per-layer nets: one thread (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _he_std(conv: nn.Conv2d) -> float:
