@@ -176,7 +176,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         if checkpointing:
             model.activation_checkpointing_enable()
         calls = []
-        model.model.encoder.layers[0].ffn.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        # A pre-hook: checkpointing stops recomputing as soon as the saved tensors are rebuilt, which may
+        # be before the FFN returns.
+        model.model.encoder.layers[0].ffn.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
         model(input_ids=source, labels=labels).loss.backward()
         gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         ffn_calls.append(len(calls))
@@ -218,3 +220,18 @@ def test_too_long_input_names_max_position_embeddings():
     model = build(max_position_embeddings=8)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model(input_ids=random_batch(1, 9), decoder_input_ids=random_batch(1, 3))
+
+
+@pytest.mark.parametrize(("normalization", "init"), [("none", "fixup"), ("pre_ln", "xavier")])
+def test_training_mode_weight_side_scalars_compute_the_same_function(normalization, init):
+    # In training mode the scalars act through the weights (folding.scaled_shifted_linear), in eval mode
+    # on the activations; with dropout off both must give the same logits and the same gradients.
+    source, labels = random_batch(2, 7), random_batch(2, 5, seed=4)
+    results = []
+    for training in (True, False):
+        model = trained(normalization=normalization, init=init).train(training)
+        loss = model(input_ids=source, labels=labels).loss
+        loss.backward()
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)

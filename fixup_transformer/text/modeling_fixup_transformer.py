@@ -15,6 +15,8 @@ with ``post_norm``/``pre_norm`` the identity unless LayerNorm is asked for, ``sc
 
 Linears have no bias; the scalars take their place (the authors' fairseq ``transformer_zero``). With
 ``normalization="none"`` the encoder output is ``(x + b) * s`` and the decoder output ``x + b``.
+In training mode the per-layer scalars act through the weights (``s * W(x + b) = (sW)x + s b W·1``, see
+``folding.py``): the same function, without an activation-sized tensor per scalar.
 The init rules (which layer is zero, which is scaled and by how much) are in :func:`branch_init_gains`,
 the numbers themselves in :mod:`fixup_transformer.fixup`.
 """
@@ -44,6 +46,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..fixup import ScalarBias, ScalarScale, chunked_xavier_uniform_, fixup_depth_factor, zero_
 from .configuration_fixup_transformer import FixupTransformerConfig
+from .folding import scaled_shifted_linear
 
 # ---------------------------------------------------------------------------------------------------------
 # The init rule of each residual branch
@@ -101,6 +104,11 @@ def embedding_init_std(config: FixupTransformerConfig, stack: str) -> float:
 def scalar_bias(config: FixupTransformerConfig) -> nn.Module:
     """A Fixup scalar bias, or the identity once the scalars have been folded into the linears."""
     return nn.Identity() if config.scalars_folded else ScalarBias()
+
+
+def scalar_scale(config: FixupTransformerConfig) -> nn.Module:
+    """A Fixup branch multiplier, or the identity once folded."""
+    return nn.Identity() if config.scalars_folded else ScalarScale()
 
 
 def linear(config: FixupTransformerConfig, in_features: int, out_features: int) -> nn.Linear:
@@ -220,6 +228,7 @@ class FixupAttention(nn.Module):
         self.init_gains = branch_init_gains(config, stack, "cross_attn" if cross_attention else "self_attn")
 
         self.input_shift = scalar_bias(config)
+        self.output_scale = scalar_scale(config)  # the branch multiplier, applied through out_proj
         if cross_attention:
             self.q_proj = linear(config, d, d)
             self.kv_proj = linear(config, d, 2 * d)
@@ -258,11 +267,12 @@ class FixupAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        hidden_states = self.input_shift(hidden_states)
         batch, length, _ = hidden_states.shape
+        fold = self.training  # see scaled_shifted_linear: weight-side scalars pay off for training batches
 
         if self.is_cross_attention:
-            (query,) = self._split_heads(self.q_proj(hidden_states), 1)
+            query = scaled_shifted_linear(hidden_states, self.q_proj, self.input_shift, fold=fold)
+            (query,) = self._split_heads(query, 1)
             reuse = isinstance(cache, EncoderDecoderCache) and cache.is_updated.get(self.layer_idx, False)
             if reuse:
                 layer_cache = cache.cross_attention_cache.layers[self.layer_idx]
@@ -273,7 +283,8 @@ class FixupAttention(nn.Module):
                     key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
                     cache.is_updated[self.layer_idx] = True
         else:
-            query, key, value = self._split_heads(self.qkv_proj(hidden_states), 3)
+            qkv = scaled_shifted_linear(hidden_states, self.qkv_proj, self.input_shift, fold=fold)
+            query, key, value = self._split_heads(qkv, 3)
             if cache is not None:
                 self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
                 key, value = self_cache.update(key, value, self.layer_idx)
@@ -291,12 +302,14 @@ class FixupAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        output = self.out_proj(output.reshape(batch, length, -1))
+        output = output.reshape(batch, length, -1)
+        output = scaled_shifted_linear(output, self.out_proj, output_scale=self.output_scale, fold=fold)
         return output, weights
 
 
 class FixupFeedForward(nn.Module):
-    """``fc2(dropout(act(fc1(x + b1) + b2)) + b3)``: bias-free linears, a scalar bias before each op."""
+    """``s * fc2(dropout(act(fc1(x + b1) + b2)) + b3)``: bias-free linears, a scalar bias before each op,
+    and the branch multiplier ``s``."""
 
     def __init__(self, config: FixupTransformerConfig, stack: str) -> None:
         super().__init__()
@@ -309,6 +322,7 @@ class FixupFeedForward(nn.Module):
         self.activation_shift = scalar_bias(config)
         self.output_shift = scalar_bias(config)
         self.fc2 = linear(config, ffn_dim, config.d_model)
+        self.output_scale = scalar_scale(config)
 
     def reset_parameters(self) -> None:
         chunked_xavier_uniform_(self.fc1.weight, [self.init_gains["fc1"]])
@@ -320,25 +334,31 @@ class FixupFeedForward(nn.Module):
         zero_(self.fc2.bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.activation(self.activation_shift(self.fc1(self.input_shift(hidden_states))))
+        fold = self.training  # see scaled_shifted_linear
+        hidden_states = scaled_shifted_linear(
+            hidden_states, self.fc1, self.input_shift, output_shift=self.activation_shift, fold=fold
+        )
+        hidden_states = self.activation(hidden_states)
         hidden_states = nn.functional.dropout(
             hidden_states, p=self.activation_dropout, training=self.training
         )
-        return self.fc2(self.output_shift(hidden_states))
+        return scaled_shifted_linear(
+            hidden_states, self.fc2, self.output_shift, output_scale=self.output_scale, fold=fold
+        )
 
 
 class ResidualConnection(nn.Module):
-    """Everything around one residual branch: LayerNorm placement, the branch multiplier, dropout.
+    """Everything around one residual branch but its scalars: LayerNorm placement and dropout.
 
     ``normalize_input`` is applied to the branch input (pre-LN), ``forward`` adds the branch output back
-    (``post_norm(x + scale * dropout(branch_output))``).
+    (``post_norm(x + dropout(branch_output))``). The branch multiplier lives in the branch itself, so that
+    it can act on the branch's last weight matrix rather than on its output.
     """
 
     def __init__(self, config: FixupTransformerConfig) -> None:
         super().__init__()
         self.pre_norm = nn.LayerNorm(config.d_model) if config.normalization == "pre_ln" else nn.Identity()
         self.post_norm = nn.LayerNorm(config.d_model) if config.normalization == "post_ln" else nn.Identity()
-        self.scale = nn.Identity() if config.scalars_folded else ScalarScale()
         self.dropout = config.dropout
 
     def normalize_input(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -346,7 +366,7 @@ class ResidualConnection(nn.Module):
 
     def forward(self, residual: torch.Tensor, branch_output: torch.Tensor) -> torch.Tensor:
         branch_output = nn.functional.dropout(branch_output, p=self.dropout, training=self.training)
-        return self.post_norm(residual + self.scale(branch_output))
+        return self.post_norm(residual + branch_output)
 
 
 class FixupEncoderLayer(GradientCheckpointingLayer):
