@@ -19,6 +19,7 @@ import sys, torch
 import fixup_transformer  # registers the model type; nothing else is imported from it
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 path = sys.argv[1]
+torch.set_num_threads(int(sys.argv[2]))  # same kernels' blocking as the parent, so logits are bit-identical
 assert AutoConfig.from_pretrained(path).model_type == "fixup_transformer"
 model = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
 inputs = torch.load(path + "/inputs.pt")
@@ -49,7 +50,10 @@ def test_save_then_auto_load_in_a_fresh_process_gives_identical_logits(tmp_path:
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, str(tmp_path)], capture_output=True, text=True, env=env
+        [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, str(tmp_path), str(torch.get_num_threads())],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["FixupTransformerForConditionalGeneration", "FixupTransformerModel"]
