@@ -223,3 +223,29 @@ def plot_depth_grid(
 
 def runs_label(runs: Sequence[dict[str, Any]], depth: int) -> str:
     return next(r["depth_label"] for r in runs if r["depth"] == depth)
+
+
+def print_result(label: str, result: dict[str, Any]) -> None:
+    """One line per finished run, as both depth sweeps print it."""
+    print(
+        f"{label} loss {result['initial_loss']:.4g} -> {result['final_loss']:.4g} "
+        f"(min {result['min_loss']:.4g}) grad norm @0 {result['initial_grad_norm']:.4g} "
+        f"max {result['max_grad_norm']:.4g} first inf/nan {result['first_nonfinite_step']} "
+        f"diverged@ {result['divergence_step']} {result['seconds_per_step']:.2f} s/step",
+        flush=True,
+    )
+
+
+def write_report(
+    runs: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    output_dir: Path,
+    variants: Sequence[str],
+    plot: Path | None,
+    title: str,
+    xlabel: str,
+) -> None:
+    """Summary tables (printed and written) and, unless ``plot`` is None, the per-depth plot grid."""
+    print(write_summary_tables(runs, columns, output_dir))
+    if plot is not None and runs:
+        print(f"plot: {plot_depth_grid(runs, list(variants), plot, title, xlabel)}")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from depth_common import ResultsFile, plot_depth_grid, summarize, write_summary_tables
+from depth_common import ResultsFile, print_result, summarize, write_report
 
 from fixup_transformer.diagnostics import record_training, torch_threads, write_tables
 from fixup_transformer.probe_data import cifar_batches
@@ -159,26 +159,19 @@ def main(argv: list[str] | None = None) -> int:
                 results.add(result)
                 if not args.no_layer_tables:
                     write_tables(run, args.output_dir / "layers", f"resnet{depth}_{variant}")
-                print(
-                    f"ResNet-{depth} {variant:9s} loss {result['initial_loss']:.4g} -> {result['final_loss']:.4g} "
-                    f"(min {result['min_loss']:.4g}) grad norm @0 {result['initial_grad_norm']:.4g} "
-                    f"max {result['max_grad_norm']:.4g} first inf/nan {result['first_nonfinite_step']} "
-                    f"diverged@ {result['divergence_step']} {result['seconds_per_step']:.2f} s/step",
-                    flush=True,
-                )
+                print_result(f"ResNet-{depth} {variant:9s}", result)
                 del model, run
-    table = write_summary_tables(results.runs, COLUMNS, args.output_dir)
-    print(table)
-    if not args.no_plot and results.runs:
-        path = plot_depth_grid(
-            results.runs,
-            list(VARIANTS),
-            args.plot or args.output_dir / "depth_resnet.png",
-            f"CIFAR ResNets, width x{args.width_multiplier}, batch {args.batch_size}, SGD lr {args.lr} "
-            f"momentum {args.momentum}, real CIFAR-10",
-            "residual block (input -> output)",
-        )
-        print(f"plot: {path}")
+    plot = None if args.no_plot else (args.plot or args.output_dir / "depth_resnet.png")
+    write_report(
+        results.runs,
+        COLUMNS,
+        args.output_dir,
+        VARIANTS,
+        plot,
+        f"CIFAR ResNets, width x{args.width_multiplier}, batch {args.batch_size}, SGD lr {args.lr} "
+        f"momentum {args.momentum}, real CIFAR-10",
+        "residual block (input -> output)",
+    )
     return 0
 
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from depth_common import ResultsFile, plot_depth_grid, summarize, write_summary_tables
+from depth_common import ResultsFile, print_result, summarize, write_report
 
 from fixup_transformer.diagnostics import record_training, torch_threads, write_tables
 from fixup_transformer.probe_data import multi30k_batches
@@ -191,26 +191,19 @@ def main(argv: list[str] | None = None) -> int:
                 results.add(result)
                 if not args.no_layer_tables:
                     write_tables(run, args.output_dir / "layers", f"transformer{layers}_{variant}")
-                print(
-                    f"{layers}+{layers} {variant:8s} loss {result['initial_loss']:.4g} -> {result['final_loss']:.4g} "
-                    f"(min {result['min_loss']:.4g}) grad norm @0 {result['initial_grad_norm']:.4g} "
-                    f"max {result['max_grad_norm']:.4g} first inf/nan {result['first_nonfinite_step']} "
-                    f"diverged@ {result['divergence_step']} {result['seconds_per_step']:.2f} s/step",
-                    flush=True,
-                )
+                print_result(f"{layers}+{layers} {variant:8s}", result)
                 del model, run
-    table = write_summary_tables(results.runs, COLUMNS, args.output_dir)
-    print(table)
-    if not args.no_plot and results.runs:
-        path = plot_depth_grid(
-            results.runs,
-            list(VARIANTS),
-            args.plot or args.output_dir / "depth_transformer.png",
-            f"Transformers N+N, d_model {args.d_model}, FFN {args.ffn_dim}, {args.heads} heads; Adam "
-            f"{tuple(args.betas)} constant lr {args.lr}, no warmup; Multi30k de-en, batch {args.batch_size}",
-            "layer (encoder, then decoder)",
-        )
-        print(f"plot: {path}")
+    plot = None if args.no_plot else (args.plot or args.output_dir / "depth_transformer.png")
+    write_report(
+        results.runs,
+        COLUMNS,
+        args.output_dir,
+        VARIANTS,
+        plot,
+        f"Transformers N+N, d_model {args.d_model}, FFN {args.ffn_dim}, {args.heads} heads; Adam "
+        f"{tuple(args.betas)} constant lr {args.lr}, no warmup; Multi30k de-en, batch {args.batch_size}",
+        "layer (encoder, then decoder)",
+    )
     return 0
 
 
