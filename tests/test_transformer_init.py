@@ -22,6 +22,17 @@ def build(**overrides) -> FixupTransformerForConditionalGeneration:
     return FixupTransformerForConditionalGeneration(tiny_config(**overrides))
 
 
+def build_sized(d: int, ffn: int, encoder_layers: int, decoder_layers: int, **overrides):
+    return build(
+        d_model=d,
+        encoder_layers=encoder_layers,
+        decoder_layers=decoder_layers,
+        encoder_ffn_dim=ffn,
+        decoder_ffn_dim=ffn,
+        **overrides,
+    )
+
+
 def chunk_std(weight: torch.Tensor, parts: int, index: int) -> float:
     return weight.detach().chunk(parts, dim=0)[index].std().item()
 
@@ -30,14 +41,7 @@ def chunk_std(weight: torch.Tensor, parts: int, index: int) -> float:
 def test_fixup_in_branch_std_scales_with_depth(layers):
     enc, dec = layers
     d, ffn = 128, 256
-    model = build(
-        d_model=d,
-        encoder_layers=enc,
-        decoder_layers=dec,
-        encoder_ffn_dim=ffn,
-        decoder_ffn_dim=ffn,
-        vocab_size=50,
-    )
+    model = build_sized(d, ffn, enc, dec, vocab_size=50)
     depth = 2 * enc + 3 * dec
     assert model.config.fixup_depth == depth
     attention_std = xavier_std(d, d) * depth ** (-1 / 6)
@@ -90,14 +94,7 @@ def test_cross_attention_depth_can_reproduce_the_authors_hard_coded_12():
 
 def test_t_fixup_scales_value_output_and_ffn_only():
     d, ffn, enc, dec = 128, 256, 4, 3
-    model = build(
-        d_model=d,
-        encoder_layers=enc,
-        decoder_layers=dec,
-        encoder_ffn_dim=ffn,
-        decoder_ffn_dim=ffn,
-        init="t_fixup",
-    )
+    model = build_sized(d, ffn, enc, dec, init="t_fixup")
     enc_gain, dec_gain = 0.67 * enc ** (-0.25), (9 * dec) ** (-0.25)
     encoder_layer, decoder_layer = model.model.encoder.layers[0], model.model.decoder.layers[0]
     qkv = encoder_layer.self_attn.qkv_proj.weight
