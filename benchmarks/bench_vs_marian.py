@@ -492,7 +492,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
         },
-        "command": " ".join([os.path.relpath(sys.argv[0]) if sys.argv else "", *sys.argv[1:]]).strip(),
+        "command": " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
     }
 
 
