@@ -489,18 +489,43 @@ class FixupTransformerPreTrainedModel(PreTrainedModel):
         return dict(self._tied_weights_keys or {})
 
 
-class FixupTransformerEncoder(FixupTransformerPreTrainedModel):
+class FixupTransformerStack(FixupTransformerPreTrainedModel):
+    """What the encoder and decoder share: token and position embeddings, the layers, the stack output."""
+
+    def __init__(
+        self, config: FixupTransformerConfig, stack: str, layer_class: type, num_layers: int
+    ) -> None:
+        super().__init__(config)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_tokens = FixupTokenEmbedding(config, stack)
+        self.embed_positions = position_embeddings(config)
+        self.layers = nn.ModuleList([layer_class(config, i) for i in range(num_layers)])
+        # Fixup's encoder output is (x + b) * s, its decoder output x + b.
+        self.output = StackOutput(config, with_scale=stack == "encoder")
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def embed(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, past_length: int, name: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scaled token embeddings, layer input with positions and dropout); ``name`` is for errors."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError(f"Pass exactly one of `{name}` and the matching `inputs_embeds`.")
+        if inputs_embeds is None:
+            check_token_ids(input_ids, self.config.vocab_size, name)
+            inputs_embeds = self.embed_tokens(input_ids)
+        inputs_embeds = inputs_embeds * self.embed_scale
+        positions = _positions(inputs_embeds.shape[1], past_length, inputs_embeds.device, self.config)
+        hidden_states = inputs_embeds + self.embed_positions(positions, inputs_embeds.dtype)
+        hidden_states = nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        return inputs_embeds, hidden_states
+
+
+class FixupTransformerEncoder(FixupTransformerStack):
     _can_record_outputs = {"hidden_states": FixupEncoderLayer, "attentions": FixupAttention}
 
     def __init__(self, config: FixupTransformerConfig) -> None:
-        super().__init__(config)
-        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.embed_tokens = FixupTokenEmbedding(config, "encoder")
-        self.embed_positions = position_embeddings(config)
-        self.layers = nn.ModuleList([FixupEncoderLayer(config, i) for i in range(config.encoder_layers)])
-        self.output = StackOutput(config, with_scale=True)
-        self.gradient_checkpointing = False
-        self.post_init()
+        super().__init__(config, "encoder", FixupEncoderLayer, config.encoder_layers)
 
     @merge_with_config_defaults
     @capture_outputs
@@ -511,15 +536,7 @@ class FixupTransformerEncoder(FixupTransformerPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutput:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds` to the encoder.")
-        if inputs_embeds is None:
-            check_token_ids(input_ids, self.config.vocab_size, "input_ids")
-            inputs_embeds = self.embed_tokens(input_ids)
-        inputs_embeds = inputs_embeds * self.embed_scale
-        positions = _positions(inputs_embeds.shape[1], 0, inputs_embeds.device, self.config)
-        hidden_states = inputs_embeds + self.embed_positions(positions, inputs_embeds.dtype)
-        hidden_states = nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, 0, "input_ids")
 
         mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
@@ -529,7 +546,7 @@ class FixupTransformerEncoder(FixupTransformerPreTrainedModel):
         return BaseModelOutput(last_hidden_state=self.output(hidden_states))
 
 
-class FixupTransformerDecoder(FixupTransformerPreTrainedModel):
+class FixupTransformerDecoder(FixupTransformerStack):
     _can_record_outputs = {
         "hidden_states": FixupDecoderLayer,
         "attentions": OutputRecorder(FixupAttention, index=1, layer_name="self_attn"),
@@ -537,14 +554,7 @@ class FixupTransformerDecoder(FixupTransformerPreTrainedModel):
     }
 
     def __init__(self, config: FixupTransformerConfig) -> None:
-        super().__init__(config)
-        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.embed_tokens = FixupTokenEmbedding(config, "decoder")
-        self.embed_positions = position_embeddings(config)
-        self.layers = nn.ModuleList([FixupDecoderLayer(config, i) for i in range(config.decoder_layers)])
-        self.output = StackOutput(config, with_scale=False)
-        self.gradient_checkpointing = False
-        self.post_init()
+        super().__init__(config, "decoder", FixupDecoderLayer, config.decoder_layers)
 
     @merge_with_config_defaults
     @capture_outputs
@@ -559,22 +569,13 @@ class FixupTransformerDecoder(FixupTransformerPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `decoder_input_ids` and `decoder_inputs_embeds`.")
         if encoder_hidden_states is None:
             raise ValueError("The decoder needs `encoder_hidden_states` (the encoder output) to attend to.")
-        if inputs_embeds is None:
-            check_token_ids(input_ids, self.config.vocab_size, "decoder_input_ids")
-            inputs_embeds = self.embed_tokens(input_ids)
-        inputs_embeds = inputs_embeds * self.embed_scale
-
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        batch, length = inputs_embeds.shape[:2]
         past_length = cache.get_seq_length() if cache is not None else 0
-        positions = _positions(length, past_length, inputs_embeds.device, self.config)
-        hidden_states = inputs_embeds + self.embed_positions(positions, inputs_embeds.dtype)
-        hidden_states = nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, past_length, "decoder_input_ids")
+        batch, length = inputs_embeds.shape[:2]
 
         if attention_mask is None and not is_torchdynamo_compiling():
             attention_mask = torch.ones(batch, past_length + length, device=inputs_embeds.device)
