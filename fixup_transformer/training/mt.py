@@ -74,6 +74,7 @@ from .losses import label_smoothed_nll_loss, shift_right
 from .metrics import MetricsWriter, available_trackers, tracker_config
 from .mt_config import ModelConfig, MTConfig, resolve_path
 from .optim import build_optimizer
+from .plots import try_write_curves
 from .process import keep_alive
 from .schedules import build_scheduler
 
@@ -605,6 +606,7 @@ class MTTrainer:
                 acc.print(format_scores(scores))
         if acc.is_main_process:
             atomic_write_json(self.out / "results.json", summary)
+            try_write_curves(self.out, log=acc.print)
         acc.end_training()
         return summary
 
