@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -310,12 +310,15 @@ def export_pretrained(
     tokenizer=None,
     config_yaml: str | None = None,
     extra_json: dict[str, Any] | None = None,
+    finalize: Callable[[Path], None] | None = None,
 ) -> Path:
     """``save_pretrained`` (safetensors) + tokenizer + resolved training config, published atomically.
 
     Call on the main process only, with an unwrapped model (``accelerator.unwrap_model``). The result
     loads with ``AutoModel*.from_pretrained(output_dir)`` / ``AutoTokenizer.from_pretrained(output_dir)``.
     ``extra_json`` (e.g. the step and validation scores) is written to ``export_info.json``.
+    ``finalize(tmp_dir)`` runs last, before publishing, so that what it adds (model code, a model card:
+    :mod:`fixup_transformer.training.hub_export`) appears together with the weights or not at all.
     """
     output_dir = Path(output_dir)
     recover_dir(output_dir)
@@ -327,4 +330,6 @@ def export_pretrained(
             (tmp / TRAINING_CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
         if extra_json is not None:
             (tmp / "export_info.json").write_text(json.dumps(extra_json, indent=2, sort_keys=True) + "\n")
+        if finalize is not None:
+            finalize(tmp)
     return output_dir

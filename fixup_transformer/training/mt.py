@@ -70,6 +70,7 @@ from .checkpoint import (
     save_training_checkpoint,
 )
 from .config import dump_yaml, to_dict
+from .hub_export import complete_mt_export, push_best_export, record_test_scores
 from .losses import label_smoothed_nll_loss, shift_right
 from .metrics import MetricsWriter, available_trackers, tracker_config
 from .mt_config import ModelConfig, MTConfig, resolve_path
@@ -287,7 +288,8 @@ def validate(model, accelerator: Accelerator, data: MTData, cfg: MTConfig, ids: 
             accelerator=accelerator,
             desc="valid BLEU",
         )
-        result["valid_bleu"] = sacrebleu_score(hyps, [t for _, t in pairs]).score
+        bleu = sacrebleu_score(hyps, [t for _, t in pairs])
+        result["valid_bleu"], result["valid_bleu_signature"] = bleu.score, bleu.signature
         result["valid_bleu_sentences"] = n
     return result
 
@@ -407,12 +409,23 @@ class MTTrainer:
                 tokenizer=self.data.tokenizer,
                 config_yaml=self.config_yaml,
                 extra_json={"step": self.state.step, **extra},
+                finalize=self._hub_files(name),
             )
         self.accelerator.wait_for_everyone()
+
+    def _hub_files(self, name: str):
+        """Hook for ``export_pretrained``: model code, budget and model card (``hub_export``)."""
+        model = self.accelerator.unwrap_model(self.model)
+        state = dataclasses.asdict(self.state)
+        example = self.data.valid_pairs[0][0] if self.data.valid_pairs else None
+        step, valid = getattr(self, "_last_valid", (None, None))
+        valid = valid if step == self.state.step else None  # scores of exactly these weights, or none
+        return lambda tmp: complete_mt_export(tmp, name, model, state, example, valid)
 
     def _validate(self, bar=None) -> dict:
         result = validate(self.model, self.accelerator, self.data, self.cfg, self.ids)
         self.state.last_valid_step = self.state.step
+        self._last_valid = (self.state.step, result)  # for the model card of an export at this step
         value, higher = _metric(self.cfg, result)
         best = self.state.best_metric
         improved = best is None or (value > best if higher else value < best)
@@ -604,10 +617,17 @@ class MTTrainer:
                 )
                 acc.print(f"{split} ({len(pairs)} sentences, {test_model} model, beam {cfg.eval.beam}):")
                 acc.print(format_scores(scores))
+                if (self.out / test_model / "README.md").is_file():  # the card shows the test scores
+                    record_test_scores(
+                        self.out / test_model, split, len(pairs), summary["test"], cfg.eval.beam
+                    )
         if acc.is_main_process:
             atomic_write_json(self.out / "results.json", summary)
             try_write_curves(self.out, log=acc.print)
         acc.end_training()
+        if cfg.train.push_to_hub and acc.is_main_process:  # last: everything is saved if the upload fails
+            url = push_best_export(self.out, cfg.train.push_to_hub)
+            acc.print(f"pushed to the Hub: {url}")
         return summary
 
 

@@ -122,6 +122,14 @@ class TrainConfig:
     trackers: list[str] = field_doc(
         ["tensorboard"], "Accelerate trackers (those not installed are skipped); [] for none."
     )
+    push_to_hub: str | None = field_doc(
+        None,
+        "Hub repository (user/name) that the best export (model, code, tokenizer, card) is pushed to at the "
+        "end of training, created if missing; credentials from HF_TOKEN or `hf auth login`. None: no push.",
+    )
+    hub_license: str = field_doc(
+        "apache-2.0", "License written into the exports' model cards (a Hub license id); check the data's."
+    )
 
 
 @dataclasses.dataclass
@@ -194,6 +202,17 @@ class MTConfig:
             raise ConfigError(f"train.update_freq must be >= 1, got {t.update_freq}")
         if self.eval.test_model == "averaged" and self.checkpoint.average_last < 2:
             raise ConfigError("eval.test_model=averaged needs checkpoint.average_last >= 2")
+        if t.push_to_hub:  # fail now, not after hours of training
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(t.push_to_hub)
+            except HFValidationError as err:
+                raise ConfigError(f"train.push_to_hub: {err}") from None
+            if "/" not in t.push_to_hub:
+                raise ConfigError(
+                    f"train.push_to_hub must be 'user/name' or 'org/name', got {t.push_to_hub!r}"
+                )
 
 
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
