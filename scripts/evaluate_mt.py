@@ -17,6 +17,7 @@ from fixup_transformer.evaluation.bleu import format_scores, scores_to_json
 from fixup_transformer.evaluation.mt_eval import EvalRequest, evaluate_model
 from fixup_transformer.evaluation.translate import GenerationSettings
 from fixup_transformer.training.checkpoint import atomic_write_text
+from fixup_transformer.training.errors import run_script
 from fixup_transformer.training.process import exit_process
 
 
@@ -58,6 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 scored, 2 usage errors (missing model dir or tokenizer, bad corpus), 1 failures."""
+    return run_script(_evaluate, argv)
+
+
+def _evaluate(argv) -> int:
     args = parse_args(argv)
     accelerator = Accelerator(cpu=args.cpu)
     request = EvalRequest(

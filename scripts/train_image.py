@@ -6,7 +6,9 @@
 All logic lives in ``fixup_transformer.vision.training``.
 """
 
+from fixup_transformer.training.errors import run_script
+from fixup_transformer.training.process import exit_process
 from fixup_transformer.vision.training import main
 
 if __name__ == "__main__":
-    main()
+    exit_process(run_script(main))  # the project's own errors: one line, exit code 2 (usage) or 1

@@ -7,25 +7,24 @@
 Every option is a field of fixup_transformer.training.mt_config.MTConfig (``--help`` lists them).
 """
 
-import sys
-
-from fixup_transformer.training.config import ConfigError, parse_config
-from fixup_transformer.training.mt import NonFiniteLossError, train
+from fixup_transformer.training.config import parse_config
+from fixup_transformer.training.errors import run_script
+from fixup_transformer.training.mt import train
 from fixup_transformer.training.mt_config import MTConfig
 from fixup_transformer.training.process import exit_process
 
 
 def main(argv=None) -> int:
-    try:
-        cfg = parse_config(MTConfig, argv, prog="train_mt.py")
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    try:
-        train(cfg)
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    """Exit codes: 0 done (or already complete), 2 usage/config/data errors, 1 the run failed (e.g. NaN).
+
+    The project's own errors print as one ``error: ...`` line (``training/errors.py``); others are bugs
+    and keep their traceback.
+    """
+    return run_script(_train, argv)
+
+
+def _train(argv) -> int:
+    train(parse_config(MTConfig, argv, prog="train_mt.py"))
     return 0
 
 

@@ -67,6 +67,25 @@ def corpus_for(request: EvalRequest) -> CorpusConfig:
     )
 
 
+# Any one of these marks a saved tokenizer (our exports and Marian's both have tokenizer_config.json).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    """The local model directory, or :class:`ModelDirError` saying what is missing (before any guessing
+    at Hub ids or languages, which gave misleading errors)."""
+    from ..training.errors import ModelDirError
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ModelDirError(f"model dir not found: {path}")
+    if not (path / "config.json").is_file():
+        raise ModelDirError(f"no config.json in {path}: not a saved model directory")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelDirError(f"no tokenizer in {path} (expected one of {', '.join(TOKENIZER_FILES)})")
+    return path
+
+
 def load_model_and_tokenizer(model_dir: str | Path, device=None):
     """``AutoModelForSeq2SeqLM`` + ``AutoTokenizer`` from one directory, in eval mode."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -84,6 +103,7 @@ def evaluate_model(
     request: EvalRequest, settings: GenerationSettings, accelerator=None
 ) -> tuple[list[str], dict[str, Score], CorpusConfig]:
     """Translate the split and score it; every process returns the full, ordered hypotheses."""
+    check_model_dir(request.model_dir)
     corpus = corpus_for(request)
     pairs = load_parallel(corpus, request.split)
     if request.limit is not None:

@@ -23,12 +23,16 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
@@ -183,6 +187,90 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
     )
 
 
+def non_finite_weights(weights_file: str | os.PathLike) -> list[str]:
+    """Names of the floating tensors in a ``.safetensors`` file that hold NaN or inf (read lazily)."""
+    bad = []
+    with safe_open(str(weights_file), framework="pt") as f:
+        for name in f.keys():
+            tensor = f.get_tensor(name)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad.append(name)
+    return bad
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why the checkpoint at ``path`` cannot be resumed from, or None when it looks sound.
+
+    Checks what a crash, a full disk or a diverged run can leave behind, without unpickling anything:
+    ``trainer_state.json`` parses; the weights parse as safetensors and are all finite; every torch
+    archive Accelerate wrote (optimizer, scheduler, RNG states: zip files) is complete and passes its
+    CRC checks.
+    """
+    path = Path(path)
+    if not is_complete_checkpoint(path):
+        return f"missing {STATE_FILE}"
+    try:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"unreadable {STATE_FILE} ({err})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return f"{STATE_FILE} has no integer 'step'"
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        return f"missing {WEIGHTS_FILE}"
+    try:
+        bad = non_finite_weights(weights)
+    except (OSError, SafetensorError, RuntimeError) as err:
+        return f"unreadable {WEIGHTS_FILE} ({type(err).__name__}: {err})"
+    if bad:
+        return f"{WEIGHTS_FILE} has non-finite values in {len(bad)} tensors (e.g. {bad[0]})"
+    for archive in sorted(path.iterdir()):
+        if archive.suffix not in (".bin", ".pkl", ".pt"):
+            continue
+        try:
+            with zipfile.ZipFile(archive) as z:
+                broken = z.testzip()
+        except (OSError, zipfile.BadZipFile) as err:
+            return f"unreadable {archive.name} ({err})"
+        if broken is not None:
+            return f"{archive.name} is corrupt (bad CRC in {broken})"
+    return None
+
+
+def find_resume_checkpoint(
+    resume: str | None, output_dir: str | os.PathLike, log=print
+) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The checkpoint to resume from, validated; returns it and the ``(checkpoint, reason)`` pairs skipped.
+
+    ``resume="auto"`` takes the newest *sound* checkpoint in ``output_dir/checkpoints``: unusable newer
+    ones are reported through ``log`` and skipped, never deleted (one is replaced only when training
+    reaches its update again). An explicitly named checkpoint must be sound. Raises
+    :class:`CheckpointError` when checkpoints exist but none is usable.
+    """
+    if resume != "auto":
+        path = resolve_resume(resume, output_dir)
+        problem = checkpoint_problem(path) if path is not None else None
+        if problem is not None:
+            raise CheckpointError(f"cannot resume from {path}: {problem}")
+        return path, []
+    skipped = []
+    for path in reversed(list_checkpoints(Path(output_dir) / "checkpoints")):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if skipped:
+                log(f"resuming from {path.name}, the newest usable checkpoint")
+            return path, skipped
+        log(f"skipping checkpoint {path}: {problem}")
+        skipped.append((path, problem))
+    if skipped:
+        listed = "; ".join(f"{p}: {why}" for p, why in skipped)
+        raise CheckpointError(
+            f"no usable checkpoint in {Path(output_dir) / 'checkpoints'} ({listed}); move them away to start "
+            "over, or resume from another run with checkpoint.resume=PATH"
+        )
+    return None, []
+
+
 def save_training_checkpoint(
     accelerator,
     checkpoints_dir: str | os.PathLike,
@@ -226,9 +314,13 @@ def load_training_checkpoint(accelerator, path: str | os.PathLike) -> dict[str, 
     path = Path(path)
     if not is_complete_checkpoint(path):
         raise FileNotFoundError(f"{path} is not a complete checkpoint (missing {STATE_FILE})")
-    accelerator.load_state(str(path))
-    with open(path / STATE_FILE, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        accelerator.load_state(str(path))
+        with open(path / STATE_FILE, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        # Accelerate/torch errors (size mismatches, truncated pickles) never say which checkpoint it was.
+        raise CheckpointError(f"cannot restore checkpoint {path}: {type(err).__name__}: {err}") from err
 
 
 # ----------------------------------------------------------------------------------------------------------

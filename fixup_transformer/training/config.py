@@ -39,6 +39,12 @@ class ConfigError(ValueError):
     """A config file or override names an unknown key or gives a value of the wrong type."""
 
 
+def require(ok: bool, key: str, value: Any, requirement: str) -> None:
+    """Range check for ``validate()`` methods: ``ConfigError("optim.lr must be > 0, got -1.0")``."""
+    if not ok:
+        raise ConfigError(f"{key} must be {requirement}, got {value!r}")
+
+
 def field_doc(default: Any = dataclasses.MISSING, doc: str = "", **kwargs: Any) -> Any:
     """A dataclass field with its documentation attached (shown by ``--help`` and in error messages).
 
@@ -108,9 +114,14 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if isinstance(value, str):
             # Command line: "[0.9, 0.98]" (YAML flow syntax) or "0.9,0.98".
             text = value.strip()
-            parsed = (
-                yaml.safe_load(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
-            )
+            try:
+                parsed = (
+                    yaml.safe_load(text)
+                    if text.startswith("[")
+                    else [v for v in text.split(",") if v.strip()]
+                )
+            except yaml.YAMLError as err:
+                raise fail(_yaml_problem(err)) from None
             value_list = parsed
         else:
             value_list = value
@@ -256,13 +267,23 @@ def set_dotted(cfg: Any, key: str, value: Any, source: str = COMMAND_LINE) -> No
             target = getattr(target, part)
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: the problem and where (its own message spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML mapping; an empty file is an empty mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -21,9 +21,15 @@ Design choices (and why):
   ``trainer_state.json`` adds epoch / batches consumed / counters (see ``checkpoint.py``).
 - **fp16**: an update whose gradients overflow is skipped by the GradScaler; like fairseq it does not count
   as an update (the LR schedule does not advance) and is reported as ``skipped_steps``.
-- **Non-finite loss** (reduced over processes, so every rank agrees) raises :class:`NonFiniteLossError`
-  *before* the update is applied and before anything is saved, so the last checkpoint stays the last good
-  one.
+- **Non-finite loss or gradient norm** (the same on every rank: the loss is reduced over processes, the
+  norm is taken of the all-reduced gradients) raises :class:`NonFiniteLossError` *before* the update is
+  applied (fp32/bf16; in fp16 an overflow is the GradScaler's skip, above). Checkpoints are written only
+  from finite weights, and the error names the newest checkpoint whose weights are finite.
+- **Rerunning the same command is safe**: one run per ``output_dir`` (``runlock.py``); a run whose budget
+  is spent and whose ``results.json`` is written does nothing; one killed after training only redoes the
+  end-of-run steps. Resume skips unusable checkpoints (saying which) and compares the config with the
+  checkpoint's (``resume.py``): model shape, data and tokenizer cannot change, the rest is applied and
+  logged. The tokenizer in ``<output_dir>/tokenizer`` records the data settings it was built from.
 - Losses are in nats per target token; ``ppl = exp(nll_loss)`` (fairseq prints base 2).
 """
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import time
 from itertools import islice
@@ -58,30 +65,37 @@ from ..evaluation.bleu import corpus_scores, format_scores, sacrebleu_score, sco
 from ..evaluation.translate import GenerationSettings, translate_corpus
 from ..text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 from .checkpoint import (
+    TRAINING_CONFIG_FILE,
     WEIGHTS_FILE,
+    atomic_directory,
     atomic_write_json,
     atomic_write_text,
+    checkpoint_problem,
     export_pretrained,
+    find_resume_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_averaged_weights,
     load_training_checkpoint,
-    resolve_resume,
     save_training_checkpoint,
 )
-from .config import dump_yaml, to_dict
+from .config import ConfigError, dump_yaml, to_dict
+from .errors import ResumeMismatchError
 from .hub_export import complete_mt_export, push_best_export, record_test_scores
 from .losses import label_smoothed_nll_loss, shift_right
 from .metrics import MetricsWriter, available_trackers, tracker_config
-from .mt_config import ModelConfig, MTConfig, resolve_path
+from .mt_config import CHANGEABLE_ON_RESUME, FIXED_ON_RESUME, ModelConfig, MTConfig, resolve_path
 from .optim import build_optimizer
 from .plots import try_write_curves
 from .process import keep_alive
+from .resume import check_resume_config, format_changes
+from .runlock import lock_run_dir
 from .schedules import build_scheduler
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN/inf; the message names the update and the last good checkpoint."""
+    """The loss, gradient norm or weights became NaN/inf; the message names the update and the last good
+    checkpoint (the newest one whose weights are finite)."""
 
 
 @dataclasses.dataclass
@@ -142,7 +156,83 @@ def _limit(pairs: list, limit: int | None) -> list:
     return pairs if limit is None else pairs[:limit]
 
 
-def prepare_data(cfg: MTConfig, accelerator: Accelerator) -> MTData:
+TOKENIZER_SETTINGS_FILE = "data_settings.json"
+# What a tokenizer trained by the loop depends on (data_dir is where the data is, not what it is).
+_TOKENIZER_DATA_KEYS = (
+    "corpus",
+    "src_lang",
+    "tgt_lang",
+    "split_files",
+    "train_limit",
+    "max_len",
+    "max_ratio",
+    "vocab_size",
+    "spm_model_type",
+    "spm_max_sentences",
+)
+
+
+def tokenizer_settings(cfg: MTConfig) -> dict[str, Any]:
+    """The settings recorded beside ``<output_dir>/tokenizer`` (as JSON would read them back)."""
+    settings = {f"data.{key}": getattr(cfg.data, key) for key in _TOKENIZER_DATA_KEYS}
+    return json.loads(json.dumps({**settings, "seed": cfg.seed}))
+
+
+def _recorded_tokenizer_settings(tokenizer_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((tokenizer_dir / TOKENIZER_SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _needs_new_tokenizer(tokenizer_dir: Path, cfg: MTConfig, resuming: bool, log) -> bool:
+    """Whether to (re)train ``<output_dir>/tokenizer``: it is reused only if built from these settings.
+
+    A fresh run retrains one left by an earlier attempt that saved no checkpoint; a resumed run must find
+    the one its checkpoint was trained with (one saved before settings were recorded is trusted, since
+    the checkpoint's config has been compared already).
+    """
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        return True
+    recorded, wanted = _recorded_tokenizer_settings(tokenizer_dir), tokenizer_settings(cfg)
+    if recorded == wanted or (resuming and recorded is None):
+        return False
+    changed = ", ".join(
+        f"{k} {recorded.get(k)!r} -> {v!r}" for k, v in wanted.items() if recorded and recorded.get(k) != v
+    )
+    if resuming:
+        raise ResumeMismatchError(
+            f"the tokenizer in {tokenizer_dir} was built with other data settings ({changed}) than this "
+            "resumed run; set them back or use a new output_dir"
+        )
+    why = f"other data settings ({changed})" if recorded else "no record of its data settings"
+    log(f"{tokenizer_dir} was left by an earlier attempt with {why}; training a new tokenizer")
+    return True
+
+
+def _build_tokenizer(train_pairs: list, tokenizer_dir: Path, cfg: MTConfig, log) -> None:
+    log(f"training a {cfg.data.vocab_size}-piece joint SentencePiece model -> {tokenizer_dir}")
+    try:
+        tokenizer = train_tokenizer(
+            train_pairs,
+            cfg.data.vocab_size,
+            cfg.data.spm_model_type,
+            max_sentences=cfg.data.spm_max_sentences,
+            seed=cfg.seed,
+        )
+    except RuntimeError as err:  # SentencePiece: "INTERNAL: file.cc(744) [check] Vocabulary size too high..."
+        reason = str(err).split("] ", 1)[-1].strip()
+        raise ConfigError(
+            f"data.vocab_size={cfg.data.vocab_size}: SentencePiece cannot build this vocabulary from the "
+            f"{len(train_pairs)} training pairs: {reason}"
+        ) from None
+    # Tokenizer and settings appear together or not at all: a kill mid-save leaves no half tokenizer.
+    with atomic_directory(tokenizer_dir) as tmp:
+        save_tokenizer(tokenizer, tmp)
+        atomic_write_json(tmp / TOKENIZER_SETTINGS_FILE, tokenizer_settings(cfg))
+
+
+def prepare_data(cfg: MTConfig, accelerator: Accelerator, resuming: bool = False) -> MTData:
     """Load, clean, tokenize (training the tokenizer once, on the main process) and encode."""
     corpus = _corpus(cfg)
     log = accelerator.print
@@ -156,18 +246,12 @@ def prepare_data(cfg: MTConfig, accelerator: Accelerator) -> MTData:
 
     tokenizer_dir = Path(cfg.data.tokenizer_dir or Path(cfg.output_dir) / "tokenizer")
     with accelerator.main_process_first():
-        if accelerator.is_main_process and not (tokenizer_dir / "tokenizer.json").exists():
-            if cfg.data.tokenizer_dir:
-                raise FileNotFoundError(f"data.tokenizer_dir={tokenizer_dir} has no tokenizer.json")
-            log(f"training a {cfg.data.vocab_size}-piece joint SentencePiece model -> {tokenizer_dir}")
-            tokenizer = train_tokenizer(
-                train_pairs,
-                cfg.data.vocab_size,
-                cfg.data.spm_model_type,
-                max_sentences=cfg.data.spm_max_sentences,
-                seed=cfg.seed,
-            )
-            save_tokenizer(tokenizer, tokenizer_dir)
+        if accelerator.is_main_process:
+            if cfg.data.tokenizer_dir:  # the user's tokenizer, used as given
+                if not (tokenizer_dir / "tokenizer.json").exists():
+                    raise ConfigError(f"data.tokenizer_dir={tokenizer_dir} has no tokenizer.json")
+            elif _needs_new_tokenizer(tokenizer_dir, cfg, resuming, log):
+                _build_tokenizer(train_pairs, tokenizer_dir, cfg, log)
         tokenizer = load_tokenizer(tokenizer_dir)
     return MTData(
         tokenizer=tokenizer,
@@ -218,7 +302,8 @@ def train_step(
 
     Returns ``(sums, grad_norm, skipped)``: ``sums`` = [loss, nll, target tokens] summed over micro-batches
     and processes; ``grad_norm`` is None when the loss was not finite (nothing was applied); ``skipped`` is
-    True when the fp16 GradScaler skipped the step for overflowing gradients.
+    True when the fp16 GradScaler skipped the step for overflowing gradients. A non-finite ``grad_norm``
+    with ``skipped`` False means the step was not applied either (fp32/bf16, which have no GradScaler).
     """
     device = accelerator.device
     local_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
@@ -238,11 +323,17 @@ def train_step(
         optimizer.zero_grad(set_to_none=True)
         return sums, None, False
     max_norm = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+    if not math.isfinite(grad_norm) and getattr(accelerator, "scaler", None) is None:
+        # A finite loss can still give inf/NaN gradients (huge lr); one such step makes every weight NaN,
+        # and without fp16's GradScaler nothing would skip it. The norm is of the all-reduced gradients,
+        # so every rank takes this branch together.
+        optimizer.zero_grad(set_to_none=True)
+        return sums, grad_norm, False
     optimizer.step()
     skipped = accelerator.optimizer_step_was_skipped
     optimizer.zero_grad(set_to_none=True)
-    return sums, float(grad_norm), skipped
+    return sums, grad_norm, skipped
 
 
 @torch.no_grad()
@@ -322,10 +413,20 @@ class MTTrainer:
     def __init__(self, cfg: MTConfig):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.accelerator = accelerator = build_accelerator(cfg)
+        self.accelerator = build_accelerator(cfg)
+        self.lock = lock_run_dir(self.out, self.accelerator, log=self.accelerator.print)  # before any write
+        try:
+            self._setup()
+        except BaseException:
+            self.close()  # the lock must not outlive a failed start (a caller may retry in this process)
+            raise
+
+    def _setup(self) -> None:
+        cfg, accelerator = self.cfg, self.accelerator
         self.config_yaml = dump_yaml(cfg)
+        resume, changes = self._find_resume()  # before any weights load: clear errors, not size mismatches
         set_seed(cfg.seed)  # identical init on every process
-        self.data = prepare_data(cfg, accelerator)
+        self.data = prepare_data(cfg, accelerator, resuming=resume is not None)
         tokenizer = self.data.tokenizer
         self.ids = (tokenizer.pad_token_id, tokenizer.eos_token_id)  # pad, decoder start (= eos)
         model = build_model(cfg.model, tokenizer, cfg.train.label_smoothing)
@@ -334,27 +435,27 @@ class MTTrainer:
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=accelerator.is_main_process)
         self.state = TrainerState()
-        resume = resolve_resume(cfg.checkpoint.resume, self.out)
+        self._saved_step: int | None = None  # update of the checkpoint this process saved or resumed last
         if resume is not None:
-            self.state = TrainerState.from_dict(load_training_checkpoint(accelerator, resume))
-            self.metrics.truncate_after(self.state.step)
-            accelerator.print(
-                f"resumed from {resume} (update {self.state.step}, epoch {self.state.epoch + 1})"
+            self._resume(resume, changes)
+        else:
+            self.metrics.truncate_after(0)  # records of an earlier attempt that saved no checkpoint
+        try:
+            self.sampler = TokenBatchSampler(
+                self.data.train.src_lengths,
+                self.data.train.tgt_lengths,
+                max_tokens=cfg.data.max_tokens,
+                max_sentences=cfg.data.max_sentences,
+                seed=cfg.seed,
+                num_replicas=accelerator.num_processes,
+                rank=accelerator.process_index,
+                oversized="drop",
             )
-        elif latest_checkpoint(self.out / "checkpoints") is not None:
-            raise FileExistsError(
-                f"{self.out} already has checkpoints; use checkpoint.resume=auto or a new output_dir"
-            )
-        self.sampler = TokenBatchSampler(
-            self.data.train.src_lengths,
-            self.data.train.tgt_lengths,
-            max_tokens=cfg.data.max_tokens,
-            max_sentences=cfg.data.max_sentences,
-            seed=cfg.seed,
-            num_replicas=accelerator.num_processes,
-            rank=accelerator.process_index,
-            oversized="drop",
-        )
+        except ValueError as err:
+            raise ConfigError(
+                f"no training batches with data.max_tokens={cfg.data.max_tokens} "
+                f"(every pair has more tokens?): {err}"
+            ) from None
         if accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.yaml", self.config_yaml)
@@ -371,7 +472,86 @@ class MTTrainer:
             )
         accelerator.init_trackers("mt", config=tracker_config(to_dict(cfg)))
 
+    # -- start-up: lock, resume -------------------------------------------------------------------------
+
+    def _find_resume(self) -> tuple[Path | None, list]:
+        """The (validated) checkpoint to resume from, and the config changes since it that may apply."""
+        cfg = self.cfg
+        if not cfg.checkpoint.resume:
+            if latest_checkpoint(self.out / "checkpoints") is not None:
+                raise ConfigError(
+                    f"{self.out} already has checkpoints; use checkpoint.resume=auto or a new output_dir"
+                )
+            return None, []
+        resume, _ = find_resume_checkpoint(cfg.checkpoint.resume, self.out, log=self.accelerator.print)
+        if resume is None:
+            return None, []
+        changes = check_resume_config(
+            resume / TRAINING_CONFIG_FILE, cfg, FIXED_ON_RESUME, CHANGEABLE_ON_RESUME
+        )
+        return resume, changes
+
+    def _resume(self, path: Path, changes: list) -> None:
+        # The optimizer's hyper-parameters and the scheduler's base lrs are part of the checkpoint; keep the
+        # new config's, so that a changed lr or schedule really applies.
+        fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self.state = TrainerState.from_dict(load_training_checkpoint(self.accelerator, path))
+        self._saved_step = self.state.step
+        self.metrics.truncate_after(self.state.step)
+        self.accelerator.print(
+            f"resumed from {path} (update {self.state.step}, epoch {self.state.epoch + 1})"
+        )
+        if not changes:
+            return
+        if any(
+            key.startswith(("optim.", "schedule.")) or key == "train.max_updates" for key, _, _ in changes
+        ):
+            self._apply_optim_settings(fresh_groups)
+        self.accelerator.print(f"settings changed since {path.name}, applied: {format_changes(changes)}")
+        self.metrics.write(
+            {
+                "kind": "resume",
+                "step": self.state.step,
+                "checkpoint": str(path),
+                "changed": {key: [old, new] for key, old, new in changes},
+                "lr": self.optimizer.param_groups[0]["lr"],
+            }
+        )
+
+    def _apply_optim_settings(self, fresh_groups: list[dict]) -> None:
+        """Put the new config's optimizer settings and lr schedule in place of the checkpoint's."""
+        scheduler = getattr(self.scheduler, "scheduler", self.scheduler)  # unwrap AcceleratedScheduler
+        step = scheduler.last_epoch  # schedule steps taken = updates applied
+        for group, fresh, multiplier in zip(
+            self.optimizer.param_groups, fresh_groups, scheduler.lr_lambdas, strict=True
+        ):
+            group.update(fresh)
+            group["lr"] = fresh["initial_lr"] * multiplier(step)
+        scheduler.base_lrs = [g["initial_lr"] for g in fresh_groups]
+        scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def close(self) -> None:
+        """Release the output_dir lock (idempotent; process exit releases it too)."""
+        self.lock.release()
+
+    def completed_summary(self) -> dict | None:
+        """``results.json`` when this run is already finished (budget spent, results of this update)."""
+        if self.state.step == 0 or self._spent_before_training() is None:
+            return None
+        try:
+            summary = json.loads((self.out / "results.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return summary if summary.get("step") == self.state.step else None
+
     # -- helpers ---------------------------------------------------------------------------------------
+
+    def _spent_before_training(self) -> str | None:
+        """The budget already spent by the resumed state, if any (so a rerun trains no extra update)."""
+        t = self.cfg.train
+        if t.max_epochs is not None and self.state.epoch >= t.max_epochs:
+            return "max_epochs"
+        return self._budget_exhausted(self.state.train_seconds)
 
     def _budget_exhausted(self, elapsed: float) -> str | None:
         t = self.cfg.train
@@ -391,6 +571,7 @@ class MTTrainer:
         return reason
 
     def _save(self) -> None:
+        self._check_finite_weights()
         self.accelerator.wait_for_everyone()
         save_training_checkpoint(
             self.accelerator,
@@ -400,6 +581,7 @@ class MTTrainer:
             config_yaml=self.config_yaml,
             keep_last=self.cfg.checkpoint.keep_last or None,
         )
+        self._saved_step = self.state.step
 
     def _export(self, name: str, extra: dict) -> None:
         if self.accelerator.is_main_process:
@@ -461,7 +643,9 @@ class MTTrainer:
             disable=not acc.is_main_process,
             dynamic_ncols=True,
         )
-        stop = None
+        stop = self._spent_before_training()  # a rerun of a finished budget trains no extra update
+        if stop is not None:
+            acc.print(f"budget ({stop}) already spent at update {state.step}: finishing the end-of-run steps")
         self.model.train()
         while stop is None:
             if cfg.train.max_epochs is not None and state.epoch >= cfg.train.max_epochs:
@@ -477,6 +661,8 @@ class MTTrainer:
                 sums, grad_norm, skipped = train_step(self.model, self.optimizer, acc, micro, cfg, self.ids)
                 if grad_norm is None:
                     self._non_finite(float(sums[0]))
+                if not skipped and not math.isfinite(grad_norm):
+                    self._non_finite(float(sums[0] / sums[2].clamp(min=1)), grad_norm)
                 state.batches_done += len(group)
                 lr = self.optimizer.param_groups[0]["lr"]
                 if skipped:
@@ -519,8 +705,7 @@ class MTTrainer:
         )
         if state.last_valid_step != state.step:
             self._validate()
-        last = latest_checkpoint(self.out / "checkpoints")
-        if last is None or last.name != f"checkpoint-{state.step}":
+        if self._saved_step != state.step:  # not the newest file on disk: it may be a corrupt one skipped
             self._save()
         self._export("last", {"stop_reason": stop})
         return stop
@@ -554,14 +739,38 @@ class MTTrainer:
         )
         return torch.zeros(3, dtype=torch.float64), time.monotonic(), 0
 
-    def _non_finite(self, value: float) -> None:
-        last = latest_checkpoint(self.out / "checkpoints")
+    def _last_good_checkpoint(self) -> Path | None:
+        """The newest checkpoint that can be resumed from (finite weights, complete files)."""
+        for path in reversed(list_checkpoints(self.out / "checkpoints")):
+            if checkpoint_problem(path) is None:
+                return path
+        return None
+
+    def _non_finite(self, loss: float, grad_norm: float | None = None) -> None:
+        what = f"non-finite loss ({loss})"
+        if grad_norm is not None:
+            what = f"non-finite gradient norm ({grad_norm}; loss {loss:.4g})"
+        self._fail(
+            f"{what} at update {self.state.step + 1} (epoch {self.state.epoch + 1})", self.state.step + 1
+        )
+
+    def _check_finite_weights(self) -> None:
+        """Never write a checkpoint nobody can resume from (a NaN can slip past the loss/norm checks)."""
+        model = self.accelerator.unwrap_model(self.model)
+        bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            self._fail(
+                f"non-finite weights after update {self.state.step} ({len(bad)} tensors, e.g. {bad[0]})",
+                self.state.step,
+            )
+
+    def _fail(self, what: str, step: int) -> None:
+        last = self._last_good_checkpoint()
         message = (
-            f"non-finite loss ({value}) at update {self.state.step + 1} (epoch {self.state.epoch + 1}); "
-            "the update was not applied and nothing was saved. Last good checkpoint: "
+            f"{what}; the update was not applied and nothing was saved. Last good checkpoint: "
             f"{last if last is not None else 'none'}. Lower optim.lr, add warmup or use fp32/bf16."
         )
-        self.metrics.write({"kind": "error", "step": self.state.step + 1, "message": message})
+        self.metrics.write({"kind": "error", "step": step, "message": message})
         self.accelerator.end_training()
         raise NonFiniteLossError(message)
 
@@ -635,7 +844,16 @@ def train(cfg: MTConfig) -> dict:
     """Run the whole pipeline for ``cfg``; returns the summary also written to ``results.json``."""
     trainer = MTTrainer(cfg)
     try:
+        done = trainer.completed_summary()
+        if done is not None:
+            trainer.accelerator.print(
+                f"{trainer.out} is already complete (update {done['step']}); nothing to do. "
+                f"Results: {trainer.out / 'results.json'}"
+            )
+            trainer.accelerator.end_training()
+            return done
         trainer.fit()
         return trainer.finish()
     finally:
+        trainer.close()
         keep_alive(trainer)  # multi-process: freed only by exit_process (gloo teardown deadlock, process.py)

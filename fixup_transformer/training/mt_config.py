@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from .config import ConfigError, field_doc
+from .config import ConfigError, field_doc, require
 from .optim import OptimConfig
 from .schedules import ScheduleConfig
 
@@ -213,6 +213,75 @@ class MTConfig:
                 raise ConfigError(
                     f"train.push_to_hub must be 'user/name' or 'org/name', got {t.push_to_hub!r}"
                 )
+        self.optim.validate()
+        self.schedule.validate()
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Values outside their range fail here, naming the key, not deep inside torch or SentencePiece."""
+        d, m, t, e, c = self.data, self.model, self.train, self.eval, self.checkpoint
+        positive = {
+            "data.max_len": d.max_len,
+            "data.max_tokens": d.max_tokens,
+            "data.max_sentences": d.max_sentences,
+            "data.train_limit": d.train_limit,
+            "data.valid_limit": d.valid_limit,
+            "data.test_limit": d.test_limit,
+            "data.spm_max_sentences": d.spm_max_sentences,
+            "model.d_model": m.d_model,
+            "model.encoder_layers": m.encoder_layers,
+            "model.decoder_layers": m.decoder_layers,
+            "model.encoder_attention_heads": m.encoder_attention_heads,
+            "model.decoder_attention_heads": m.decoder_attention_heads,
+            "model.encoder_ffn_dim": m.encoder_ffn_dim,
+            "model.decoder_ffn_dim": m.decoder_ffn_dim,
+            "model.max_position_embeddings": m.max_position_embeddings,
+            "train.max_updates": t.max_updates,
+            "train.max_epochs": t.max_epochs,
+            "train.max_minutes": t.max_minutes,
+            "train.num_threads": t.num_threads,
+            "train.log_interval": t.log_interval,
+            "eval.valid_beam": e.valid_beam,
+            "eval.beam": e.beam,
+            "eval.batch_tokens": e.batch_tokens,
+        }
+        for key, value in positive.items():
+            if value is not None:
+                require(value > 0, key, value, "> 0")
+        not_negative = {
+            "eval.valid_interval_updates": e.valid_interval_updates,
+            "eval.bleu_sentences": e.bleu_sentences,
+            "eval.max_len_a": e.max_len_a,
+            "eval.max_len_b": e.max_len_b,
+            "checkpoint.save_interval_updates": c.save_interval_updates,
+            "checkpoint.keep_last": c.keep_last,
+            "checkpoint.average_last": c.average_last,
+        }
+        for key, value in not_negative.items():
+            require(value >= 0, key, value, ">= 0")
+        require(d.max_ratio > 0, "data.max_ratio", d.max_ratio, "> 0")
+        # 3 special pieces (<pad>, </s>, <unk>) plus at least one real piece.
+        require(d.vocab_size >= 4, "data.vocab_size", d.vocab_size, ">= 4")
+        for key in ("dropout", "attention_dropout", "activation_dropout"):
+            require(0 <= getattr(m, key) < 1, f"model.{key}", getattr(m, key), "in [0, 1)")
+        require(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "in [0, 1)")
+
+
+# Settings a resumed run may not change: the saved weights, optimizer state, tokenizer and batch position
+# depend on them (fnmatch patterns over dotted keys). Everything else (budget, lr schedule, optimizer
+# hyper-parameters, eval and checkpoint settings) may change on resume and is applied and logged.
+FIXED_ON_RESUME = (
+    "seed",
+    "model.*",
+    "data.*",
+    "train.update_freq",
+    "train.mixed_precision",
+    "optim.name",
+    "optim.decay_scalars",
+    "optim.decay_biases_and_norms",
+)
+# Exceptions: where the data lives (not what it is) and how much of validation/test is scored.
+CHANGEABLE_ON_RESUME = ("data.data_dir", "data.valid_limit", "data.test_limit")
 
 
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..fixup import scalar_parameter_names
-from .config import field_doc
+from .config import field_doc, require
 
 
 @dataclasses.dataclass
@@ -48,6 +48,19 @@ class OptimConfig:
         True, "Apply weight decay to biases and LayerNorm/BatchNorm weights (fairseq: yes)."
     )
     clip_norm: float = field_doc(0.0, "Clip the global gradient norm to this value; 0 disables clipping.")
+
+    def validate(self, prefix: str = "optim.") -> None:
+        """Range checks (a negative lr or beta would otherwise surface as a torch traceback)."""
+        require(self.lr > 0, f"{prefix}lr", self.lr, "> 0")
+        for i, beta in enumerate(self.betas):
+            require(0 <= beta < 1, f"{prefix}betas[{i}]", beta, "in [0, 1)")
+        require(self.eps > 0, f"{prefix}eps", self.eps, "> 0")
+        require(self.momentum >= 0, f"{prefix}momentum", self.momentum, ">= 0")
+        require(self.weight_decay >= 0, f"{prefix}weight_decay", self.weight_decay, ">= 0")
+        require(
+            self.scalar_lr_multiplier >= 0, f"{prefix}scalar_lr_multiplier", self.scalar_lr_multiplier, ">= 0"
+        )
+        require(self.clip_norm >= 0, f"{prefix}clip_norm", self.clip_norm, ">= 0 (0 disables clipping)")
 
 
 def _is_bias_or_norm(name: str, param: nn.Parameter, norm_params: set[int]) -> bool:

@@ -21,7 +21,7 @@ from typing import Literal
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from .config import field_doc
+from .config import field_doc, require
 
 
 @dataclasses.dataclass
@@ -51,6 +51,14 @@ class ScheduleConfig:
     min_lr_ratio: float = field_doc(0.0, "cosine only: final lr as a fraction of lr.")
     milestones: list[int] = field_doc([], "step only: updates at which the lr is multiplied by gamma.")
     gamma: float = field_doc(0.1, "step only: factor applied at each milestone.")
+
+    def validate(self, prefix: str = "schedule.") -> None:
+        require(self.warmup_updates >= 0, f"{prefix}warmup_updates", self.warmup_updates, ">= 0")
+        require(self.warmup_init_lr >= 0, f"{prefix}warmup_init_lr", self.warmup_init_lr, ">= 0")
+        if self.total_updates is not None:
+            require(self.total_updates >= 1, f"{prefix}total_updates", self.total_updates, ">= 1")
+        require(0 <= self.min_lr_ratio <= 1, f"{prefix}min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+        require(self.gamma > 0, f"{prefix}gamma", self.gamma, "> 0")
 
 
 def _warmup(n: int, warmup_updates: int, init_ratio: float) -> float:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..training.errors import ImageDataError
+
 NPZ_KEYS = ("x", "y", "classes")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Local file names of the shared CIFAR-10 copy (see shared/data/README.md, section 4).
@@ -36,7 +38,18 @@ class ImageArrays:
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels must have shape ({self.images.shape[0]},), got {self.labels.shape}")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
-            raise ValueError(f"labels must lie in [0, {len(self.classes) - 1}] (one per class name)")
+            bad = int(np.flatnonzero((self.labels < 0) | (self.labels >= len(self.classes)))[0])
+            raise ValueError(
+                f"labels must lie in [0, {len(self.classes) - 1}] (one per class name), got "
+                f"{int(self.labels[bad])} at index {bad}"
+            )
+        if self.images.shape[-1] != 3:
+            # The trainer normalizes with 3-channel mean/std and the processor converts inputs to RGB: other
+            # channel counts would broadcast silently into a wrong 3-channel model.
+            raise ValueError(
+                f"images have {self.images.shape[-1]} channel(s) (shape {list(self.images.shape)}); only "
+                "RGB [N, H, W, 3] is supported: convert grayscale with np.repeat(x, 3, axis=-1)"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -62,7 +75,11 @@ def load_npz(path: str | os.PathLike) -> ImageArrays:
         missing = [k for k in NPZ_KEYS if k not in archive.files]
         if missing:
             raise KeyError(f"{path} lacks required key(s) {missing}; it has {sorted(archive.files)}")
-        return ImageArrays(archive["x"], archive["y"].astype(np.int64), [str(c) for c in archive["classes"]])
+        images, labels, classes = archive["x"], archive["y"], [str(c) for c in archive["classes"]]
+    try:
+        return ImageArrays(images, labels.astype(np.int64), classes)
+    except ValueError as err:
+        raise ImageDataError(f"{path}: {err}") from None
 
 
 def load_image_folder(root: str | os.PathLike, image_size: int | None = None) -> ImageArrays:

@@ -1,0 +1,71 @@
+"""The project's own error types and how the scripts report them: one clear line, a meaningful exit code.
+
+A traceback is for bugs. A bad config value, a corrupt corpus, a busy run directory or a diverged run are
+the user's (or the data's) problem, and the message alone must say what to fix. The scripts therefore
+catch exactly these types (never a bare ``Exception``, which would hide real bugs) through
+:func:`run_script`:
+
+- exit code 2, usage / input errors: :class:`~fixup_transformer.training.config.ConfigError` (and its
+  :class:`ResumeMismatchError`), ``CorpusError``, :class:`RunLockedError`, :class:`ModelDirError`,
+  :class:`ImageDataError`;
+- exit code 1, the run itself failed: ``NonFiniteLossError``, :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from .config import ConfigError
+
+USAGE_EXIT_CODE = 2
+FAILURE_EXIT_CODE = 1
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the run directory's lock (two runs must never share an output_dir)."""
+
+
+class CheckpointError(RuntimeError):
+    """A training checkpoint cannot be used; the message names it and says why."""
+
+
+class ResumeMismatchError(ConfigError):
+    """Resuming with settings that cannot change mid-run (model shape, data, tokenizer); lists them all."""
+
+
+class ModelDirError(ValueError):
+    """A model directory is missing or lacks a file it needs (config, weights, tokenizer)."""
+
+
+class ImageDataError(ValueError):
+    """An image dataset has a shape, channel count or labels the trainer cannot use; names the file."""
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    from ..data.parallel import CorpusError  # late: keeps this module importable without the data stack
+
+    return (ConfigError, CorpusError, RunLockedError, ModelDirError, ImageDataError)
+
+
+def _failure_errors() -> tuple[type[BaseException], ...]:
+    from .mt import NonFiniteLossError
+
+    return (NonFiniteLossError, CheckpointError)
+
+
+def run_script(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Call ``main(argv)``; turn the project's own errors into one ``error: ...`` line on stderr.
+
+    Returns ``main``'s int result (0 when it returns something else), 2 for usage errors, 1 for failures.
+    """
+    try:
+        result = main(argv)
+    except _usage_errors() as err:
+        prefix = "config error" if isinstance(err, ConfigError) else "error"
+        print(f"{prefix}: {err}", file=sys.stderr)
+        return USAGE_EXIT_CODE
+    except _failure_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return FAILURE_EXIT_CODE
+    return result if isinstance(result, int) else 0
