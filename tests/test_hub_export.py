@@ -17,6 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -96,6 +97,18 @@ buffer = io.StringIO()
 with contextlib.redirect_stdout(buffer):
     exec(compile(snippet, "model card snippet", "exec"), {})
 report["snippet_output"] = buffer.getvalue().splitlines()
+
+# A ResNet export: image processor and classifier from the copied code.
+import numpy as np
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+processor = AutoImageProcessor.from_pretrained(args["vision"], trust_remote_code=True)
+classifier = AutoModelForImageClassification.from_pretrained(args["vision"], trust_remote_code=True).eval()
+image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+pixels = processor(image, return_tensors="pt")["pixel_values"]
+with torch.no_grad():
+    save_file({"pixels": pixels, "logits": classifier(pixel_values=pixels).logits}, str(out / "vision.safetensors"))
+report["vision"] = {"model": type(classifier).__module__, "processor": type(processor).__module__}
 (out / "report.json").write_text(json.dumps(report))
 """
 
@@ -202,19 +215,40 @@ def test_rewrite_handles_multiline_and_rejects_what_cannot_be_flattened():
 # The exports of a training run
 
 
-@pytest.mark.slow
-def test_every_export_loads_without_the_package(run, multi30k, tmp_path):
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+def _resnet_export(path: Path) -> Path:
+    """A tiny Fixup ResNet exported as training does (weights perturbed: Fixup zeroes branch ends at init)."""
+    from fixup_transformer.training.checkpoint import export_pretrained
+    from fixup_transformer.vision import (
+        FixupResNetConfig,
+        FixupResNetForImageClassification,
+        FixupResNetImageProcessor,
+    )
 
-    from fixup_transformer import FixupTransformerForConditionalGeneration
-    from fixup_transformer.evaluation import GenerationSettings, translate_corpus
+    torch.manual_seed(0)
+    model = FixupResNetForImageClassification(
+        FixupResNetConfig(depth=8, width_multiplier=0.25, num_labels=10)
+    )
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return export_pretrained(
+        model,
+        path,
+        tokenizer=FixupResNetImageProcessor(),
+        finalize=lambda tmp: hub.add_remote_code(tmp, model.config),
+    )
 
-    run_dir = run["dir"]
+
+@pytest.fixture(scope="module")
+def remote(run, multi30k, tmp_path_factory):
+    """One subprocess without the package loads every export (MT and ResNet) and reports what it got."""
+    tmp_path = tmp_path_factory.mktemp("remote")
     sources, targets = _real_pairs(multi30k)
     out = tmp_path / "out"
     out.mkdir()
     args = {
-        "exports": {name: str(run_dir / name) for name in EXPORTS},
+        "exports": {name: str(run["dir"] / name) for name in EXPORTS},
+        "vision": str(_resnet_export(tmp_path / "resnet")),
         "sources": sources,
         "targets": targets,
         "out": str(out),
@@ -223,19 +257,34 @@ def test_every_export_loads_without_the_package(run, multi30k, tmp_path):
     (tmp_path / "args.json").write_text(json.dumps(args))
     (tmp_path / "load.py").write_text(BLOCKER + textwrap.dedent(LOADER))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TOKENIZERS_PARALLELISM="false")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_MODULES_CACHE=str(tmp_path / "modules"),  # not the user cache
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",  # tiny models: threads only contend on shared cores
+    )
     proc = subprocess.run(
         [sys.executable, str(tmp_path / "load.py"), str(tmp_path / "args.json")],
         cwd=tmp_path,  # not the repository, whose source tree would be importable
         env=env,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,  # transformers' "run custom code?" prompt reads EOF and declines
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
+    return {**args, "report": json.loads((out / "report.json").read_text()), "out": out}
 
+
+@pytest.mark.slow
+def test_every_mt_export_loads_without_the_package(run, remote):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from fixup_transformer import FixupTransformerForConditionalGeneration
+    from fixup_transformer.evaluation import GenerationSettings, translate_corpus
+
+    run_dir, report, out = run["dir"], remote["report"], remote["out"]
+    sources, targets = remote["sources"], remote["targets"]
     for name in EXPORTS:
         assert report[name]["module"].startswith("transformers_modules.")  # the copied code, not the package
         assert report[name]["class"] == "FixupTransformerForConditionalGeneration"
@@ -270,6 +319,28 @@ def test_every_export_loads_without_the_package(run, multi30k, tmp_path):
         show_progress=False,
     )
     assert report["snippet_output"] == expected
+
+
+@pytest.mark.slow
+def test_resnet_export_loads_without_the_package(remote):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from fixup_transformer.vision import FixupResNetForImageClassification
+
+    report, vision = remote["report"]["vision"], Path(remote["vision"])
+    assert report["model"].startswith("transformers_modules.") and report["processor"].startswith(
+        "transformers_modules."
+    )
+    remote_out = load_file(str(remote["out"] / "vision.safetensors"))
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    pixels = AutoImageProcessor.from_pretrained(vision)(image, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(remote_out["pixels"], pixels, rtol=0, atol=0)
+    model = AutoModelForImageClassification.from_pretrained(vision, trust_remote_code=True).eval()
+    assert type(model) is FixupResNetForImageClassification  # the installed package's class wins
+    with torch.no_grad():
+        logits = model(pixel_values=pixels).logits
+    assert logits.std() > 0  # the perturbed branches are active: not a comparison of zeros
+    torch.testing.assert_close(remote_out["logits"], logits, rtol=0, atol=0)
 
 
 @pytest.mark.slow

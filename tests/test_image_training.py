@@ -146,6 +146,11 @@ def test_train_image_script_end_to_end_with_exact_resume(shared_data_dir, tmp_pa
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {
         p.name for p in final.iterdir()
     }
+    # ... with its model code, for trust_remote_code=True where this package is absent (tests/test_hub_export.py)
+    assert json.loads((final / "config.json").read_text())["auto_map"]["AutoModelForImageClassification"] == (
+        "modeling_fixup_resnet.FixupResNetForImageClassification"
+    )
+    assert (final / "modeling_fixup_resnet.py").is_file()
     predictions = pipeline("image-classification", model=str(final))(
         load_images(str(shared_data_dir / "cifar10"), "test")
         .subset(1)

@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..hub import add_remote_code
 from ..training import schedules
 from ..training.checkpoint import (
     export_pretrained,
@@ -355,6 +356,8 @@ def train(cfg: ImageTrainConfig) -> dict:
             tokenizer=processor,
             config_yaml=config_yaml,
             extra_json=final,
+            # Model code + auto_map beside the weights: loads with trust_remote_code=True without this package.
+            finalize=lambda tmp: add_remote_code(tmp, accelerator.unwrap_model(model).config),
         )
     accelerator.wait_for_everyone()
     accelerator.print(f"final test top-1 {100 * test_top1:.2f}% -> {out / 'final'}")
