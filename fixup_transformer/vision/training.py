@@ -25,13 +25,15 @@ from ..hub import add_remote_code
 from ..training import schedules
 from ..training.checkpoint import (
     export_pretrained,
+    find_resume_checkpoint,
     load_training_checkpoint,
-    resolve_resume,
     save_training_checkpoint,
 )
-from ..training.config import dump_config, dump_yaml, field_doc, parse_config
+from ..training.config import ConfigError, dump_config, dump_yaml, field_doc, parse_config, require
+from ..training.errors import ImageDataError
 from ..training.metrics import MetricsWriter
 from ..training.optim import OptimConfig, build_optimizer
+from ..training.runlock import lock_run_dir
 from .augment import mixup, normalize, random_crop_flip
 from .configuration_fixup_resnet import FixupResNetConfig
 from .data import ImageArrays, load_images, shared_data_dir
@@ -116,14 +118,16 @@ class ImageTrainConfig:
 
     def validate(self) -> None:
         for name in ("batch_size", "epochs", "eval_batch_size", "eval_every_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.mixup_alpha < 0:
-            raise ValueError(f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
-        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+            require(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        require(self.mixup_alpha >= 0, "mixup_alpha", self.mixup_alpha, ">= 0")
+        ok = 0 <= self.warmup_epochs < self.epochs
+        require(ok, "warmup_epochs", self.warmup_epochs, "in [0, epochs)")
+        self.optim.validate()
         # Builds (and so checks) the model config: bad depth / family combinations fail before any data loads.
-        self.model_config()
+        try:
+            self.model_config()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def model_config(
         self, classes: list[str] | None = None, image_size: int | None = None
@@ -192,22 +196,36 @@ def _load_data(cfg: ImageTrainConfig) -> tuple[ImageArrays, ImageArrays]:
     train = load_images(train_source, "train").subset(cfg.train_samples)
     test = load_images(test_source, "test").subset(cfg.test_samples)
     if test.classes != train.classes:
-        raise ValueError(f"train and test class names differ: {train.classes} vs {test.classes}")
+        raise ImageDataError(
+            f"class names differ: {train.classes} in {train_source} vs {test.classes} in {test_source}"
+        )
     if test.images.shape[1:] != train.images.shape[1:]:
-        raise ValueError(f"train images are {train.images.shape[1:]}, test images {test.images.shape[1:]}")
+        raise ImageDataError(
+            f"train images are {train.images.shape[1:]} ({train_source}), test images "
+            f"{test.images.shape[1:]} ({test_source})"
+        )
     return train, test
 
 
 def train(cfg: ImageTrainConfig) -> dict:
     """Run (or resume) training as configured; returns the final metrics record."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     cfg.validate()
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    lock = lock_run_dir(cfg.output_dir, accelerator, log=accelerator.print)  # one run per output_dir
+    try:
+        return _train_locked(cfg, accelerator)
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg: ImageTrainConfig, accelerator) -> dict:
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
     out = Path(cfg.output_dir)
     set_seed(cfg.seed)
 
@@ -223,9 +241,9 @@ def train(cfg: ImageTrainConfig) -> dict:
     test_x, test_y = test_arrays.tensors()
     steps_per_epoch = len(train_y) // cfg.batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_y)} training images")
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train_y)} training images")
     if cfg.batch_size % accelerator.num_processes:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size {cfg.batch_size} must divide evenly over {accelerator.num_processes} processes"
         )
     total_steps = cfg.epochs * steps_per_epoch
@@ -240,7 +258,8 @@ def train(cfg: ImageTrainConfig) -> dict:
     metrics = MetricsWriter(out / "metrics.jsonl", enabled=accelerator.is_main_process)
     state = {"epoch": 0, "batch_in_epoch": 0, "train_seconds": 0.0, "loss_sum": 0.0, "loss_count": 0}
     step = 0
-    resume_path = resolve_resume("auto" if cfg.resume in ("true", "True") else cfg.resume, out)
+    resume = "auto" if cfg.resume in ("true", "True") else cfg.resume
+    resume_path, _ = find_resume_checkpoint(resume, out, log=accelerator.print)  # skips unusable ones
     if resume_path is not None:
         state = load_training_checkpoint(accelerator, resume_path)
         step = int(state.pop("step"))
