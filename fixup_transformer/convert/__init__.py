@@ -1,0 +1,1 @@
+"""Checkpoint converters between this package's model types and other toolkits' formats."""
