@@ -284,9 +284,8 @@ def push_export(
 
     export_dir = Path(export_dir)
     validate_repo_id(repo_id)
-    missing = [
-        name for name in (CONFIG_FILE, "model.safetensors", "README.md") if not (export_dir / name).is_file()
-    ]
+    # No README.md is allowed (the ResNet exports have no card); the Hub then shows an empty card.
+    missing = [name for name in (CONFIG_FILE, "model.safetensors") if not (export_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{export_dir} is not a complete export (missing {', '.join(missing)})")
     config = json.loads((export_dir / CONFIG_FILE).read_text(encoding="utf-8"))

@@ -396,10 +396,9 @@ def test_push_to_hub_uploads_the_best_export_at_the_end(run):
 def test_push_refuses_an_incomplete_export_before_any_network_call(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "create_repo", lambda *a, **k: pytest.fail("create_repo called"))
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=r"missing model.safetensors, README.md"):
+    with pytest.raises(FileNotFoundError, match=r"missing model.safetensors"):
         hub.push_export(tmp_path, "someone/model")
-    for name in ("model.safetensors", "README.md"):
-        (tmp_path / name).write_text("x")
+    (tmp_path / "model.safetensors").write_text("x")
     with pytest.raises(ValueError, match="no auto_map"):
         hub.push_export(tmp_path, "someone/model")
     with pytest.raises(FileNotFoundError):
@@ -410,3 +409,15 @@ def test_push_refuses_an_incomplete_export_before_any_network_call(tmp_path, mon
 def test_push_to_hub_repo_id_is_checked_before_training(repo_id):
     with pytest.raises(ConfigError, match="train.push_to_hub"):
         load_config(MTConfig, TINY, {"train.push_to_hub": repo_id})
+
+
+def test_push_command_uploads_any_complete_export(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(hub, "create_repo", lambda repo_id, **kwargs: calls.append((repo_id, kwargs)))
+    monkeypatch.setattr(hub, "upload_folder", lambda **kwargs: calls.append(kwargs) or "https://hub/commit/1")
+    (tmp_path / "config.json").write_text(json.dumps({"auto_map": {"AutoConfig": "c.C"}}))
+    (tmp_path / "model.safetensors").write_text("x")
+    assert hub.main([str(tmp_path), "someone/resnet", "--private"]) == 0
+    assert calls[0] == ("someone/resnet", {"repo_type": "model", "private": True, "exist_ok": True})
+    assert Path(calls[1]["folder_path"]) == tmp_path and calls[1]["repo_id"] == "someone/resnet"
+    assert capsys.readouterr().out.strip() == "https://hub/commit/1"
