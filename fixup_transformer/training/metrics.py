@@ -50,7 +50,10 @@ class MetricsWriter:
         """Keep only records with ``step <= step`` (atomic rewrite); used when resuming from ``step``."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        records = read_metrics(self.path)
+        kept = [r for r in records if r.get("step", 0) <= step]
+        if len(kept) == len(records):
+            return  # untouched: a rerun of a finished run must not even rewrite the file
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
 

@@ -1,0 +1,376 @@
+"""Training runs that never lie (issue 10): faults, reruns and bad inputs on the real data.
+
+Each test reproduces one failure mode with ``configs/tiny_test.yaml`` (300 Multi30k pairs, a d=32 model,
+seconds per run): a diverging run must not save or name a NaN checkpoint; rerunning a finished command
+must do nothing; a corrupt newest checkpoint is skipped, named, and not deleted; a second run on the same
+output_dir is refused (and a killed one's lock is taken over); resuming with changed settings applies what
+may change and refuses the rest; the scripts print one clear line for the project's own errors; image
+data the ResNet cannot use is refused naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from accelerate import Accelerator
+from test_train_mt_e2e import OFFLINE_ENV, REPO, TINY, load_script, tiny_config, train_losses
+
+from fixup_transformer.training import mt
+from fixup_transformer.training.checkpoint import checkpoint_problem, list_checkpoints
+from fixup_transformer.training.errors import (
+    CheckpointError,
+    ImageDataError,
+    ResumeMismatchError,
+    RunLockedError,
+)
+from fixup_transformer.training.metrics import read_metrics
+from fixup_transformer.training.runlock import LOCK_FILE, RunLock
+from fixup_transformer.training.schedules import schedule_multiplier
+
+
+@pytest.fixture(scope="module")
+def multi30k(shared_data_dir) -> Path:
+    path = shared_data_dir / "multi30k"
+    if not (path / "train.de.gz").exists():
+        pytest.skip(f"Multi30k not found in {path}")
+    return path
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate fixes mixed precision once per process; reset it around a test that changes it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def no_test(**overrides):
+    """Overrides for runs that do not need the final test translation (saves seconds)."""
+    return {"eval__test_split": "none", **overrides}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. A diverging step is never applied, never saved, and the named "last good" checkpoint is finite
+
+
+@pytest.mark.slow
+def test_diverging_run_saves_no_nan_checkpoint_and_names_a_finite_one(multi30k, tmp_path):
+    """The issue's recipe: lr 1e3 gives a finite loss with an inf/NaN gradient norm a few updates in."""
+    run = tmp_path / "run"
+    cfg = tiny_config(
+        multi30k,
+        run,
+        optim__lr=1e3,
+        schedule__warmup_updates=2000,
+        train__max_updates=60,
+        checkpoint__save_interval_updates=1,
+        checkpoint__keep_last=0,
+        **no_test(),
+    )
+    with pytest.raises(mt.NonFiniteLossError, match="non-finite gradient norm") as first:
+        mt.train(cfg)
+    saved = list_checkpoints(run / "checkpoints")
+    assert saved, "the run should have saved checkpoints before diverging"
+    assert all(checkpoint_problem(p) is None for p in saved)  # every checkpoint on disk is finite, usable
+    last = saved[-1]
+    assert f"Last good checkpoint: {last}." in str(first.value)
+    error = read_metrics(run / "metrics.jsonl")[-1]
+    assert error["kind"] == "error" and error["step"] == int(last.name.split("-")[1]) + 1
+
+    # A rerun resumes from that finite checkpoint and stops at the same update, saving nothing new.
+    with pytest.raises(mt.NonFiniteLossError) as again:
+        mt.train(cfg)
+    assert str(again.value) == str(first.value)
+    assert list_checkpoints(run / "checkpoints") == saved
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_finite_loss_with_nan_gradient_is_not_applied(multi30k, tmp_path, monkeypatch, precision):
+    real_loss = mt.label_smoothed_nll_loss
+    calls = {"n": 0}
+
+    def nan_gradient(logits, labels, epsilon):
+        calls["n"] += 1
+        loss, nll, ntok = real_loss(logits, labels, epsilon)
+        if calls["n"] == 3:  # update 3: the value is unchanged (+0) but d sqrt(0 * x) / dx is NaN
+            loss = loss + (logits.float().sum() * 0).sqrt()
+        return loss, nll, ntok
+
+    monkeypatch.setattr(mt, "label_smoothed_nll_loss", nan_gradient)
+    run = tmp_path / "run"
+    cfg = tiny_config(
+        multi30k, run, train__mixed_precision=precision, checkpoint__save_interval_updates=2, **no_test()
+    )
+    with pytest.raises(
+        mt.NonFiniteLossError, match=r"non-finite gradient norm \(nan.* at update 3 .*checkpoint-2"
+    ):
+        mt.train(cfg)
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["checkpoint-2"]
+    assert max(train_losses(run)) == 2  # update 3 was neither applied nor logged as a train record
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. Rerunning a finished command does nothing; one killed in its final export only finishes the export
+
+
+def _snapshot(run: Path) -> dict[str, bytes | int]:
+    files = ["metrics.jsonl", "results.json", "last/model.safetensors", "best/model.safetensors"]
+    snap: dict[str, bytes | int] = {name: (run / name).read_bytes() for name in files}
+    snap.update({f"mtime {name}": (run / name).stat().st_mtime_ns for name in files})
+    snap["checkpoints"] = len(list_checkpoints(run / "checkpoints"))
+    return snap
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_run_does_nothing(multi30k, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    cfg = tiny_config(multi30k, run, data__test_limit=4)
+    real_export = mt.export_pretrained
+
+    def killed_in_last_export(model, output_dir, *args, **kwargs):
+        if Path(output_dir).name == "last":
+            raise KeyboardInterrupt("killed during the final export")
+        return real_export(model, output_dir, *args, **kwargs)
+
+    monkeypatch.setattr(mt, "export_pretrained", killed_in_last_export)
+    with pytest.raises(KeyboardInterrupt):
+        mt.train(cfg)
+    monkeypatch.setattr(mt, "export_pretrained", real_export)
+    losses = train_losses(run)
+    assert sorted(losses) == list(range(1, 9)) and not (run / "results.json").exists()
+
+    summary = mt.train(cfg)  # only the end-of-run steps: no update is trained again
+    assert "budget (max_updates) already spent at update 8" in capsys.readouterr().out
+    assert train_losses(run) == losses
+    assert summary["step"] == 8 and json.loads((run / "last" / "export_info.json").read_text())["step"] == 8
+
+    before = _snapshot(run)
+    assert mt.train(cfg) == summary  # the same command once more: complete, nothing is touched
+    assert "is already complete (update 8); nothing to do" in capsys.readouterr().out
+    assert _snapshot(run) == before
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. A corrupt newest checkpoint is named and skipped (never deleted); resume continues exactly
+
+
+@pytest.mark.slow
+def test_corrupt_newest_checkpoint_is_skipped_and_resume_stays_exact(multi30k, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = tiny_config(multi30k, run, **no_test())
+    mt.train(cfg)
+    reference = train_losses(run)
+    bad = run / "checkpoints" / "checkpoint-8"
+    weights = bad / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)  # as a full disk or a killed copy would leave it
+
+    with pytest.raises(CheckpointError, match=r"checkpoint-8: unreadable model\.safetensors"):
+        mt.train(tiny_config(multi30k, run, checkpoint__resume=str(bad), **no_test()))  # named explicitly
+
+    capsys.readouterr()
+    mt.train(cfg)  # auto: falls back to checkpoint-4 and trains 5..8 again
+    out = capsys.readouterr().out
+    assert f"skipping checkpoint {bad}: unreadable model.safetensors" in out
+    assert "resuming from checkpoint-4, the newest usable checkpoint" in out
+    assert train_losses(run) == reference  # bit-identical to the uninterrupted run
+    assert checkpoint_problem(bad) is None  # re-saved when training reached update 8 again
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. One run per output_dir
+
+
+def test_run_lock_refuses_a_second_holder_and_reports_a_stale_one(tmp_path):
+    (tmp_path / LOCK_FILE).write_text("pid 999999 on elsewhere since yesterday\n")  # left by a kill -9
+    with RunLock(tmp_path) as first:
+        assert first.stale_holder == "pid 999999 on elsewhere since yesterday"
+        with pytest.raises(
+            RunLockedError, match=rf"{re.escape(str(tmp_path))} is in use by another run \(pid {os.getpid()} "
+        ):
+            RunLock(tmp_path).acquire()
+    assert (tmp_path / LOCK_FILE).read_text() == ""  # a clean exit leaves no stale trace
+    with RunLock(tmp_path) as again:
+        assert again.stale_holder is None
+
+
+def _train_cmd(multi30k: Path, run: Path, *overrides: str) -> list[str]:
+    script = str(REPO / "scripts" / "train_mt.py")
+    return [sys.executable, script, "--config", str(TINY), "--data.data_dir", str(multi30k), "--output_dir", str(run), *overrides]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_second_run_on_the_same_output_dir_is_refused_until_the_first_dies(multi30k, tmp_path, capsys):
+    run = tmp_path / "run"
+    # A long first run (it saves nothing until the end) ...
+    first = subprocess.Popen(
+        _train_cmd(multi30k, run, "--train.max_updates", "100000", "--checkpoint.save_interval_updates", "0"),
+        env=OFFLINE_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180  # a generous bound on start-up, not a timing assertion
+        while f"pid {first.pid} " not in (
+            (run / LOCK_FILE).read_text() if (run / LOCK_FILE).exists() else ""
+        ):
+            assert first.poll() is None, "the first run exited early"
+            assert time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.5)
+        second = subprocess.run(
+            _train_cmd(multi30k, run, "--train.max_updates", "4"),
+            env=OFFLINE_ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"error: output_dir {run} is in use by another run (pid {first.pid} " in second.stderr
+        assert first.poll() is None  # the first run was not disturbed
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # ... killed: its lock dies with it
+        first.wait()
+
+    mt.train(tiny_config(multi30k, run, train__max_updates=4, **no_test()))  # in-process: saves a start-up
+    assert f"stale lock in {run} taken over: its holder (pid {first.pid} " in capsys.readouterr().out
+    # The killed run saved no checkpoint, so this one started afresh: its records alone, once each.
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl", "train")] == [1, 2, 3, 4]
+    assert "max_updates: 4" in (run / "config.yaml").read_text()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 5. Saved settings = settings used
+
+
+@pytest.mark.slow
+def test_resume_applies_a_new_lr_schedule_and_refuses_shape_changes(multi30k, tmp_path, capsys):
+    run = tmp_path / "run"
+    mt.train(tiny_config(multi30k, run, train__max_updates=4, **no_test()))
+    capsys.readouterr()
+
+    with pytest.raises(ResumeMismatchError) as mismatch:  # refused before any weights are loaded
+        mt.train(tiny_config(multi30k, run, model__d_model=64, data__vocab_size=100, **no_test()))
+    assert "checkpoint-4" in str(mismatch.value)
+    assert "data.vocab_size 200 -> 100" in str(mismatch.value) and "model.d_model 32 -> 64" in str(
+        mismatch.value
+    )
+
+    cfg = tiny_config(multi30k, run, optim__lr=1e-3, train__max_updates=6, **no_test())
+    mt.train(cfg)
+    assert "applied: optim.lr 0.003 -> 0.001, train.max_updates 4 -> 6" in capsys.readouterr().out
+    records = read_metrics(run / "metrics.jsonl")
+    resume = next(r for r in records if r["kind"] == "resume")
+    assert resume["step"] == 4 and resume["changed"]["optim.lr"] == [0.003, 0.001]
+    multiplier = schedule_multiplier(cfg.schedule, 1e-3)
+    lrs = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
+    assert [lrs[5], lrs[6]] == pytest.approx([1e-3 * multiplier(4), 1e-3 * multiplier(5)])  # the new schedule
+    assert "lr: 0.001" in (run / "config.yaml").read_text()
+    assert "lr: 0.001" in (run / "checkpoints" / "checkpoint-6" / "training_config.yaml").read_text()
+
+
+def test_a_tokenizer_is_reused_only_if_built_from_the_same_data_settings(multi30k, tmp_path, capsys):
+    run = tmp_path / "run"
+    accelerator = Accelerator(cpu=True)
+    first = mt.prepare_data(tiny_config(multi30k, run), accelerator)  # a run that failed after this
+    assert len(first.tokenizer) == 200
+    settings = json.loads((run / "tokenizer" / mt.TOKENIZER_SETTINGS_FILE).read_text())
+    assert settings["data.vocab_size"] == 200
+
+    smaller = tiny_config(multi30k, run, data__vocab_size=100)
+    with pytest.raises(ResumeMismatchError, match=r"data.vocab_size 200 -> 100"):
+        mt.prepare_data(smaller, accelerator, resuming=True)  # a resumed run must not get another one
+    capsys.readouterr()
+    assert len(mt.prepare_data(smaller, accelerator).tokenizer) == 100  # a fresh run retrains
+    assert (
+        "other data settings (data.vocab_size 200 -> 100); training a new tokenizer"
+        in capsys.readouterr().out
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 6. The scripts print one clear line for the project's own errors (exit code 2 for usage errors)
+
+
+def test_yaml_syntax_error_is_one_line_with_its_position(tmp_path, capfd):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: [1e-3\ntrain:\n  max_updates: 4\n")
+    assert load_script("train_mt").main(["--config", str(bad)]) == 2
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"config error: {bad}: not valid YAML: ")
+    assert "line 3, column" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--data.max_tokens", "-5"], "data.max_tokens must be > 0, got -5"),
+        (["--data.vocab_size", "0"], "data.vocab_size must be >= 4, got 0"),
+        (["--optim.lr", "-1"], "optim.lr must be > 0, got -1.0"),
+        (["--data.data_dir", "{empty}"], "corpus file not found"),
+        (["--data.vocab_size", "5"], "data.vocab_size=5: SentencePiece cannot build this vocabulary"),
+        (["--data.max_tokens", "3"], "no training batches with data.max_tokens=3"),
+    ],
+)
+def test_train_script_user_errors_are_one_line_exit_2(multi30k, tmp_path, capfd, overrides, message):
+    overrides = [o.replace("{empty}", str(tmp_path)) for o in overrides]
+    argv = ["--config", str(TINY), "--data.data_dir", str(multi30k), "--output_dir", str(tmp_path / "run")]
+    assert load_script("train_mt").main([*argv, *overrides]) == 2
+    errors = [
+        line for line in capfd.readouterr().err.splitlines() if line.startswith(("error", "config error"))
+    ]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "run" / LOCK_FILE).exists() or (tmp_path / "run" / LOCK_FILE).read_text() == ""
+
+
+def test_evaluate_script_names_a_missing_model_dir_or_tokenizer(tmp_path, capsys):
+    evaluate = load_script("evaluate_mt").main
+    assert evaluate(["--model", str(tmp_path / "nope"), "--cpu"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: model dir not found: {tmp_path / 'nope'}"
+    (tmp_path / "config.json").write_text("{}")
+    assert evaluate(["--model", str(tmp_path), "--cpu"]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: no tokenizer in {tmp_path} ")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 7. Image data the ResNet cannot use is refused, naming the file
+
+
+def test_one_channel_images_and_bad_labels_are_refused_naming_the_file(shared_data_dir, tmp_path, capsys):
+    source = shared_data_dir / "cifar10" / "test_shared.npz"
+    if not source.exists():
+        pytest.skip(f"CIFAR-10 not found at {source}")
+    with np.load(source) as real:
+        x, y, classes = real["x"][:64], real["y"][:64], real["classes"]
+    gray = tmp_path / "gray.npz"
+    np.savez(gray, x=x.mean(axis=-1, keepdims=True).astype(np.uint8), y=y, classes=classes)  # 32x32x1
+    from fixup_transformer.training.errors import run_script
+    from fixup_transformer.vision.data import load_npz
+    from fixup_transformer.vision.training import main as train_image
+
+    with pytest.raises(ImageDataError, match=rf"{re.escape(str(gray))}: images have 1 channel\(s\)"):
+        load_npz(gray)
+    argv = ["--train_data", str(gray), "--depth", "8", "--epochs", "1", "--output_dir", str(tmp_path / "run")]
+    assert run_script(train_image, argv) == 2  # refused before training, not trained as 3 channels
+    assert f"error: {gray}: images have 1 channel(s)" in capsys.readouterr().err
+
+    labels = tmp_path / "labels.npz"
+    y = y.copy()
+    y[5] = len(classes)
+    np.savez(labels, x=x, y=y, classes=classes)
+    with pytest.raises(
+        ImageDataError, match=rf"{re.escape(str(labels))}: labels must lie in \[0, 9\].*got 10 at index 5"
+    ):
+        load_npz(labels)
