@@ -370,13 +370,14 @@ def convert_fairseq_to_hf(
     try:
         dictionaries = _dictionaries(dict_paths, data_dir, source.options)
         config = build_hf_config(source, dictionaries)
+        record = _sidecar_record(source, dictionaries)
     except ValueError as error:
         raise ConversionError(f"{checkpoint_path}: {error}") from None
     model = _converted_model(source, config)
     buffers = {key: value for key, value in source.state.items() if is_buffer_key(key)}
 
     def finalize(tmp: Path) -> None:
-        _write_sidecar(tmp / SIDECAR_DIR, _sidecar_record(source, dictionaries), buffers, dictionaries)
+        _write_sidecar(tmp / SIDECAR_DIR, record, buffers, dictionaries)
         add_remote_code(tmp, model.config)  # loads on the Hub without this package (trust_remote_code)
 
     export_pretrained(model, output_dir, finalize=finalize)
