@@ -102,7 +102,9 @@ def push_best_export(run_dir: str | Path, repo_id: str, private: bool | None = N
     export = run_dir / "best" if (run_dir / "best" / "model.safetensors").is_file() else run_dir / "last"
     write_model_card(export, repo_id=repo_id)  # the usage snippet and model-index name the repository
     try:
-        return push_export(export, repo_id, private=private, commit_message=f"Upload the {export.name} export")
+        return push_export(
+            export, repo_id, private=private, commit_message=f"Upload the {export.name} export"
+        )
     except Exception as err:
         raise RuntimeError(
             f"training finished and everything is saved in {run_dir}, but pushing {export} to the Hub "
