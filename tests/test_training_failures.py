@@ -206,6 +206,16 @@ def test_run_lock_refuses_a_second_holder_and_reports_a_stale_one(tmp_path):
         assert again.stale_holder is None
 
 
+def test_image_training_refuses_a_locked_output_dir(tmp_path):
+    from fixup_transformer.training.config import load_config
+    from fixup_transformer.vision.training import ImageTrainConfig
+    from fixup_transformer.vision.training import train as train_image
+
+    cfg = load_config(ImageTrainConfig, None, {"output_dir": str(tmp_path), "depth": "8", "epochs": "1"})
+    with RunLock(tmp_path), pytest.raises(RunLockedError, match="is in use by another run"):
+        train_image(cfg)  # refused before any data is read
+
+
 def _train_cmd(multi30k: Path, run: Path, *overrides: str) -> list[str]:
     script = str(REPO / "scripts" / "train_mt.py")
     return [sys.executable, script, "--config", str(TINY), "--data.data_dir", str(multi30k), "--output_dir", str(run), *overrides]  # fmt: skip
