@@ -8,7 +8,7 @@ catch exactly these types (never a bare ``Exception``, which would hide real bug
 - exit code 2, usage / input errors: :class:`~fixup_transformer.training.config.ConfigError` (and its
   :class:`ResumeMismatchError`), ``CorpusError``, :class:`RunLockedError`, :class:`ModelDirError`,
   :class:`ImageDataError`;
-- exit code 1, the run itself failed: ``NonFiniteLossError``, :class:`CheckpointError`.
+- exit code 1, the run itself failed: :class:`NonFiniteLossError`, :class:`CheckpointError`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ from .config import ConfigError
 
 USAGE_EXIT_CODE = 2
 FAILURE_EXIT_CODE = 1
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss, gradient norm or weights became NaN/inf; the message names the update and the last good
+    checkpoint (the newest one whose weights are finite). Also importable from ``training.mt``."""
 
 
 class RunLockedError(RuntimeError):
@@ -48,10 +53,7 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, CorpusError, RunLockedError, ModelDirError, ImageDataError)
 
 
-def _failure_errors() -> tuple[type[BaseException], ...]:
-    from .mt import NonFiniteLossError
-
-    return (NonFiniteLossError, CheckpointError)
+FAILURE_ERRORS = (NonFiniteLossError, CheckpointError)
 
 
 def run_script(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
@@ -65,7 +67,7 @@ def run_script(main: Callable[[Sequence[str] | None], object], argv: Sequence[st
         prefix = "config error" if isinstance(err, ConfigError) else "error"
         print(f"{prefix}: {err}", file=sys.stderr)
         return USAGE_EXIT_CODE
-    except _failure_errors() as err:
+    except FAILURE_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return FAILURE_EXIT_CODE
     return result if isinstance(result, int) else 0

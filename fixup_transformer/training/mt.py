@@ -80,7 +80,7 @@ from .checkpoint import (
     save_training_checkpoint,
 )
 from .config import ConfigError, dump_yaml, to_dict
-from .errors import ResumeMismatchError
+from .errors import NonFiniteLossError, ResumeMismatchError
 from .hub_export import complete_mt_export, push_best_export, record_test_scores
 from .losses import label_smoothed_nll_loss, shift_right
 from .metrics import MetricsWriter, available_trackers, tracker_config
@@ -91,11 +91,6 @@ from .process import keep_alive
 from .resume import check_resume_config, format_changes
 from .runlock import lock_run_dir
 from .schedules import build_scheduler
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss, gradient norm or weights became NaN/inf; the message names the update and the last good
-    checkpoint (the newest one whose weights are finite)."""
 
 
 @dataclasses.dataclass
