@@ -6,98 +6,11 @@
     accelerate launch scripts/evaluate_mt.py --model DIR ...        # batches shared over processes
 
 Corpus, data directory and languages default to the model's training_config.yaml when it has one.
+
+The logic lives in ``fixup_transformer.cli.evaluate_mt`` (installed as the ``fixup-evaluate-mt`` command).
 """
 
-import argparse
-import json
-
-from accelerate import Accelerator
-
-from fixup_transformer.evaluation.bleu import format_scores, scores_to_json
-from fixup_transformer.evaluation.mt_eval import EvalRequest, evaluate_model
-from fixup_transformer.evaluation.translate import GenerationSettings
-from fixup_transformer.training.checkpoint import atomic_write_text
-from fixup_transformer.training.errors import run_script
-from fixup_transformer.training.process import exit_process
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="HF model directory (e.g. <run>/best, <run>/averaged)")
-    p.add_argument("--split", default="test", help="train / validation / test (default: test)")
-    p.add_argument(
-        "--data-dir", help="local corpus directory (default: from training_config.yaml, else the Hub)"
-    )
-    p.add_argument(
-        "--corpus", help="corpus name for file stems (default: training config, else data-dir name)"
-    )
-    p.add_argument("--split-file", help="file stem of the split inside --data-dir, e.g. valid.tok.lc")
-    p.add_argument("--src", help="source language")
-    p.add_argument("--tgt", help="target language")
-    p.add_argument("--limit", type=int, help="only the first N sentences")
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty")
-    p.add_argument("--max-len-a", type=float, default=1.2, help="max new tokens = a * source length + b")
-    p.add_argument("--max-len-b", type=int, default=10)
-    p.add_argument("--max-new-tokens", type=int, help="fixed output length limit (overrides a/b)")
-    p.add_argument("--batch-tokens", type=int, default=8000, help="padded source tokens per batch")
-    p.add_argument("--output", help="write detokenized hypotheses here, one per line (atomically)")
-    p.add_argument("--json", help="write the scores with signatures here as JSON")
-    p.add_argument(
-        "--tokenized-bleu",
-        action="store_true",
-        help="also print lowercased 13a-tokenized BLEU (IWSLT-paper style)",
-    )
-    p.add_argument(
-        "--pretokenized-refs",
-        action="store_true",
-        help="references are already Moses-tokenized+lowercased (e.g. iwslt14 valid.tok.lc): tokenized BLEU "
-        "uses tokenize=none",
-    )
-    p.add_argument("--cpu", action="store_true", help="force CPU")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    """Exit codes: 0 scored, 2 usage errors (missing model dir or tokenizer, bad corpus), 1 failures."""
-    return run_script(_evaluate, argv)
-
-
-def _evaluate(argv) -> int:
-    args = parse_args(argv)
-    accelerator = Accelerator(cpu=args.cpu)
-    request = EvalRequest(
-        model_dir=args.model,
-        split=args.split,
-        data_dir=args.data_dir,
-        corpus=args.corpus,
-        src_lang=args.src,
-        tgt_lang=args.tgt,
-        split_file=args.split_file,
-        limit=args.limit,
-        tokenized_bleu=args.tokenized_bleu,
-        pretokenized_references=args.pretokenized_refs,
-    )
-    settings = GenerationSettings(
-        num_beams=args.beam,
-        length_penalty=args.lenpen,
-        max_len_a=args.max_len_a,
-        max_len_b=args.max_len_b,
-        max_new_tokens=args.max_new_tokens,
-        batch_tokens=args.batch_tokens,
-    )
-    hyps, scores, corpus = evaluate_model(request, settings, accelerator)
-    if accelerator.is_main_process:
-        if args.output:
-            atomic_write_text(args.output, "".join(h + "\n" for h in hyps))
-        if args.json:
-            atomic_write_text(args.json, json.dumps(scores_to_json(scores), indent=2) + "\n")
-        print(
-            f"{corpus.name} {corpus.src_lang}-{corpus.tgt_lang} {args.split}: {len(hyps)} sentences, beam {args.beam}"
-        )
-        print(format_scores(scores))
-    return 0
-
+from fixup_transformer.cli.evaluate_mt import main, parse_args, run  # noqa: F401  (main: imported by the tests)
 
 if __name__ == "__main__":
-    exit_process(main())
+    run()

@@ -1,0 +1,196 @@
+"""Translate text with a saved model, one sentence per line (like ``fairseq-interactive`` / ``marian-decoder``).
+
+    python -m fixup_transformer.translate --model runs/multi30k_de_en/best < test.de > test.en
+    fixup-translate --model DIR --input test.de --output test.en --beam 5 --lenpen 1.5 --batch-tokens 8000
+
+Reads UTF-8 lines from stdin or ``--input`` and writes exactly one detokenized translation per input line,
+in input order, to stdout or ``--output`` (written atomically once everything is translated). Sentences go
+through :func:`~fixup_transformer.evaluation.translate.translate_corpus`, the code the evaluation uses:
+token-budget batches of similar length, order restored. A blank line gives an empty line without reaching
+the model. Decoding options default to the ``eval`` section of the model's ``training_config.yaml`` (the
+beam and length penalty the run was evaluated with), else to those of
+:class:`~fixup_transformer.evaluation.translate.GenerationSettings`. A progress bar goes to stderr when
+the output is not a terminal (``--quiet`` turns it off). Unreadable input, a missing output folder or an
+unusable model directory end with one ``error:`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from ..training.checkpoint import TRAINING_CONFIG_FILE, atomic_write_text
+from ..training.errors import USAGE_EXIT_CODE, ModelDirError
+
+
+class InputError(ValueError):
+    """The text to translate cannot be read, or the output cannot be written where asked."""
+
+
+# Options of the command that map onto GenerationSettings fields, and the training config's eval keys.
+DECODING_OPTIONS = {
+    "beam": ("num_beams", "beam"),
+    "lenpen": ("length_penalty", "lenpen"),
+    "max_len_a": ("max_len_a", "max_len_a"),
+    "max_len_b": ("max_len_b", "max_len_b"),
+    "batch_tokens": ("batch_tokens", "batch_tokens"),
+}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="fixup-translate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model", required=True, help="exported model directory (e.g. <run>/best, <run>/averaged)"
+    )
+    p.add_argument("--input", help="UTF-8 text, one sentence per line (default: stdin)")
+    p.add_argument("--output", help="where to write the translations (default: stdout)")
+    p.add_argument("--beam", type=int, help="beam size (default: training config, else 5)")
+    p.add_argument("--lenpen", type=float, help="length penalty (default: training config, else 1.0)")
+    p.add_argument("--max-len-a", type=float, help="at most a * source length + b new tokens (default 1.2)")
+    p.add_argument("--max-len-b", type=int, help="see --max-len-a (default 10)")
+    p.add_argument("--max-new-tokens", type=int, help="fixed output length limit (overrides a/b)")
+    p.add_argument("--batch-tokens", type=int, help="padded source tokens per batch (default 4096)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Text in and out
+
+
+def split_lines(data: bytes, source: str) -> list[str]:
+    """UTF-8 bytes as lines, split on ``\\n`` only (as ``wc -l`` counts them); a trailing ``\\r`` is dropped.
+
+    ``str.splitlines`` is not used: it also splits on characters such as U+2028 that can occur inside a
+    sentence, and the output must have exactly one line per input line.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = data.count(b"\n", 0, err.start) + 1
+        raise InputError(f"invalid UTF-8 in {source} at line {line_no}: {err.reason}") from err
+    if not text:
+        return []
+    if text.endswith("\n"):
+        text = text[:-1]
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
+def read_input(path: str | None) -> list[str]:
+    if path is None:
+        return split_lines(sys.stdin.buffer.read(), "<stdin>")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise InputError(f"cannot read input {path}: {err.strerror or err}") from err
+    return split_lines(data, path)
+
+
+def check_output(path: str | None) -> None:
+    """Fail before loading the model, not after translating everything."""
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise InputError(f"cannot write output {path}: folder {Path(path).parent} does not exist")
+
+
+def write_output(path: str | None, lines: list[str]) -> None:
+    text = "".join(line + "\n" for line in lines)
+    if path is not None:
+        atomic_write_text(path, text)
+        return
+    try:  # bytes, so the locale's encoding (e.g. LANG=C) cannot break non-ASCII output
+        sys.stdout.buffer.write(text.encode("utf-8"))
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:  # e.g. `| head`: the reader is gone, nothing left to do
+        sys.stderr.close()
+
+
+def translate_lines(lines: Sequence[str], translate: Callable[[list[str]], list[str]]) -> list[str]:
+    """``translate`` applied to the non-blank lines; blank lines stay empty, one output line per input line."""
+    todo = [i for i, line in enumerate(lines) if line.strip()]
+    out = [""] * len(lines)
+    hyps = translate([lines[i] for i in todo]) if todo else []
+    for i, hyp in zip(todo, hyps, strict=True):
+        out[i] = " ".join(hyp.replace("\r", " ").replace("\n", " ").split())  # never an extra line
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model and decoding
+
+
+def training_eval_defaults(model_dir: str | Path) -> dict:
+    """``eval`` section of the model's training config (empty when the export has none)."""
+    path = Path(model_dir) / TRAINING_CONFIG_FILE
+    if not path.is_file():
+        return {}
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("eval") or {}
+
+
+def generation_settings(args: argparse.Namespace, eval_defaults: dict):
+    """Command line first, then the training config's eval section, then GenerationSettings' defaults."""
+    from ..evaluation.translate import GenerationSettings
+
+    values = {}
+    for option, (field, config_key) in DECODING_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            value = eval_defaults.get(config_key)
+        if value is not None:
+            values[field] = value
+    settings = GenerationSettings(**values, max_new_tokens=args.max_new_tokens)
+    for field in ("num_beams", "batch_tokens"):
+        if getattr(settings, field) < 1:
+            raise InputError(f"{field} must be at least 1, got {getattr(settings, field)}")
+    return settings
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return _run(args)
+    except (InputError, ModelDirError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return USAGE_EXIT_CODE
+
+
+def _run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from ..evaluation.mt_eval import check_model_dir, load_model_and_tokenizer
+    from ..evaluation.translate import translate_corpus
+
+    check_model_dir(args.model)
+    check_output(args.output)
+    lines = read_input(args.input)
+    settings = generation_settings(args, training_eval_defaults(args.model))
+    hf_logging.disable_progress_bar()  # the weight-loading bar is noise on a translation command's stderr
+    try:
+        model, tokenizer = load_model_and_tokenizer(args.model, args.device or default_device())
+    except OSError as err:  # e.g. no weights file; transformers' message names what it looked for
+        raise ModelDirError(f"cannot load the model in {args.model}: {err}") from err
+    show_progress = not args.quiet and (args.output is not None or not sys.stdout.isatty())
+
+    def translate(sources: list[str]) -> list[str]:
+        return translate_corpus(model, tokenizer, sources, settings, show_progress=show_progress)
+
+    write_output(args.output, translate_lines(lines, translate))
+    return 0
+
+
+__all__ = ["InputError", "main", "split_lines", "translate_lines", "generation_settings"]
+
+if __name__ == "__main__":
+    sys.exit(main())

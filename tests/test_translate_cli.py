@@ -1,0 +1,226 @@
+"""The translate command on a model trained on real Multi30k: stdin/stdout and files, order, blank lines,
+line count, errors; the console entry points; curves.png from the same training run.
+
+One module-scoped run of ``configs/tiny_test.yaml`` (60 updates, seconds) gives a real export; its
+translations are still nearly all alike, so order is checked with generation replaced by a copy of the
+source. The tests skip without the shared data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from fixup_transformer.cli import translate as cli
+from fixup_transformer.data import CorpusConfig, load_parallel
+from fixup_transformer.training import mt
+from fixup_transformer.training.config import load_config
+from fixup_transformer.training.metrics import read_metrics
+from fixup_transformer.training.mt_config import MTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@pytest.fixture(scope="module")
+def multi30k(shared_data_dir) -> Path:
+    path = shared_data_dir / "multi30k"
+    if not (path / "train.de.gz").exists():
+        pytest.skip(f"Multi30k not found in {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(multi30k, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("translate") / "run"
+    overrides = {
+        "data.data_dir": str(multi30k),
+        "output_dir": str(out),
+        "train.max_updates": 60,
+        "train.log_interval": 10,
+        "eval.valid_interval_updates": 20,
+        "eval.test_split": "none",
+        "checkpoint.save_interval_updates": 0,
+    }
+    mt.train(load_config(MTConfig, REPO / "configs" / "tiny_test.yaml", overrides))
+    return out
+
+
+@pytest.fixture(scope="module")
+def source_lines(multi30k) -> list[str]:
+    """25 test sentences with blank lines (empty, whitespace-only) at the start, inside and at the end."""
+    sources = [
+        s for s, _ in load_parallel(CorpusConfig("multi30k", "de", "en", data_dir=multi30k), "test")[:25]
+    ]
+    return ["", *sources[:10], "   ", *sources[10:20], "", *sources[20:], "\t"]
+
+
+@pytest.fixture(scope="module")
+def expected(run_dir, source_lines) -> list[str]:
+    """What the evaluation's corpus translation gives for the non-blank lines, blanks put back in place."""
+    from fixup_transformer.evaluation import GenerationSettings, translate_corpus
+    from fixup_transformer.evaluation.mt_eval import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(run_dir / "last")
+    # The command's defaults are the training config's eval section: tiny_test.yaml has beam 2, a=1, b=5.
+    settings = GenerationSettings(num_beams=2, max_len_a=1.0, max_len_b=5, batch_tokens=8000)
+    hyps = iter(
+        translate_corpus(
+            model, tokenizer, [s for s in source_lines if s.strip()], settings, show_progress=False
+        )
+    )
+    return [next(hyps) if line.strip() else "" for line in source_lines]
+
+
+def test_stdin_to_stdout(run_dir, source_lines, expected):
+    stdin = "\n".join(source_lines)  # no final newline: the last line still counts
+    proc = subprocess.run(
+        [sys.executable, "-m", "fixup_transformer.translate", "--model", str(run_dir / "last")],
+        input=stdin.encode("utf-8"),
+        capture_output=True,
+        env=OFFLINE_ENV,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    out = proc.stdout.decode("utf-8")
+    assert out.endswith("\n") and out.count("\n") == len(source_lines)
+    assert out.split("\n")[:-1] == expected
+    assert "translating" in proc.stderr.decode()  # progress bar: stdout is not a terminal
+
+
+def test_input_and_output_files(run_dir, source_lines, expected, tmp_path, capsys):
+    src, hyp = tmp_path / "in.de", tmp_path / "out.en"
+    src.write_text("".join(line + "\r\n" for line in source_lines), encoding="utf-8")  # CRLF input
+    argv = ["--model", str(run_dir / "last"), "--input", str(src), "--output", str(hyp)]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == ""  # translations went to the file only
+    assert hyp.read_text(encoding="utf-8").split("\n") == [*expected, ""]
+
+
+def test_order_blanks_and_options_with_an_echo_model(run_dir, source_lines, tmp_path, capsys, monkeypatch):
+    """With generation replaced by "copy the source", every output line must be its own input line."""
+    from transformers import AutoTokenizer
+
+    from fixup_transformer import FixupTransformerForConditionalGeneration
+
+    calls = []
+
+    def echo(self, input_ids, attention_mask, **kwargs):
+        calls.append(kwargs)
+        return input_ids
+
+    monkeypatch.setattr(FixupTransformerForConditionalGeneration, "generate", echo)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "last")
+    round_trip = [
+        tokenizer.decode(tokenizer(s)["input_ids"], skip_special_tokens=True).strip() for s in source_lines
+    ]
+    assert len(set(round_trip)) == 26  # 25 distinct sentences + blank: a reordering would show
+    src, hyp = tmp_path / "in.de", tmp_path / "out.en"
+    src.write_text("\n".join(source_lines) + "\n", encoding="utf-8")
+    argv = ["--model", str(run_dir / "last"), "--input", str(src), "--output", str(hyp), "--quiet"]
+
+    assert cli.main([*argv, "--batch-tokens", "60"]) == 0
+    assert hyp.read_text(encoding="utf-8").split("\n") == [*round_trip, ""]
+    assert len(calls) > 3  # several length-sorted batches, put back in input order
+    # Defaults from the export's training config (tiny_test.yaml: beam 2, max_len a=1, b=5).
+    assert calls[0]["num_beams"] == 2 and calls[0]["length_penalty"] == 1.0
+    assert capsys.readouterr().err == ""  # --quiet: no progress bar
+
+    calls.clear()
+    assert cli.main([*argv, "--beam", "1", "--lenpen", "0.6", "--max-new-tokens", "3"]) == 0
+    assert all(c["num_beams"] == 1 and c["length_penalty"] == 0.6 and c["max_new_tokens"] == 3 for c in calls)
+
+
+def test_empty_input_gives_empty_output(run_dir, tmp_path):
+    src, hyp = tmp_path / "empty.de", tmp_path / "empty.en"
+    src.write_bytes(b"")
+    assert cli.main(["--model", str(run_dir / "last"), "--input", str(src), "--output", str(hyp)]) == 0
+    assert hyp.read_bytes() == b""
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_errors_are_one_line_with_exit_code_2(run_dir, tmp_path, capsys):
+    model = str(run_dir / "last")
+    src = tmp_path / "in.de"
+    src.write_text("Ein Hund.\n", encoding="utf-8")
+
+    assert cli.main(["--model", str(tmp_path / "missing"), "--input", str(src)]) == 2
+    assert "model dir not found" in one_error_line(capsys)
+
+    no_tokenizer = tmp_path / "no_tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(run_dir / "last" / name, no_tokenizer / name)
+    assert cli.main(["--model", str(no_tokenizer), "--input", str(src)]) == 2
+    assert f"no tokenizer in {no_tokenizer}" in one_error_line(capsys)
+
+    assert cli.main(["--model", model, "--input", str(tmp_path / "missing.de")]) == 2
+    assert f"cannot read input {tmp_path / 'missing.de'}" in one_error_line(capsys)
+
+    assert cli.main(["--model", model, "--input", str(tmp_path)]) == 2  # a folder is no input file
+    assert f"cannot read input {tmp_path}" in one_error_line(capsys)
+
+    latin1 = tmp_path / "latin1.de"
+    latin1.write_bytes("Ein Hund.\nGrün\n".encode("latin-1"))
+    assert cli.main(["--model", model, "--input", str(latin1)]) == 2
+    assert f"invalid UTF-8 in {latin1} at line 2" in one_error_line(capsys)
+
+    assert cli.main(["--model", model, "--input", str(src), "--output", str(tmp_path / "no" / "out.en")]) == 2
+    assert "cannot write output" in one_error_line(capsys)
+
+
+def test_split_lines_counts_like_wc():
+    assert cli.split_lines(b"", "x") == []
+    assert cli.split_lines(b"\n", "x") == [""]
+    assert cli.split_lines(b"a\r\nb", "x") == ["a", "b"]
+    assert cli.split_lines("a\u2028b\n\nc\n".encode(), "x") == [
+        "a\u2028b",
+        "",
+        "c",
+    ]  # U+2028 is no line break
+
+
+def test_translate_lines_keeps_blanks_and_one_line_per_sentence():
+    seen = []
+
+    def fake(sources):
+        seen.append(sources)
+        return [s.upper() + "\nmore" for s in sources]  # a model output with a line break in it
+
+    assert cli.translate_lines(["a", "", " ", "b"], fake) == ["A more", "", "", "B more"]
+    assert seen == [["a", "b"]]  # blank lines never reach the model
+    assert cli.translate_lines(["", ""], fake) == ["", ""] and len(seen) == 1
+
+
+def test_console_entry_points_are_installed():
+    scripts = {ep.name: ep for ep in entry_points(group="console_scripts") if ep.name.startswith("fixup-")}
+    expected = {"fixup-train-mt", "fixup-evaluate-mt", "fixup-translate", "fixup-train-image"}
+    assert expected <= scripts.keys()
+    for name in expected:
+        assert callable(scripts[name].load())
+
+
+def test_training_run_writes_curves(run_dir):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    valid = read_metrics(run_dir / "metrics.jsonl", "valid")
+    assert [r["step"] for r in valid] == [20, 40, 60] and all("valid_bleu" in r for r in valid)
+    with Image.open(run_dir / "curves.png") as image:
+        assert image.format == "PNG" and image.width > image.height  # loss and BLEU panels side by side
