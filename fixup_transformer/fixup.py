@@ -105,17 +105,18 @@ class ScalarBias(nn.Module):
 
 
 class ScalarScale(nn.Module):
-    """A single learned multiplier on a residual branch (rule 3). Init 1."""
+    """A single learned multiplier on a residual branch (rule 3). Init 1, or 0 where it carries rule 1's zero."""
 
-    def __init__(self) -> None:
+    def __init__(self, init_value: float = 1.0) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(1))
+        self.init_value = init_value
+        self.weight = nn.Parameter(torch.full((1,), init_value))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weight
 
     def reset_parameters(self) -> None:
-        hf_init.ones_(self.weight)
+        hf_init.constant_(self.weight, self.init_value)
 
 
 SCALAR_MODULES = (ScalarBias, ScalarScale)

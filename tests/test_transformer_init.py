@@ -44,7 +44,8 @@ def test_fixup_in_branch_std_scales_with_depth(layers):
     model = build_sized(d, ffn, enc, dec, vocab_size=50)
     depth = 2 * enc + 3 * dec
     assert model.config.fixup_depth == depth
-    attention_std = xavier_std(d, d) * depth ** (-1 / 6)
+    # q/k/v: Xavier with the fans of the authors' fused 3d x d in-projection, i.e. d x d fans / sqrt(2).
+    attention_std = xavier_std(d, d) * 2**-0.5 * depth ** (-1 / 6)
     ffn_std = xavier_std(d, ffn) * depth ** (-1 / 2)
     for layer in [*model.model.encoder.layers, *model.model.decoder.layers]:
         for part in range(3):
@@ -60,8 +61,8 @@ def test_fixup_in_branch_std_scales_with_depth(layers):
             )
 
 
-def test_fixup_branch_final_layers_and_untied_classifier_are_exactly_zero():
-    model = build(tie_word_embeddings=False)
+def test_paper_rule_1_zeroes_branch_final_layers_and_the_untied_classifier():
+    model = build(fixup_zero="last_layer")
     for layer in [*model.model.encoder.layers, *model.model.decoder.layers]:
         assert torch.count_nonzero(layer.self_attn.out_proj.weight) == 0
         assert torch.count_nonzero(layer.ffn.fc2.weight) == 0
@@ -69,10 +70,41 @@ def test_fixup_branch_final_layers_and_untied_classifier_are_exactly_zero():
         assert torch.count_nonzero(layer.encoder_attn.out_proj.weight) == 0
     assert torch.count_nonzero(model.lm_head.weight) == 0
     assert model.lm_head.weight is not model.model.shared.weight
+    assert all(m.weight.item() == 1.0 for m in branch_multipliers(model))
+
+
+def branch_multipliers(model) -> list[ScalarScale]:
+    return [
+        m for name, m in model.named_modules() if isinstance(m, ScalarScale) and name.endswith("output_scale")
+    ]
+
+
+def test_default_zero_is_the_branch_multiplier_and_the_last_layers_are_scaled_like_their_branch():
+    d, ffn, enc, dec = 128, 256, 3, 2
+    model = build_sized(d, ffn, enc, dec, vocab_size=50)
+    depth = 2 * enc + 3 * dec
+    multipliers = branch_multipliers(model)
+    assert len(multipliers) == 2 * enc + 3 * dec
+    assert all(m.weight.item() == 0.0 for m in multipliers)
+    for layer in [*model.model.encoder.layers, *model.model.decoder.layers]:
+        assert layer.self_attn.out_proj.weight.std().item() == pytest.approx(
+            xavier_std(d, d) * depth ** (-1 / 6), rel=0.05
+        )
+        assert layer.ffn.fc2.weight.std().item() == pytest.approx(
+            xavier_std(ffn, d) * depth ** (-1 / 2), rel=0.05
+        )
+    assert torch.count_nonzero(model.lm_head.weight) == 0  # untied classifier: rule 1 by default
+
+
+def test_rule_1_holds_by_default_the_initial_loss_is_ln_v():
+    # Every branch and the classifier contribute 0 at init, so the prediction is uniform: loss = ln V.
+    model = build(d_model=128, vocab_size=400)
+    loss = model(input_ids=random_batch(4, 9, vocab=400), labels=random_batch(4, 7, vocab=400, seed=1)).loss
+    assert loss.item() == pytest.approx(math.log(400), abs=0.01)
 
 
 def test_tied_output_projection_keeps_the_embedding_init():
-    model = build(d_model=128, vocab_size=400)
+    model = build(d_model=128, vocab_size=400, tie_word_embeddings=True)
     assert model.lm_head.weight is model.model.shared.weight
     assert model.model.encoder.embed_tokens.weight is model.model.shared.weight
     assert model.model.decoder.embed_tokens.weight is model.model.shared.weight
@@ -88,8 +120,8 @@ def test_cross_attention_depth_can_reproduce_the_authors_hard_coded_12():
     )
     cross = model.model.decoder.layers[0].encoder_attn.q_proj.weight.std().item()
     own = chunk_std(model.model.decoder.layers[0].self_attn.qkv_proj.weight, 3, 0)
-    assert cross == pytest.approx(xavier_std(d, d) * 12 ** (-1 / 6), rel=0.05)
-    assert own == pytest.approx(xavier_std(d, d) * 30 ** (-1 / 6), rel=0.05)
+    assert cross == pytest.approx(xavier_std(d, d) * 2**-0.5 * 12 ** (-1 / 6), rel=0.05)
+    assert own == pytest.approx(xavier_std(d, d) * 2**-0.5 * 30 ** (-1 / 6), rel=0.05)
 
 
 def test_t_fixup_scales_value_output_and_ffn_only():
@@ -98,7 +130,9 @@ def test_t_fixup_scales_value_output_and_ffn_only():
     enc_gain, dec_gain = 0.67 * enc ** (-0.25), (9 * dec) ** (-0.25)
     encoder_layer, decoder_layer = model.model.encoder.layers[0], model.model.decoder.layers[0]
     qkv = encoder_layer.self_attn.qkv_proj.weight
-    assert chunk_std(qkv, 3, 0) == pytest.approx(xavier_std(d, d), rel=0.05)
+    # q and k: fairseq's 1/sqrt(2) gain, as in the T-Fixup reference code.
+    assert chunk_std(qkv, 3, 0) == pytest.approx(xavier_std(d, d) * 2**-0.5, rel=0.05)
+    assert chunk_std(qkv, 3, 1) == pytest.approx(xavier_std(d, d) * 2**-0.5, rel=0.05)
     assert chunk_std(qkv, 3, 2) == pytest.approx(xavier_std(d, d) * enc_gain, rel=0.05)
     assert encoder_layer.self_attn.out_proj.weight.std().item() == pytest.approx(
         xavier_std(d, d) * enc_gain, rel=0.05
@@ -120,7 +154,7 @@ def test_xavier_baseline_has_no_zero_layers():
 
 
 def test_scalars_start_at_one_and_zero_and_are_listed_for_their_own_learning_rate():
-    model = build()
+    model = build(fixup_zero="last_layer")
     biases = [m for m in model.modules() if isinstance(m, ScalarBias)]
     scales = [m for m in model.modules() if isinstance(m, ScalarScale)]
     # 4 biases per encoder layer, 5 per decoder layer, + encoder and decoder output shifts.
@@ -161,6 +195,7 @@ def test_at_init_the_decoder_output_does_not_depend_on_the_source():
         ({"dropout": 1.5}, "dropout"),
         ({"encoder_layers": 0}, "encoder_layers"),
         ({"pad_token_id": 500}, "pad_token_id"),
+        ({"fixup_zero": "first_layer"}, "fixup_zero"),
     ],
 )
 def test_invalid_config_names_the_field(overrides, field):
@@ -173,3 +208,4 @@ def test_default_config_is_the_iwslt_size_with_depth_30():
     assert (config.d_model, config.encoder_ffn_dim, config.encoder_attention_heads) == (512, 1024, 4)
     assert config.fixup_depth == 30
     assert (config.normalization, config.init) == ("none", "fixup")
+    assert (config.fixup_zero, config.tie_word_embeddings) == ("multiplier", False)

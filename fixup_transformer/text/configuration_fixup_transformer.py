@@ -13,6 +13,7 @@ from transformers import PreTrainedConfig
 
 NORMALIZATIONS = ("none", "post_ln", "pre_ln")
 INITS = ("fixup", "t_fixup", "xavier")
+FIXUP_ZEROS = ("multiplier", "last_layer")
 POSITION_EMBEDDINGS = ("sinusoidal", "learned")
 ACTIVATIONS = ("relu", "gelu")
 
@@ -42,15 +43,22 @@ class FixupTransformerConfig(PreTrainedConfig):
         scale_embedding: multiply token embeddings by `sqrt(d_model)` (fairseq default; with the
             N(0, d^-1/2) embedding init this gives unit-scale inputs).
         share_encoder_decoder_embeddings: one embedding matrix for the joint source/target vocabulary.
-        tie_word_embeddings: the output projection reuses the decoder's input embedding. Fixup's rule 1
-            (zero classifier) cannot hold for a tied projection without zeroing the input embeddings, so
-            with tying the output projection keeps the embedding init N(0, d^-1/2); untied, it starts at 0.
+        tie_word_embeddings: the output projection reuses the decoder's input embedding. Off by default:
+            Fixup's rule 1 (zero classifier, initial loss ln V) cannot hold for a tied projection without
+            zeroing the input embeddings, and a tied Fixup decoder at init predicts its own input token
+            (initial loss ~22 at d 512). Tied, the projection keeps the embedding init N(0, d^-1/2).
         normalization: `"none"` (Fixup, default), `"post_ln"` (the original Transformer), `"pre_ln"`.
         init: `"fixup"` (default), `"t_fixup"` (Huang et al. 2020), or `"xavier"` (standard init, for the
             LayerNorm baselines).
         fixup_cross_attention_depth: depth `L` used for the decoder's cross-attention projections under
             Fixup. `None` (default) uses the true `L = 2 * encoder_layers + 3 * decoder_layers`; the
             authors' fairseq code hard-coded 12 here, so set 12 to reproduce it exactly.
+        fixup_zero: which factor of each residual branch starts at 0 under `init="fixup"`.
+            `"multiplier"` (default): the branch multiplier starts at 0 and the branch's last linear gets the
+            same scaled Xavier init as the rest of the branch (SkipInit / ReZero placement of Fixup's zero):
+            stable under Adam without warmup at d 512 (docs/fixup.md has the measurements).
+            `"last_layer"`: the paper's rule 1 as written (last linear = 0, multiplier 1); it needs the
+            paper's warmup at d 512.
         label_smoothing: label smoothing of the loss returned when `labels` are given (fairseq uses 0.1).
         scalars_folded: set by `fold_scalars()`: the scalar biases and multipliers live inside the linear
             weights and biases, for inference. Such a checkpoint is no longer trainable as Fixup.
@@ -80,10 +88,11 @@ class FixupTransformerConfig(PreTrainedConfig):
     position_embedding: str = "sinusoidal"
     scale_embedding: bool = True
     share_encoder_decoder_embeddings: bool = True
-    tie_word_embeddings: bool = True
+    tie_word_embeddings: bool = False
     normalization: str = "none"
     init: str = "fixup"
     fixup_cross_attention_depth: int | None = None
+    fixup_zero: str = "multiplier"
     label_smoothing: float | int = 0.0
     scalars_folded: bool = False
     use_cache: bool = True
@@ -111,6 +120,7 @@ class FixupTransformerConfig(PreTrainedConfig):
         _require_choice("init", self.init, INITS)
         _require_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         _require_choice("activation_function", self.activation_function, ACTIVATIONS)
+        _require_choice("fixup_zero", self.fixup_zero, FIXUP_ZEROS)
         for name in (
             "vocab_size",
             "d_model",

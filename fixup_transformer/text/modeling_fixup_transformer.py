@@ -52,12 +52,17 @@ from .folding import scaled_shifted_linear
 # The init rule of each residual branch
 # ---------------------------------------------------------------------------------------------------------
 
+# fairseq's Xavier gain for q/k/v, equal to the fans of one fused 3d x d matrix: sqrt(6 / 4d) = sqrt(6 / 2d) / sqrt(2).
+FUSED_QKV_GAIN = 2**-0.5
+
 
 def branch_init_gains(config: FixupTransformerConfig, stack: str, branch: str) -> dict[str, float]:
     """Multipliers on the Xavier-uniform init of each weight in one residual branch; 0 means zero init.
 
     ``stack`` is ``"encoder"`` or ``"decoder"``; ``branch`` is ``"self_attn"``, ``"cross_attn"`` or
     ``"ffn"``. Attention keys are ``q``, ``k``, ``v``, ``out``; FFN keys are ``fc1``, ``fc2``.
+    Xavier bounds are those of each ``d x d`` part of a fused projection; ``FUSED_QKV_GAIN`` restores the
+    fans of the authors' code, which drew q, k and v as one ``3d x d`` matrix (fairseq's ``in_proj``).
     """
     attention = branch != "ffn"
     if config.init == "xavier":
@@ -66,16 +71,30 @@ def branch_init_gains(config: FixupTransformerConfig, stack: str, branch: str) -
         depth = config.fixup_depth
         if branch == "cross_attn" and config.fixup_cross_attention_depth is not None:
             depth = config.fixup_cross_attention_depth
+        # Rule 2: L^(-1/(2m-2)), m = 4 weights in an attention branch (q, k, v, out), m = 2 in the FFN.
+        # Rule 1: the branch's last layer starts at 0, or (fixup_zero="multiplier") keeps the scaled init
+        # while the branch multiplier starts at 0 instead (see FixupTransformerConfig.fixup_zero).
+        gain = fixup_depth_factor(depth, layers_per_branch=4 if attention else 2)
+        last = gain if config.fixup_zero == "multiplier" else 0.0
         if attention:
-            # The authors scale q/k/v by L^(-1/6): the rule L^(-1/(2m-2)) with m = 4.
-            gain = fixup_depth_factor(depth, layers_per_branch=4)
-            return {"q": gain, "k": gain, "v": gain, "out": 0.0}
-        return {"fc1": fixup_depth_factor(depth, layers_per_branch=2), "fc2": 0.0}
-    # T-Fixup (Huang et al., 2020): only value/output projections and the FFN are scaled.
+            return {
+                "q": gain * FUSED_QKV_GAIN,
+                "k": gain * FUSED_QKV_GAIN,
+                "v": gain * FUSED_QKV_GAIN,
+                "out": last,
+            }
+        return {"fc1": gain, "fc2": last}
+    # T-Fixup (Huang et al., 2020): value/output projections and the FFN scaled by g; q and k keep
+    # fairseq's 1/sqrt(2) gain, as in the T-Fixup reference code.
     gain = t_fixup_branch_gain(config, stack)
     if attention:
-        return {"q": 1.0, "k": 1.0, "v": gain, "out": gain}
+        return {"q": FUSED_QKV_GAIN, "k": FUSED_QKV_GAIN, "v": gain, "out": gain}
     return {"fc1": gain, "fc2": gain}
+
+
+def branch_multiplier_init(config: FixupTransformerConfig) -> float:
+    """Initial value of each residual branch's scalar multiplier (Fixup rule 3, or its zero under rule 1)."""
+    return 0.0 if config.init == "fixup" and config.fixup_zero == "multiplier" else 1.0
 
 
 def t_fixup_branch_gain(config: FixupTransformerConfig, stack: str) -> float:
@@ -108,7 +127,7 @@ def scalar_bias(config: FixupTransformerConfig) -> nn.Module:
 
 def scalar_scale(config: FixupTransformerConfig) -> nn.Module:
     """A Fixup branch multiplier, or the identity once folded."""
-    return nn.Identity() if config.scalars_folded else ScalarScale()
+    return nn.Identity() if config.scalars_folded else ScalarScale(branch_multiplier_init(config))
 
 
 def linear(config: FixupTransformerConfig, in_features: int, out_features: int) -> nn.Linear:
@@ -480,6 +499,18 @@ class FixupTransformerPreTrainedModel(PreTrainedModel):
         elif isinstance(module, FixupTransformerForConditionalGeneration):
             module.reset_output_projection()
 
+    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
+        # transformers resizes the input embedding (the encoder's) and the output projection; with
+        # unshared embeddings the decoder's own table must follow, or target ids past the old size break.
+        embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        base = getattr(self, self.base_model_prefix, self)
+        if not self.config.share_encoder_decoder_embeddings and isinstance(base, FixupTransformerModel):
+            decoder = base.decoder
+            decoder.embed_tokens = self._get_resized_embeddings(
+                decoder.embed_tokens, embeddings.num_embeddings, mean_resizing=mean_resizing
+            )
+        return embeddings
+
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
         # Sharing the encoder/decoder embedding and tying the output projection are two separate
         # choices here, while transformers gates every tie on `tie_word_embeddings` alone.
@@ -506,9 +537,19 @@ class FixupTransformerStack(FixupTransformerPreTrainedModel):
         self.post_init()
 
     def embed(
-        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, past_length: int, name: str
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        past_length: int,
+        name: str,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scaled token embeddings, layer input with positions and dropout); ``name`` is for errors."""
+        """(scaled token embeddings, layer input with positions and dropout); ``name`` is for errors.
+
+        With an ``attention_mask`` (over past and current tokens) positions count only the unmasked
+        tokens, as fairseq's ``make_positions`` skips pads: a left-padded sentence gets the same positions
+        as the same sentence unpadded.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError(f"Pass exactly one of `{name}` and the matching `inputs_embeds`.")
         if inputs_embeds is None:
@@ -516,6 +557,9 @@ class FixupTransformerStack(FixupTransformerPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         inputs_embeds = inputs_embeds * self.embed_scale
         positions = _positions(inputs_embeds.shape[1], past_length, inputs_embeds.device, self.config)
+        if attention_mask is not None and attention_mask.dim() == 2:
+            counted = attention_mask.long().cumsum(-1)[:, -inputs_embeds.shape[1] :] - 1
+            positions = counted.clamp(min=0)
         hidden_states = inputs_embeds + self.embed_positions(positions, inputs_embeds.dtype)
         hidden_states = nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
         return inputs_embeds, hidden_states
@@ -536,7 +580,7 @@ class FixupTransformerEncoder(FixupTransformerStack):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutput:
-        inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, 0, "input_ids")
+        inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, 0, "input_ids", attention_mask)
 
         mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
@@ -574,7 +618,9 @@ class FixupTransformerDecoder(FixupTransformerStack):
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         past_length = cache.get_seq_length() if cache is not None else 0
-        inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, past_length, "decoder_input_ids")
+        inputs_embeds, hidden_states = self.embed(
+            input_ids, inputs_embeds, past_length, "decoder_input_ids", attention_mask
+        )
         batch, length = inputs_embeds.shape[:2]
 
         if attention_mask is None and not is_torchdynamo_compiling():
@@ -812,6 +858,12 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
         """
         from .folding import fold_model_scalars
 
+        if self.training:
+            # Folding replaces parameters: an optimizer built before it would silently stop updating them.
+            raise RuntimeError(
+                "fold_scalars() is for inference and replaces the linear weights; call model.eval() first "
+                "(to keep training, train the unfolded model and fold a copy for inference)."
+            )
         fold_model_scalars(self)
         return self
 
