@@ -292,6 +292,9 @@ def build_hf_config(source: FairseqSource, dictionaries: list[FairseqDictionary]
         normalization=shape.normalization,
         init="fixup" if fixup else "xavier",
         fixup_cross_attention_depth=AUTHORS_CROSS_ATTENTION_DEPTH if fixup else None,
+        # The authors' rule 1 as the paper writes it: last linear of each branch 0, multiplier 1 (used only
+        # if the model is re-initialised).
+        fixup_zero="last_layer" if fixup else "multiplier",
         linear_bias=not fixup,
         label_smoothing=option(options, "label_smoothing", float, 0.0),
         pad_token_id=pad,
