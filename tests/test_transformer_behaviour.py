@@ -211,9 +211,11 @@ def test_token_ids_outside_the_vocabulary_raise_a_clear_error():
     model = build()
     too_large = random_batch(1, 5)
     too_large[0, 2] = model.config.vocab_size
-    with pytest.raises(ValueError, match=r"token id 97, outside the vocabulary \[0, 97\)"):
+    with pytest.raises(
+        RuntimeError, match=r"`input_ids` contains a token id outside the vocabulary \[0, 97\)"
+    ):
         model(input_ids=too_large, decoder_input_ids=random_batch(1, 3))
-    with pytest.raises(ValueError, match="decoder_input_ids"):
+    with pytest.raises(RuntimeError, match="decoder_input_ids"):
         model(input_ids=random_batch(1, 5), decoder_input_ids=too_large)
 
 
@@ -273,3 +275,28 @@ def test_folding_refuses_a_model_in_training_mode():
     with pytest.raises(RuntimeError, match=r"model\.eval\(\)"):
         model.fold_scalars()
     assert not model.config.scalars_folded
+
+
+def test_forward_and_a_cached_decoding_step_read_nothing_back_to_the_host(monkeypatch):
+    # A host read (item / int / bool / tolist of a tensor) is a device sync on a GPU: the CPU stops running
+    # ahead. Counting them on CPU pins the no-sync property down without a GPU.
+    model = trained()
+    source, decoder_input = random_batch(2, 7), random_batch(2, 5, seed=3)
+    with torch.no_grad():
+        cache = model(input_ids=source, decoder_input_ids=decoder_input, use_cache=True).cache
+    reads = []
+    for method in ("item", "__int__", "__bool__", "__float__", "tolist"):
+        original = getattr(torch.Tensor, method)
+
+        def counting(self, *args, _original=original, _method=method, **kwargs):
+            reads.append(_method)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counting)
+    with torch.no_grad():
+        model(input_ids=source, decoder_input_ids=decoder_input)
+        model(input_ids=source, decoder_input_ids=random_batch(2, 1, seed=4), cache=cache, use_cache=True)
+    model.train()
+    model(input_ids=source, labels=decoder_input).loss.backward()
+    monkeypatch.undo()
+    assert reads == []

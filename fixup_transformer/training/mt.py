@@ -286,6 +286,7 @@ def _forward_loss(model, batch, pad_id: int, start_id: int, epsilon: float):
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         decoder_input_ids=decoder_input_ids,
+        use_cache=False,  # a training step needs no KV cache; building one copies every layer's K/V
     ).logits
     return label_smoothed_nll_loss(logits, batch["labels"], epsilon)
 
