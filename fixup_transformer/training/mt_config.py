@@ -80,7 +80,10 @@ class ModelConfig:
     position_embedding: Literal["sinusoidal", "learned"] = field_doc("sinusoidal", "Position encoding.")
     scale_embedding: bool = field_doc(True, "Multiply token embeddings by sqrt(d_model).")
     share_encoder_decoder_embeddings: bool = field_doc(True, "One embedding matrix for both sides.")
-    tie_word_embeddings: bool = field_doc(True, "Output projection = decoder input embedding.")
+    tie_word_embeddings: bool = field_doc(
+        False,
+        "Output projection = decoder input embedding (off: Fixup's zero classifier, loss ln V at init).",
+    )
     normalization: Literal["none", "post_ln", "pre_ln"] = field_doc(
         "none", "none = Fixup (no LayerNorm); post_ln / pre_ln = the LayerNorm baselines."
     )
@@ -89,6 +92,11 @@ class ModelConfig:
     )
     fixup_cross_attention_depth: int | None = field_doc(
         None, "Depth L for the cross-attention init; None = true L, 12 = the authors' hard-coded value."
+    )
+    fixup_zero: Literal["multiplier", "last_layer"] = field_doc(
+        "multiplier",
+        "Under init fixup, what starts at 0 in each branch: the multiplier (stable without warmup) or the "
+        "last layer (the paper's rule 1 as written).",
     )
 
 
