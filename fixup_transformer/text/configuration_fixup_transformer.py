@@ -28,7 +28,10 @@ class FixupTransformerConfig(PreTrainedConfig):
     multipliers, and the Fixup init.
 
     Args:
-        vocab_size: size of the (joint) vocabulary.
+        vocab_size: size of the (joint) vocabulary; with `decoder_vocab_size`, of the source vocabulary.
+        decoder_vocab_size: size of the target vocabulary (decoder embedding and output projection) when it
+            differs from the source's, as with fairseq's separate dictionaries; `None` (default): `vocab_size`.
+            Needs `share_encoder_decoder_embeddings=False`.
         d_model: width of the residual stream.
         encoder_layers / decoder_layers: number of layers of each stack.
         encoder_attention_heads / decoder_attention_heads: heads per attention; must divide `d_model`.
@@ -60,6 +63,10 @@ class FixupTransformerConfig(PreTrainedConfig):
             `"last_layer"`: the paper's rule 1 as written (last linear = 0, multiplier 1); it needs the
             paper's warmup at d 512.
         label_smoothing: label smoothing of the loss returned when `labels` are given (fairseq uses 0.1).
+        linear_bias: give the attention and FFN linears biases, as fairseq's LayerNorm Transformer has
+            (converted checkpoints); only with `normalization="post_ln"` or `"pre_ln"`. Off by default.
+        position_offset: the position of the first token (fairseq: `padding_idx + 1` = 2). Learned position
+            tables then have `max_position_embeddings` rows including the offset. 0 by default.
         scalars_folded: set by `fold_scalars()`: the scalar biases and multipliers live inside the linear
             weights and biases, for inference. Such a checkpoint is no longer trainable as Fixup.
     """
@@ -73,6 +80,7 @@ class FixupTransformerConfig(PreTrainedConfig):
     }
 
     vocab_size: int = 10000
+    decoder_vocab_size: int | None = None
     d_model: int = 512
     encoder_layers: int = 6
     decoder_layers: int = 6
@@ -95,6 +103,8 @@ class FixupTransformerConfig(PreTrainedConfig):
     fixup_zero: str = "multiplier"
     label_smoothing: float | int = 0.0
     scalars_folded: bool = False
+    linear_bias: bool = False
+    position_offset: int = 0
     use_cache: bool = True
     is_encoder_decoder: bool = True
     pad_token_id: int | None = 0
@@ -102,6 +112,11 @@ class FixupTransformerConfig(PreTrainedConfig):
     bos_token_id: int | None = None
     decoder_start_token_id: int | None = 1
     forced_eos_token_id: int | list[int] | None = None
+
+    @property
+    def target_vocab_size(self) -> int:
+        """Rows of the decoder embedding and the output projection."""
+        return self.vocab_size if self.decoder_vocab_size is None else self.decoder_vocab_size
 
     @property
     def fixup_depth(self) -> int:
@@ -147,14 +162,38 @@ class FixupTransformerConfig(PreTrainedConfig):
                 f"`init={self.init!r}` replaces normalization and requires `normalization='none'`, got "
                 f"`normalization={self.normalization!r}`; use `init='xavier'` for the LayerNorm baselines."
             )
+        if self.linear_bias and self.normalization == "none":
+            raise ValueError(
+                "`linear_bias=True` is for the LayerNorm variants (`normalization='post_ln'` or 'pre_ln', e.g. "
+                "converted fairseq models); Fixup replaces linear biases by its scalar biases."
+            )
+        if self.position_offset < 0 or self.position_offset >= self.max_position_embeddings:
+            raise ValueError(
+                f"`position_offset` ({self.position_offset}) must be in [0, max_position_embeddings="
+                f"{self.max_position_embeddings})."
+            )
+        self._validate_vocab_sizes()
         if self.fixup_cross_attention_depth is not None and self.fixup_cross_attention_depth < 1:
             raise ValueError(
                 f"`fixup_cross_attention_depth` must be None or >= 1, got {self.fixup_cross_attention_depth}."
             )
-        for name in ("pad_token_id", "decoder_start_token_id"):
+
+    def _validate_vocab_sizes(self) -> None:
+        if self.decoder_vocab_size is not None:
+            if self.decoder_vocab_size < 1:
+                raise ValueError(f"`decoder_vocab_size` must be None or >= 1, got {self.decoder_vocab_size}.")
+            if self.share_encoder_decoder_embeddings and self.decoder_vocab_size != self.vocab_size:
+                raise ValueError(
+                    f"`decoder_vocab_size` ({self.decoder_vocab_size}) != `vocab_size` ({self.vocab_size}) "
+                    "needs `share_encoder_decoder_embeddings=False` (one shared matrix has one size)."
+                )
+        # pad indexes both embeddings; decoding starts from a target id.
+        limits = {"pad_token_id": min(self.vocab_size, self.target_vocab_size)}
+        limits["decoder_start_token_id"] = self.target_vocab_size
+        for name, limit in limits.items():
             value = getattr(self, name)
-            if value is not None and not 0 <= value < self.vocab_size:
-                raise ValueError(f"`{name}` ({value}) must be in [0, vocab_size={self.vocab_size}).")
+            if value is not None and not 0 <= value < limit:
+                raise ValueError(f"`{name}` ({value}) must be in [0, {limit}) (the vocabulary size).")
 
 
 def _require_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -132,7 +132,7 @@ def scalar_scale(config: FixupTransformerConfig) -> nn.Module:
 
 def linear(config: FixupTransformerConfig, in_features: int, out_features: int) -> nn.Linear:
     # Bias-free as in the authors' code; a folded model carries the folded scalars as linear biases.
-    return nn.Linear(in_features, out_features, bias=config.scalars_folded)
+    return nn.Linear(in_features, out_features, bias=config.scalars_folded or config.linear_bias)
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str) -> None:
@@ -191,7 +191,8 @@ class FixupTokenEmbedding(nn.Embedding):
     """Token embedding that knows its own init std (which depends on the stack under T-Fixup)."""
 
     def __init__(self, config: FixupTransformerConfig, stack: str) -> None:
-        super().__init__(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+        rows = config.vocab_size if stack == "encoder" else config.target_vocab_size
+        super().__init__(rows, config.d_model, padding_idx=config.pad_token_id)
         self.init_std = embedding_init_std(config, stack)
 
     def reset_parameters(self) -> None:
@@ -513,6 +514,7 @@ class FixupTransformerPreTrainedModel(PreTrainedModel):
             decoder.embed_tokens = self._get_resized_embeddings(
                 decoder.embed_tokens, embeddings.num_embeddings, mean_resizing=mean_resizing
             )
+            self.config.decoder_vocab_size = None  # both vocabularies now have the new size
         return embeddings
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
@@ -557,13 +559,14 @@ class FixupTransformerStack(FixupTransformerPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError(f"Pass exactly one of `{name}` and the matching `inputs_embeds`.")
         if inputs_embeds is None:
-            check_token_ids(input_ids, self.config.vocab_size, name)
+            check_token_ids(input_ids, self.embed_tokens.num_embeddings, name)
             inputs_embeds = self.embed_tokens(input_ids)
         inputs_embeds = inputs_embeds * self.embed_scale
         positions = _positions(inputs_embeds.shape[1], past_length, inputs_embeds.device, self.config)
         if attention_mask is not None and attention_mask.dim() == 2:
             counted = attention_mask.long().cumsum(-1)[:, -inputs_embeds.shape[1] :] - 1
             positions = counted.clamp(min=0)
+        positions = positions + self.config.position_offset  # fairseq: the first token is at padding_idx + 1
         hidden_states = inputs_embeds + self.embed_positions(positions, inputs_embeds.dtype)
         hidden_states = nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
         return inputs_embeds, hidden_states
@@ -654,7 +657,7 @@ class FixupTransformerDecoder(FixupTransformerStack):
 def _positions(
     length: int, offset: int, device: torch.device, config: FixupTransformerConfig
 ) -> torch.Tensor:
-    if offset + length > config.max_position_embeddings:
+    if config.position_offset + offset + length > config.max_position_embeddings:
         raise ValueError(
             f"Sequence of {offset + length} positions is longer than `max_position_embeddings` "
             f"({config.max_position_embeddings}) of this model; truncate the input or raise that config field."
@@ -746,7 +749,7 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
     def __init__(self, config: FixupTransformerConfig) -> None:
         super().__init__(config)
         self.model = FixupTransformerModel(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.target_vocab_size, bias=False)
         if config.tie_word_embeddings:
             source = "shared" if config.share_encoder_decoder_embeddings else "decoder.embed_tokens"
             self._tied_weights_keys = {"lm_head.weight": f"model.{source}.weight"}
