@@ -340,6 +340,18 @@ def test_console_entry_point_is_declared():
 # Refusals
 
 
+def test_to_fairseq_errors_are_one_line(tmp_path, capsys):
+    assert main(["to-fairseq", str(tmp_path / "nothing"), str(tmp_path / "fs.pt")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text(
+        json.dumps({"model_type": "fixup_transformer", "normalization": "none", "linear_bias": True})
+    )
+    assert main(["to-fairseq", str(tmp_path / "bad"), str(tmp_path / "fs.pt")]) == 2
+    assert "linear_bias=True" in capsys.readouterr().err
+    assert not (tmp_path / "fs.pt").exists()
+
+
 def test_unsupported_architecture_options_are_named(tmp_path):
     arch = ARCHS["post_ln"]
     state = fairseq_state(arch)

@@ -59,7 +59,7 @@ from .fairseq_options import (
     read_dictionary,
     to_json_compatible,
 )
-from .safe_load import CheckpointLoadError, load_checkpoint
+from .safe_load import load_checkpoint
 
 SIDECAR_DIR = "fairseq"
 SOURCE_FILE = "source.json"
@@ -68,7 +68,8 @@ SIDECAR_FORMAT = 1
 # The authors' MultiheadAttentionZero defaults num_blocks to 12 and the decoder's encoder attention
 # never passes it: their cross-attention init used L = 12 whatever the depth.
 AUTHORS_CROSS_ATTENTION_DEPTH = 12
-SUPPORTED_ACTIVATIONS = {"relu": "relu", "gelu": "gelu"}
+# fairseq's "gelu" is the exact (erf) GELU, as nn.GELU(); its tanh approximations are not supported.
+SUPPORTED_ACTIVATIONS = ("relu", "gelu")
 
 
 class ConversionError(ValueError):
@@ -112,7 +113,7 @@ def _flavor(state: dict[str, torch.Tensor]) -> str:
     )
 
 
-def detect_layout(state: dict[str, torch.Tensor], options: dict[str, Any]) -> Layout:
+def detect_layout(state: dict[str, torch.Tensor]) -> Layout:
     learned = [f"{stack}.embed_positions.weight" in state for stack in ("encoder", "decoder")]
     if learned[0] != learned[1]:
         raise ConversionError("learned positions in one stack and sinusoidal in the other are not supported")
@@ -206,7 +207,7 @@ def read_fairseq_checkpoint(path: str | Path) -> FairseqSource:
         kind, config = raw_config(checkpoint)
         options = flat_options(kind, config)
         _reject_unsupported_options(options)
-        layout = detect_layout(state, options)
+        layout = detect_layout(state)
         shape = detect_shape(state, options, layout)
         _reject_unplanned_keys(state, planned_fairseq_keys(build_plan(shape, layout)))
     except ValueError as error:
@@ -279,7 +280,7 @@ def build_hf_config(source: FairseqSource, dictionaries: list[FairseqDictionary]
         decoder_attention_heads=option(options, "decoder_attention_heads", int),
         encoder_ffn_dim=_ffn_dim(state, "encoder", shape.encoder_layers),
         decoder_ffn_dim=_ffn_dim(state, "decoder", shape.decoder_layers),
-        activation_function=SUPPORTED_ACTIVATIONS[option(options, "activation_fn", str, "relu")],
+        activation_function=option(options, "activation_fn", str, "relu"),
         dropout=option(options, "dropout", float, 0.1),
         attention_dropout=option(options, "attention_dropout", float, 0.0),
         activation_dropout=activation_dropout,
@@ -622,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         else:
             out = convert_hf_to_fairseq(args.model_dir, args.output)
-    except (ConversionError, CheckpointLoadError, OSError) as error:
+    except (ValueError, OSError) as error:  # ConversionError, CheckpointLoadError, a bad config.json
         print(f"convert_fairseq: error: {error}", file=sys.stderr)
         return 2
     print(out)
