@@ -8,11 +8,13 @@ and back must give back every tensor and key.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import re
 import runpy
 import sys
 import types
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -319,6 +321,58 @@ def test_dictionaries_are_checked_and_kept_beside_the_weights(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "dict.small.txt: 6 symbols, but the encoder embedding has 24 rows" in error
     assert not (tmp_path / "bad").exists()
+
+
+def fairseq_preprocess_dictionary(sentences: list[list[str]], path) -> list[str]:
+    """dict.<lang>.txt as fairseq-preprocess writes it: words by count (ties alphabetical), the 4 specials
+    implied, padded to a multiple of 8 ids with madeupwordNNNN (Dictionary.finalize)."""
+    counts = Counter(dict(sorted(Counter(word for sentence in sentences for word in sentence).items())))
+    words = [word for word, _ in counts.most_common()]
+    padding = [f"madeupword{i:04d}" for i in range(-(len(words) + 4) % 8)]
+    lines = [f"{word} {counts[word]}" for word in words] + [f"{word} 0" for word in padding]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return ["<s>", "<pad>", "</s>", "<unk>", *words, *padding]
+
+
+def encode_line(words: list[str], symbols: list[str]) -> list[int]:
+    """fairseq's Dictionary.encode_line: unknown words to <unk>, </s> appended."""
+    index = {symbol: i for i, symbol in enumerate(symbols)}
+    return [index.get(word, 3) for word in words] + [EOS]
+
+
+def test_real_multi30k_sentences_through_fairseq_dictionaries(tmp_path, shared_data_dir):
+    """Real sentences, dictionaries built the way fairseq-preprocess builds them (separate de/en), ids
+    made the way fairseq makes them, and a left-padded source batch as fairseq batches it."""
+
+    def read(split: str, lang: str, n: int) -> list[list[str]]:
+        with gzip.open(shared_data_dir / "multi30k" / f"{split}.{lang}.gz", "rt", encoding="utf-8") as handle:
+            return [next(handle).split() for _ in range(n)]
+
+    data = tmp_path / "data-bin"
+    data.mkdir()
+    symbols = {
+        lang: fairseq_preprocess_dictionary(read("train", lang, 200), data / f"dict.{lang}.txt")
+        for lang in ("de", "en")
+    }
+    arch = Arch(flavor="zero", vocab=len(symbols["de"]), target_vocab=len(symbols["en"]))
+    state = fairseq_state(arch)
+    torch.save(checkpoint_dict(arch, state), tmp_path / "checkpoint_best.pt")
+    out = convert_fairseq_to_hf(tmp_path / "checkpoint_best.pt", tmp_path / "hf", data_dir=data)
+    config = FixupTransformerConfig.from_pretrained(out)
+    assert (config.vocab_size, config.decoder_vocab_size) == (len(symbols["de"]), len(symbols["en"]))
+    assert config.vocab_size % 8 == 0 and config.decoder_vocab_size % 8 == 0
+
+    sources = [encode_line(words, symbols["de"]) for words in read("val", "de", 6)]
+    targets = [[EOS, *encode_line(words, symbols["en"])[:-1]] for words in read("val", "en", 6)]
+    width = max(map(len, sources))
+    src = torch.tensor([[PAD] * (width - len(ids)) + ids for ids in sources])  # fairseq left-pads sources
+    length = max(map(len, targets))
+    tgt = torch.tensor([ids + [PAD] * (length - len(ids)) for ids in targets])
+    real = tgt.ne(PAD)
+    expected = fairseq_logits(state, arch, src, tgt)[real]
+    # A random 'trained' net at these lengths reaches logits in the hundreds: fp32 noise scales with them.
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(logits_of(out, src, tgt)[real], expected, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_script_is_a_thin_wrapper_over_the_package_command(tmp_path, monkeypatch, capsys):
