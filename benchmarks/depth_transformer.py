@@ -107,15 +107,12 @@ def build_model(
 ) -> FixupTransformerForConditionalGeneration:
     normalization, init = VARIANTS[variant]
     torch.manual_seed(args.seed)
-    config = FixupTransformerConfig(
+    config = FixupTransformerConfig.symmetric(
+        layers,
+        args.d_model,
+        args.heads,
+        args.ffn_dim,
         vocab_size=vocab_size,
-        d_model=args.d_model,
-        encoder_layers=layers,
-        decoder_layers=layers,
-        encoder_attention_heads=args.heads,
-        decoder_attention_heads=args.heads,
-        encoder_ffn_dim=args.ffn_dim,
-        decoder_ffn_dim=args.ffn_dim,
         dropout=args.dropout,
         normalization=normalization,
         init=init,

@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
     p.add_argument("--output-dir", type=Path, default=Path("runs/stability"))
     p.add_argument("--report-only", action="store_true", help="run nothing; rebuild table and plot")
+    p.add_argument(
+        "--merge", type=Path, nargs="*", default=[], help="other results.json files to merge into this one"
+    )
     return p.parse_args(argv)
 
 
@@ -135,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     results_path = args.output_dir / "results.json"
     results = load_results(results_path)
+    for other in args.merge:  # grids split over several processes, each with its own output dir
+        results += [r for r in load_results(other) if cell_key(r) not in {cell_key(x) for x in results}]
     done = {cell_key(r) for r in results}
     width = Width(args.d_model, args.heads, args.ffn_dim)
     for task in [] if args.report_only else args.tasks:
@@ -148,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             atomic_write_json(results_path, {"width": vars(width), "steps": args.steps, "cells": results})
             print(markdown_table([result]).splitlines()[-1], flush=True)
+    if args.merge:
+        atomic_write_json(results_path, {"width": vars(width), "steps": args.steps, "cells": results})
     atomic_write_text(args.output_dir / "stability.md", markdown_table(results))
     if results:
         plot(results, args.output_dir / "stability.png")

@@ -66,15 +66,12 @@ class Width:
 
 def build_model(cell: Cell, vocab_size: int, width: Width, seed: int = 0, max_positions: int = 256):
     torch.manual_seed(seed)
-    config = FixupTransformerConfig(
+    config = FixupTransformerConfig.symmetric(
+        cell.layers,
+        width.d_model,
+        width.heads,
+        width.ffn_dim,
         vocab_size=vocab_size,
-        d_model=width.d_model,
-        encoder_layers=cell.layers,
-        decoder_layers=cell.layers,
-        encoder_attention_heads=width.heads,
-        decoder_attention_heads=width.heads,
-        encoder_ffn_dim=width.ffn_dim,
-        decoder_ffn_dim=width.ffn_dim,
         dropout=0.0,
         max_position_embeddings=max_positions,
         **VARIANTS[cell.variant],

@@ -79,15 +79,12 @@ def build_transformer(args: argparse.Namespace):
         max_tokens=args.max_tokens,
     )
     torch.manual_seed(args.seed)
-    config = FixupTransformerConfig(
+    config = FixupTransformerConfig.symmetric(
+        args.layers,
+        args.d_model,
+        args.heads,
+        args.ffn_dim,
         vocab_size=vocab_size,
-        d_model=args.d_model,
-        encoder_layers=args.layers,
-        decoder_layers=args.layers,
-        encoder_attention_heads=args.heads,
-        decoder_attention_heads=args.heads,
-        encoder_ffn_dim=args.ffn_dim,
-        decoder_ffn_dim=args.ffn_dim,
         dropout=0.0,
         normalization=args.normalization,
         init=args.init,

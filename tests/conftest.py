@@ -22,6 +22,15 @@ def shared_data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def multi30k(shared_data_dir) -> Path:
+    """The Multi30k de-en folder of the real data; skip if it is not there."""
+    path = shared_data_dir / "multi30k"
+    if not (path / "train.de.gz").exists():
+        pytest.skip(f"Multi30k not found in {path}")
+    return path
+
+
 @pytest.fixture
 def single_thread():
     """Run a test on one torch thread.

@@ -114,14 +114,6 @@ report["vision"] = {"model": type(classifier).__module__, "processor": type(proc
 
 
 @pytest.fixture(scope="module")
-def multi30k(shared_data_dir) -> Path:
-    path = shared_data_dir / "multi30k"
-    if not (path / "train.de.gz").exists():
-        pytest.skip(f"Multi30k not found in {path}")
-    return path
-
-
-@pytest.fixture(scope="module")
 def run(multi30k, tmp_path_factory):
     """A finished tiny run with averaging and ``train.push_to_hub``; the Hub calls are recorded instead."""
     out = tmp_path_factory.mktemp("hub") / "run"

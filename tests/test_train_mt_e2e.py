@@ -37,14 +37,6 @@ OFFLINE_ENV = {
 }
 
 
-@pytest.fixture(scope="module")
-def multi30k(shared_data_dir) -> Path:
-    path = shared_data_dir / "multi30k"
-    if not (path / "train.de.gz").exists():
-        pytest.skip(f"Multi30k not found in {path}")
-    return path
-
-
 def tiny_config(multi30k: Path, output_dir: Path, **overrides) -> MTConfig:
     values = {"data.data_dir": str(multi30k), "output_dir": str(output_dir)}
     values.update({k.replace("__", "."): v for k, v in overrides.items()})

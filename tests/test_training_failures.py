@@ -37,14 +37,6 @@ from fixup_transformer.training.runlock import LOCK_FILE, RunLock
 from fixup_transformer.training.schedules import schedule_multiplier
 
 
-@pytest.fixture(scope="module")
-def multi30k(shared_data_dir) -> Path:
-    path = shared_data_dir / "multi30k"
-    if not (path / "train.de.gz").exists():
-        pytest.skip(f"Multi30k not found in {path}")
-    return path
-
-
 @pytest.fixture
 def fresh_accelerator_state():
     """Accelerate fixes mixed precision once per process; reset it around a test that changes it."""

@@ -8,7 +8,6 @@ source. The tests skip without the shared data.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from test_train_mt_e2e import OFFLINE_ENV
 
 from fixup_transformer.cli import translate as cli
 from fixup_transformer.data import CorpusConfig, load_parallel
@@ -25,20 +25,6 @@ from fixup_transformer.training.metrics import read_metrics
 from fixup_transformer.training.mt_config import MTConfig
 
 REPO = Path(__file__).resolve().parents[1]
-OFFLINE_ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
-
-@pytest.fixture(scope="module")
-def multi30k(shared_data_dir) -> Path:
-    path = shared_data_dir / "multi30k"
-    if not (path / "train.de.gz").exists():
-        pytest.skip(f"Multi30k not found in {path}")
-    return path
 
 
 @pytest.fixture(scope="module")

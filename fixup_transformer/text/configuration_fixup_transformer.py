@@ -118,6 +118,22 @@ class FixupTransformerConfig(PreTrainedConfig):
         """Rows of the decoder embedding and the output projection."""
         return self.vocab_size if self.decoder_vocab_size is None else self.decoder_vocab_size
 
+    @classmethod
+    def symmetric(
+        cls, layers: int, d_model: int, heads: int, ffn_dim: int, **overrides
+    ) -> FixupTransformerConfig:
+        """N+N layers, encoder and decoder of one width: the shape that depth and stability probes sweep."""
+        return cls(
+            d_model=d_model,
+            encoder_layers=layers,
+            decoder_layers=layers,
+            encoder_attention_heads=heads,
+            decoder_attention_heads=heads,
+            encoder_ffn_dim=ffn_dim,
+            decoder_ffn_dim=ffn_dim,
+            **overrides,
+        )
+
     @property
     def fixup_depth(self) -> int:
         """Number of residual branches `L`: 2 per encoder layer (attention, FFN), 3 per decoder layer."""
