@@ -129,3 +129,16 @@ def scalar_parameter_names(model: nn.Module) -> list[str]:
         if isinstance(module, SCALAR_MODULES):
             names.extend(f"{module_name}.{p}" if module_name else p for p, _ in module.named_parameters())
     return names
+
+
+def gate_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the branch multipliers that start at 0 (gates that open their branch during training).
+
+    They carry Fixup's zero (``fixup_zero="multiplier"``), and the training scripts give them their own
+    learning rate: at the authors' lr/10 for scalars a gate stays nearly shut for hundreds of updates.
+    """
+    return [
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if isinstance(module, ScalarScale) and module.init_value == 0.0
+    ]

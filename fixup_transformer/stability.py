@@ -22,6 +22,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -32,8 +33,8 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 # name -> config overrides; every variant is the same code path with a different normalization / init.
 VARIANTS: dict[str, dict] = {
-    "fixup": {"normalization": "none", "init": "fixup"},  # the default: zero multipliers
-    "fixup_paper": {"normalization": "none", "init": "fixup", "fixup_zero": "last_layer"},
+    "fixup": {"normalization": "none", "init": "fixup"},  # the default: the paper's zero last layers
+    "fixup_gate": {"normalization": "none", "init": "fixup", "fixup_zero": "multiplier"},
     "t_fixup": {"normalization": "none", "init": "t_fixup"},
     "post_ln": {"normalization": "post_ln", "init": "xavier"},
     "pre_ln": {"normalization": "pre_ln", "init": "xavier"},
@@ -89,6 +90,18 @@ def copy_task_batches(
         ids = torch.randint(3, vocab_size, (batch_size, length), generator=generator)
         batches.append({"input_ids": ids, "labels": ids.clone()})
     return batches
+
+
+def cpu_has_native_fp16() -> bool:
+    """Whether this (Linux) CPU does fp16 arithmetic natively; elsewhere fp16 autocast on CPU is emulated.
+
+    Measured on an AMD EPYC without these flags: a 512 x 2048 fp16 matmul took 3.2 s vs 0.045 s in fp32.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_fp16" in flags or "amx_fp16" in flags
 
 
 def _autocast(precision: str):
@@ -173,6 +186,7 @@ __all__ = [
     "Width",
     "build_model",
     "copy_task_batches",
+    "cpu_has_native_fp16",
     "is_stable",
     "run_cell",
 ]

@@ -88,3 +88,15 @@ def test_cosine_and_step():
     g = step([100, 150], gamma=0.1)
     assert [g(99), g(100), g(149), g(150)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
     assert math.isclose(cosine(10, min_ratio=0.1)(10), 0.1)
+
+
+def test_zero_initialised_branch_multipliers_get_the_gate_learning_rate():
+    from fixup_transformer.fixup import ScalarScale
+
+    model = Tiny()
+    model.gate = ScalarScale(init_value=0.0)  # a branch multiplier carrying Fixup's zero
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3, scalar_lr_multiplier=0.1, gate_lr_multiplier=10))
+    by_name = {g["name"]: g for g in optimizer.param_groups}
+    assert [p is model.gate.weight for p in by_name["gates"]["params"]] == [True]
+    assert by_name["gates"]["lr"] == pytest.approx(1e-2) and by_name["scalars"]["lr"] == pytest.approx(1e-4)
+    assert all(p is not model.gate.weight for p in by_name["scalars"]["params"])

@@ -62,7 +62,7 @@ def test_fixup_in_branch_std_scales_with_depth(layers):
 
 
 def test_paper_rule_1_zeroes_branch_final_layers_and_the_untied_classifier():
-    model = build(fixup_zero="last_layer")
+    model = build()  # the default
     for layer in [*model.model.encoder.layers, *model.model.decoder.layers]:
         assert torch.count_nonzero(layer.self_attn.out_proj.weight) == 0
         assert torch.count_nonzero(layer.ffn.fc2.weight) == 0
@@ -79,9 +79,9 @@ def branch_multipliers(model) -> list[ScalarScale]:
     ]
 
 
-def test_default_zero_is_the_branch_multiplier_and_the_last_layers_are_scaled_like_their_branch():
+def test_zero_multipliers_with_last_layers_scaled_like_their_branch():
     d, ffn, enc, dec = 128, 256, 3, 2
-    model = build_sized(d, ffn, enc, dec, vocab_size=50)
+    model = build_sized(d, ffn, enc, dec, vocab_size=50, fixup_zero="multiplier")
     depth = 2 * enc + 3 * dec
     multipliers = branch_multipliers(model)
     assert len(multipliers) == 2 * enc + 3 * dec
@@ -208,4 +208,4 @@ def test_default_config_is_the_iwslt_size_with_depth_30():
     assert (config.d_model, config.encoder_ffn_dim, config.encoder_attention_heads) == (512, 1024, 4)
     assert config.fixup_depth == 30
     assert (config.normalization, config.init) == ("none", "fixup")
-    assert (config.fixup_zero, config.tie_word_embeddings) == ("multiplier", False)
+    assert (config.fixup_zero, config.tie_word_embeddings) == ("last_layer", False)

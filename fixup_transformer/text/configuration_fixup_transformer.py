@@ -13,7 +13,7 @@ from transformers import PreTrainedConfig
 
 NORMALIZATIONS = ("none", "post_ln", "pre_ln")
 INITS = ("fixup", "t_fixup", "xavier")
-FIXUP_ZEROS = ("multiplier", "last_layer")
+FIXUP_ZEROS = ("last_layer", "multiplier")
 POSITION_EMBEDDINGS = ("sinusoidal", "learned")
 ACTIVATIONS = ("relu", "gelu")
 
@@ -57,11 +57,12 @@ class FixupTransformerConfig(PreTrainedConfig):
             Fixup. `None` (default) uses the true `L = 2 * encoder_layers + 3 * decoder_layers`; the
             authors' fairseq code hard-coded 12 here, so set 12 to reproduce it exactly.
         fixup_zero: which factor of each residual branch starts at 0 under `init="fixup"`.
-            `"multiplier"` (default): the branch multiplier starts at 0 and the branch's last linear gets the
-            same scaled Xavier init as the rest of the branch (SkipInit / ReZero placement of Fixup's zero):
-            stable under Adam without warmup at d 512 (docs/fixup.md has the measurements).
-            `"last_layer"`: the paper's rule 1 as written (last linear = 0, multiplier 1); it needs the
-            paper's warmup at d 512.
+            `"last_layer"` (default): the paper's rule 1, the branch's last linear is 0 and its multiplier 1.
+            It trains with the warmup of the paper's recipe; without warmup, at d 512 and Adam lr 5e-4 to
+            1e-3, it spikes or diverges (docs/depth.md). `"multiplier"`: the branch multiplier starts at 0
+            and the last linear gets the same scaled Xavier init as the rest of the branch (the placement
+            of SkipInit / ReZero): stable without warmup, but its zero gates open slowly; train them at a
+            larger lr (`optim.gate_lr_multiplier`). docs/fixup.md has the measurements.
         label_smoothing: label smoothing of the loss returned when `labels` are given (fairseq uses 0.1).
         linear_bias: give the attention and FFN linears biases, as fairseq's LayerNorm Transformer has
             (converted checkpoints); only with `normalization="post_ln"` or `"pre_ln"`. Off by default.
@@ -100,7 +101,7 @@ class FixupTransformerConfig(PreTrainedConfig):
     normalization: str = "none"
     init: str = "fixup"
     fixup_cross_attention_depth: int | None = None
-    fixup_zero: str = "multiplier"
+    fixup_zero: str = "last_layer"
     label_smoothing: float | int = 0.0
     scalars_folded: bool = False
     linear_bias: bool = False

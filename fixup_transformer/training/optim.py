@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..fixup import scalar_parameter_names
+from ..fixup import gate_parameter_names, scalar_parameter_names
 from .config import field_doc, require
 
 
@@ -43,6 +43,11 @@ class OptimConfig:
     scalar_lr_multiplier: float = field_doc(
         0.1, "Learning rate of the Fixup scalar biases/multipliers as a fraction of lr (the authors use 0.1)."
     )
+    gate_lr_multiplier: float = field_doc(
+        1.0,
+        "Learning rate of the zero-initialised branch multipliers (model.fixup_zero: multiplier) as a "
+        "fraction of lr; they are not held at scalar_lr_multiplier, which would keep them shut for long.",
+    )
     decay_scalars: bool = field_doc(True, "Apply weight decay to the Fixup scalars (fairseq: yes).")
     decay_biases_and_norms: bool = field_doc(
         True, "Apply weight decay to biases and LayerNorm/BatchNorm weights (fairseq: yes)."
@@ -60,6 +65,7 @@ class OptimConfig:
         require(
             self.scalar_lr_multiplier >= 0, f"{prefix}scalar_lr_multiplier", self.scalar_lr_multiplier, ">= 0"
         )
+        require(self.gate_lr_multiplier >= 0, f"{prefix}gate_lr_multiplier", self.gate_lr_multiplier, ">= 0")
         require(self.clip_norm >= 0, f"{prefix}clip_norm", self.clip_norm, ">= 0 (0 disables clipping)")
 
 
@@ -73,7 +79,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     Each group carries its own ``lr`` and ``weight_decay`` and a ``name`` (for logging); empty groups are
     dropped. Tied parameters appear once (``named_parameters`` deduplicates shared tensors).
     """
-    scalar_names = set(scalar_parameter_names(model))
+    gate_names = set(gate_parameter_names(model))
+    scalar_names = set(scalar_parameter_names(model)) - gate_names
     norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
     norm_params = {
         id(p) for m in model.modules() if isinstance(m, norm_types) for p in m.parameters(recurse=False)
@@ -87,11 +94,19 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
             "lr": cfg.lr * cfg.scalar_lr_multiplier,
             "weight_decay": cfg.weight_decay if cfg.decay_scalars else 0.0,
         },
+        "gates": {
+            "name": "gates",
+            "params": [],
+            "lr": cfg.lr * cfg.gate_lr_multiplier,
+            "weight_decay": cfg.weight_decay if cfg.decay_scalars else 0.0,
+        },
     }
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if name in scalar_names:
+        if name in gate_names:
+            groups["gates"]["params"].append(param)
+        elif name in scalar_names:
             groups["scalars"]["params"].append(param)
         elif not cfg.decay_biases_and_norms and _is_bias_or_norm(name, param, norm_params):
             groups["no_decay"]["params"].append(param)
