@@ -44,9 +44,10 @@ class OptimConfig:
         0.1, "Learning rate of the Fixup scalar biases/multipliers as a fraction of lr (the authors use 0.1)."
     )
     gate_lr_multiplier: float = field_doc(
-        1.0,
-        "Learning rate of the zero-initialised branch multipliers (model.fixup_zero: multiplier) as a "
-        "fraction of lr; they are not held at scalar_lr_multiplier, which would keep them shut for long.",
+        10.0,
+        "Learning rate of the zero-initialised branch multipliers (model.fixup_zero: multiplier) as a multiple "
+        "of lr. At the scalars' lr/10 they stay nearly shut for hundreds of updates (Multi30k: test BLEU 9.7 "
+        "vs 23.9 for LayerNorm at 834 updates); at 10x lr they track the paper's placement (docs/fixup.md).",
     )
     decay_scalars: bool = field_doc(True, "Apply weight decay to the Fixup scalars (fairseq: yes).")
     decay_biases_and_norms: bool = field_doc(
