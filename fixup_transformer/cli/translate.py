@@ -117,7 +117,8 @@ def translate_lines(lines: Sequence[str], translate: Callable[[list[str]], list[
     out = [""] * len(lines)
     hyps = translate([lines[i] for i in todo]) if todo else []
     for i, hyp in zip(todo, hyps, strict=True):
-        out[i] = " ".join(hyp.replace("\r", " ").replace("\n", " ").split())  # never an extra line
+        # Only line breaks are replaced (never an extra line); other spacing is the text the evaluation scores.
+        out[i] = hyp.replace("\r", " ").replace("\n", " ")
     return out
 
 
