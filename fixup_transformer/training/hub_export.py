@@ -119,41 +119,33 @@ def push_best_export(run_dir: str | Path, repo_id: str, private: bool | None = N
 
 def _results(info: dict, cfg: dict, dataset_id: str, pair: str) -> list[EvalResult]:
     """model-index entries: the test scores if known, then validation BLEU (each with its signature)."""
+
+    def result(split: str, metric_type: str, name: str, value: float, signature: str | None) -> EvalResult:
+        return EvalResult(
+            task_type="translation",
+            task_name=f"Translation {pair}",
+            dataset_type=dataset_id,
+            dataset_name=f"{cfg['data']['corpus']} {pair}",
+            dataset_split=split,
+            metric_type=metric_type,
+            metric_name=name,
+            metric_value=round(value, 2),
+            metric_args={"signature": signature} if signature is not None else None,
+        )
+
     results = []
     test = info.get("test")
     if test:
         for key, metric_type in (("bleu", "bleu"), ("chrf", "chrf")):
             score = test["scores"].get(key)
             if score:
-                results.append(
-                    EvalResult(
-                        task_type="translation",
-                        task_name=f"Translation {pair}",
-                        dataset_type=dataset_id,
-                        dataset_name=f"{cfg['data']['corpus']} {pair}",
-                        dataset_split=test["split"],
-                        metric_type=metric_type,
-                        metric_name=f"{score['name']} (beam {test['beam']})",
-                        metric_value=round(score["score"], 2),
-                        metric_args={"signature": score["signature"]},
-                    )
-                )
+                name = f"{score['name']} (beam {test['beam']})"
+                results.append(result(test["split"], metric_type, name, score["score"], score["signature"]))
     if info.get("valid_bleu") is not None:
         n, beam = info.get("valid_bleu_sentences"), cfg.get("eval", {}).get("valid_beam")
+        name = f"sacreBLEU (first {n} sentences, beam {beam})"
         results.append(
-            EvalResult(
-                task_type="translation",
-                task_name=f"Translation {pair}",
-                dataset_type=dataset_id,
-                dataset_name=f"{cfg['data']['corpus']} {pair}",
-                dataset_split="validation",
-                metric_type="bleu",
-                metric_name=f"sacreBLEU (first {n} sentences, beam {beam})",
-                metric_value=round(info["valid_bleu"], 2),
-                metric_args={"signature": info["valid_bleu_signature"]}
-                if "valid_bleu_signature" in info
-                else None,
-            )
+            result("validation", "bleu", name, info["valid_bleu"], info.get("valid_bleu_signature"))
         )
     return results
 
