@@ -22,10 +22,10 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
+from .hardware import cpu_has_native_fp16
 from .text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 
 SPIKE_NATS = 1.5
@@ -90,18 +90,6 @@ def copy_task_batches(
         ids = torch.randint(3, vocab_size, (batch_size, length), generator=generator)
         batches.append({"input_ids": ids, "labels": ids.clone()})
     return batches
-
-
-def cpu_has_native_fp16() -> bool:
-    """Whether this (Linux) CPU does fp16 arithmetic natively; elsewhere fp16 autocast on CPU is emulated.
-
-    Measured on an AMD EPYC without these flags: a 512 x 2048 fp16 matmul took 3.2 s vs 0.045 s in fp32.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_fp16" in flags or "amx_fp16" in flags
 
 
 def _autocast(precision: str):

@@ -61,6 +61,11 @@ def test_exact_resume_exports_and_test_scores(multi30k, tmp_path, capsys):
     summary = mt.train(tiny_config(multi30k, full, checkpoint__average_last=2))
     reference = train_losses(full)
     assert sorted(reference) == list(range(1, 9))
+    # Where the minutes went: every phase the loop ran is timed, and together they stay within the budget.
+    spent = summary["time_breakdown"]
+    assert {"data", "steps", "checkpoints", "exports", "validation"} <= set(spent)
+    assert all(seconds >= 0 for seconds in spent.values())
+    assert sum(spent.values()) <= summary["train_seconds"] + 60  # + the end-of-run exports
 
     # Stopped cleanly at 4 (budget), then resumed with the full budget.
     stopped = tmp_path / "stopped"

@@ -281,6 +281,7 @@ def test_forward_and_a_cached_decoding_step_read_nothing_back_to_the_host(monkey
     # ahead. Counting them on CPU pins the no-sync property down without a GPU.
     model = trained()
     source, decoder_input = random_batch(2, 7), random_batch(2, 5, seed=3)
+    mask = torch.ones_like(source)  # generate always passes one; transformers would check it for padding
     with torch.no_grad():
         cache = model(input_ids=source, decoder_input_ids=decoder_input, use_cache=True).cache
     reads = []
@@ -293,9 +294,10 @@ def test_forward_and_a_cached_decoding_step_read_nothing_back_to_the_host(monkey
 
         monkeypatch.setattr(torch.Tensor, method, counting)
     with torch.no_grad():
-        model(input_ids=source, decoder_input_ids=decoder_input)
-        model(input_ids=source, decoder_input_ids=random_batch(2, 1, seed=4), cache=cache, use_cache=True)
+        model(input_ids=source, attention_mask=mask, decoder_input_ids=decoder_input)
+        step = random_batch(2, 1, seed=4)
+        model(input_ids=source, attention_mask=mask, decoder_input_ids=step, cache=cache, use_cache=True)
     model.train()
-    model(input_ids=source, labels=decoder_input).loss.backward()
+    model(input_ids=source, attention_mask=mask, labels=decoder_input).loss.backward()
     monkeypatch.undo()
     assert reads == []

@@ -23,6 +23,7 @@ the numbers themselves in :mod:`fixup_transformer.fixup`.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -47,6 +48,16 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from ..fixup import ScalarBias, ScalarScale, chunked_xavier_uniform_, fixup_depth_factor, zero_
 from .configuration_fixup_transformer import FixupTransformerConfig
 from .folding import scaled_shifted_linear
+
+# transformers drops an all-ones padding mask (so SDPA may pick a flash kernel), but finding that out reads
+# the mask back to the host: a device sync per forward and per decoding step (the cross-attention mask).
+# Translation batches are padded anyway, so the mask is always built (transformers without the option keep
+# their check).
+NO_PADDING_CHECK = (
+    {"allow_is_bidirectional_skip": False}
+    if "allow_is_bidirectional_skip" in inspect.signature(create_bidirectional_mask).parameters
+    else {}
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # The init rule of each residual branch
@@ -590,7 +601,10 @@ class FixupTransformerEncoder(FixupTransformerStack):
         inputs_embeds, hidden_states = self.embed(input_ids, inputs_embeds, 0, "input_ids", attention_mask)
 
         mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            **NO_PADDING_CHECK,
         )
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask, **kwargs)
@@ -639,6 +653,7 @@ class FixupTransformerDecoder(FixupTransformerStack):
             inputs_embeds=inputs_embeds,
             attention_mask=encoder_attention_mask,
             encoder_hidden_states=encoder_hidden_states,
+            **NO_PADDING_CHECK,
         )
         for layer in self.layers:
             hidden_states = layer(

@@ -22,9 +22,15 @@ Design choices (and why):
 - **fp16**: an update whose gradients overflow is skipped by the GradScaler; like fairseq it does not count
   as an update (the LR schedule does not advance) and is reported as ``skipped_steps``.
 - **Non-finite loss or gradient norm** (the same on every rank: the loss is reduced over processes, the
-  norm is taken of the all-reduced gradients) raises :class:`NonFiniteLossError` *before* the update is
-  applied (fp32/bf16; in fp16 an overflow is the GradScaler's skip, above). Checkpoints are written only
-  from finite weights, and the error names the newest checkpoint whose weights are finite.
+  norm is taken of the all-reduced gradients): the update is not applied, decided on the device by the
+  fused optimizer (``step_guard.py``), and neither is any later one; at the next log interval, validation
+  or checkpoint the run stops with :class:`NonFiniteLossError` naming that update (in fp16 an overflow is
+  the GradScaler's skip, above). Checkpoints are written only from finite weights, and the error names
+  the newest checkpoint whose weights are finite.
+- **No host reads in the hot path**: a step's loss sums and gradient norm stay on the device and are read
+  once per log interval, so a GPU is never waited for between steps; with several processes the time
+  budget is agreed on at log intervals too. Every run records where its time went (``time_breakdown``:
+  data, steps, validation, checkpoints, exports) in its train records and ``results.json``.
 - **Rerunning the same command is safe**: one run per ``output_dir`` (``runlock.py``); a run whose budget
   is spent and whose ``results.json`` is written does nothing; one killed after training only redoes the
   end-of-run steps. Resume skips unusable checkpoints (saying which) and compares the config with the
@@ -42,7 +48,7 @@ import math
 import time
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from accelerate import Accelerator
@@ -63,6 +69,7 @@ from ..data import (
 )
 from ..evaluation.bleu import corpus_scores, format_scores, sacrebleu_score, scores_to_json
 from ..evaluation.translate import GenerationSettings, translate_corpus
+from ..hardware import resolve_mixed_precision
 from ..text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 from .checkpoint import (
     TRAINING_CONFIG_FILE,
@@ -91,6 +98,8 @@ from .process import keep_alive
 from .resume import check_resume_config, format_changes
 from .runlock import lock_run_dir
 from .schedules import build_scheduler
+from .step_guard import StepAccumulator, optimizer_step_unless
+from .wallclock import WallClock
 
 
 @dataclasses.dataclass
@@ -106,6 +115,8 @@ class TrainerState:
     best_metric: float | None = None
     best_step: int | None = None
     last_valid_step: int | None = None
+    # Seconds per phase of training (data, steps, validation, checkpoints, exports), over all segments.
+    time_breakdown: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainerState:
@@ -131,14 +142,18 @@ def build_accelerator(cfg: MTConfig) -> Accelerator:
         torch.set_num_threads(cfg.train.num_threads)
     out = Path(cfg.output_dir)
     trackers = available_trackers(cfg.train.trackers)
-    return Accelerator(
+    precision = resolve_mixed_precision(cfg.train.mixed_precision, cpu=cfg.train.cpu)
+    accelerator = Accelerator(
         cpu=cfg.train.cpu,
-        mixed_precision=cfg.train.mixed_precision,
+        mixed_precision=precision,
         gradient_accumulation_steps=1,  # accumulation is done by hand, fairseq-style (module docstring)
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         step_scheduler_with_optimizer=False,  # one schedule step per update, however many processes
     )
+    if cfg.train.mixed_precision == "auto":
+        accelerator.print(f"train.mixed_precision auto -> {precision} on {accelerator.device}")
+    return accelerator
 
 
 def _corpus(cfg: MTConfig) -> CorpusConfig:
@@ -291,45 +306,64 @@ def _forward_loss(model, batch, pad_id: int, start_id: int, epsilon: float):
     return label_smoothed_nll_loss(logits, batch["labels"], epsilon)
 
 
-def train_step(
-    model, optimizer, accelerator: Accelerator, batches: list[dict], cfg: MTConfig, ids: tuple[int, int]
-):
-    """Forward/backward over the micro-batches of one update and, if the loss is finite, step.
+class StepOutcome(NamedTuple):
+    """One update's result; every tensor stays on the device (``step_guard``)."""
 
-    Returns ``(sums, grad_norm, skipped)``: ``sums`` = [loss, nll, target tokens] summed over micro-batches
-    and processes; ``grad_norm`` is None when the loss was not finite (nothing was applied); ``skipped`` is
-    True when the fp16 GradScaler skipped the step for overflowing gradients. A non-finite ``grad_norm``
-    with ``skipped`` False means the step was not applied either (fp32/bf16, which have no GradScaler).
+    sums: torch.Tensor  # [loss, nll, target tokens] summed over micro-batches and processes
+    grad_norm: torch.Tensor | None  # of the all-reduced gradients; None if no norm was taken
+    not_finite: torch.Tensor  # 0-dim bool: loss or norm not finite, the update was not applied
+    skipped: bool  # the fp16 GradScaler skipped the update (overflow); known on the host
+
+
+def train_step(
+    model,
+    optimizer,
+    accelerator: Accelerator,
+    batches: list[dict],
+    cfg: MTConfig,
+    ids: tuple[int, int],
+    halted: torch.Tensor,
+) -> StepOutcome:
+    """Forward/backward over the micro-batches of one update, then step unless something is not finite.
+
+    Without a GradScaler (fp32/bf16) nothing here reads a device value: the update is skipped on the device
+    when the loss or the gradient norm is not finite, or when ``halted`` (an earlier step was not finite).
+    With fp16's GradScaler, which reads the host anyway, an overflow is its usual skip and a non-finite
+    loss is caught before stepping.
     """
     device = accelerator.device
-    local_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
-    total_tokens = accelerator.reduce(torch.tensor(float(local_tokens), device=device), "sum")
+    batches = [_to_device(batch, device) for batch in batches]
+    local_tokens = sum((b["labels"] != -100).sum(dtype=torch.float32) for b in batches)
+    total_tokens = accelerator.reduce(local_tokens, "sum")
     # DDP averages gradients over processes, hence the factor num_processes: the result is d(sum)/d(total).
     scale = accelerator.num_processes / total_tokens.clamp(min=1.0)
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     for k, batch in enumerate(batches):
-        batch = _to_device(batch, device)
         sync = k == len(batches) - 1
         with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
             loss, nll, ntok = _forward_loss(model, batch, *ids, cfg.train.label_smoothing)
             accelerator.backward(loss * scale)
         sums += torch.stack([loss.detach().double(), nll.detach().double(), ntok.double()])
     sums = accelerator.reduce(sums, "sum")
-    if not torch.isfinite(sums[0]):
-        optimizer.zero_grad(set_to_none=True)
-        return sums, None, False
     max_norm = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
-    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
-    if not math.isfinite(grad_norm) and getattr(accelerator, "scaler", None) is None:
-        # A finite loss can still give inf/NaN gradients (huge lr); one such step makes every weight NaN,
-        # and without fp16's GradScaler nothing would skip it. The norm is of the all-reduced gradients,
-        # so every rank takes this branch together.
+    if getattr(accelerator, "scaler", None) is not None:
+        if not bool(torch.isfinite(sums[0])):
+            optimizer.zero_grad(set_to_none=True)
+            return StepOutcome(sums, None, torch.ones((), dtype=torch.bool, device=device), False)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+        optimizer.step()
+        skipped = accelerator.optimizer_step_was_skipped
         optimizer.zero_grad(set_to_none=True)
-        return sums, grad_norm, False
-    optimizer.step()
-    skipped = accelerator.optimizer_step_was_skipped
+        return StepOutcome(sums, grad_norm, torch.zeros((), dtype=torch.bool, device=device), skipped)
+    # A finite loss can still give inf/NaN gradients (huge lr); one such step would make every weight NaN.
+    # The loss is reduced over processes and the norm is of the all-reduced gradients, so every rank
+    # reaches the same verdict.
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    not_finite = ~(torch.isfinite(sums[0]) & torch.isfinite(grad_norm))
+    optimizer_step_unless(optimizer, not_finite | halted)
+    skipped = accelerator.optimizer_step_was_skipped  # a host flag (False here: only GradScaler skips)
     optimizer.zero_grad(set_to_none=True)
-    return sums, grad_norm, skipped
+    return StepOutcome(sums, grad_norm, not_finite, skipped)
 
 
 @torch.no_grad()
@@ -436,6 +470,7 @@ class MTTrainer:
             self._resume(resume, changes)
         else:
             self.metrics.truncate_after(0)  # records of an earlier attempt that saved no checkpoint
+        self.clock = WallClock(self.state.time_breakdown)
         try:
             self.sampler = TokenBatchSampler(
                 self.data.train.src_lengths,
@@ -549,24 +584,25 @@ class MTTrainer:
             return "max_epochs"
         return self._budget_exhausted(self.state.train_seconds)
 
-    def _budget_exhausted(self, elapsed: float) -> str | None:
+    def _budget_exhausted(self, elapsed: float, agree: bool = True) -> str | None:
+        """Why training must stop now, or None. Clocks differ between processes, so with several the time
+        budget is decided together (a reduce, i.e. a host read) and only when ``agree`` (log boundaries)."""
         t = self.cfg.train
-        reason = None
         if t.max_updates is not None and self.state.step >= t.max_updates:
-            reason = "max_updates"
-        elif t.max_minutes is not None and elapsed >= 60 * t.max_minutes:
-            reason = "max_minutes"
-        # Clocks differ between processes: agree on the decision (any process out of time stops all).
-        flag = torch.tensor([0.0 if reason is None else 1.0], device=self.accelerator.device)
-        if (
-            self.accelerator.num_processes > 1
-            and self.accelerator.reduce(flag, "max").item() > 0
-            and reason is None
-        ):
-            reason = "max_minutes"
-        return reason
+            return "max_updates"  # the same on every process
+        out_of_time = t.max_minutes is not None and elapsed >= 60 * t.max_minutes
+        if self.accelerator.num_processes == 1:
+            return "max_minutes" if out_of_time else None
+        if not agree:
+            return None
+        flag = torch.full((1,), 1.0 if out_of_time else 0.0, device=self.accelerator.device)
+        return "max_minutes" if self.accelerator.reduce(flag, "max").item() > 0 else None
 
     def _save(self) -> None:
+        with self.clock.section("checkpoints"):
+            self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
         self._check_finite_weights()
         self.accelerator.wait_for_everyone()
         save_training_checkpoint(
@@ -580,6 +616,10 @@ class MTTrainer:
         self._saved_step = self.state.step
 
     def _export(self, name: str, extra: dict) -> None:
+        with self.clock.section("exports"):
+            self._export_pretrained(name, extra)
+
+    def _export_pretrained(self, name: str, extra: dict) -> None:
         if self.accelerator.is_main_process:
             export_pretrained(
                 self.accelerator.unwrap_model(self.model),
@@ -601,6 +641,10 @@ class MTTrainer:
         return lambda tmp: complete_mt_export(tmp, name, model, state, example, valid)
 
     def _validate(self, bar=None) -> dict:
+        with self.clock.section("validation"):
+            return self._validate_and_export(bar)
+
+    def _validate_and_export(self, bar=None) -> dict:
         result = validate(self.model, self.accelerator, self.data, self.cfg, self.ids)
         self.state.last_valid_step = self.state.step
         self._last_valid = (self.state.step, result)  # for the model card of an export at this step
@@ -628,9 +672,9 @@ class MTTrainer:
         collate = TranslationCollator()
         dataset = self.data.train
         segment_start = time.monotonic()
-        prior_seconds = state.train_seconds
-        window = torch.zeros(3, dtype=torch.float64)
-        window_start, window_tokens = time.monotonic(), 0
+        prior_seconds, prior_tokens = state.train_seconds, state.target_tokens
+        self.steps = StepAccumulator(acc.device)
+        self._window_start = time.monotonic()
         bar = tqdm(
             total=cfg.train.max_updates,
             initial=state.step,
@@ -650,55 +694,49 @@ class MTTrainer:
             self.sampler.set_epoch(state.epoch, start_batch=state.batches_done)
             batches = iter(self.sampler)
             while stop is None:
-                group = list(islice(batches, cfg.train.update_freq))
+                with self.clock.section("data"):
+                    group = list(islice(batches, cfg.train.update_freq))
+                    micro = [collate([dataset[i] for i in ids]) for ids in group]
                 if not group:
                     break
-                micro = [collate([dataset[i] for i in ids]) for ids in group]
-                sums, grad_norm, skipped = train_step(self.model, self.optimizer, acc, micro, cfg, self.ids)
-                if grad_norm is None:
-                    self._non_finite(float(sums[0]))
-                if not skipped and not math.isfinite(grad_norm):
-                    self._non_finite(float(sums[0] / sums[2].clamp(min=1)), grad_norm)
+                with self.clock.section("steps"):
+                    outcome = train_step(
+                        self.model, self.optimizer, acc, micro, cfg, self.ids, self.steps.halted
+                    )
+                    self.steps.add(outcome.sums, outcome.grad_norm, outcome.not_finite, state.step + 1)
                 state.batches_done += len(group)
                 lr = self.optimizer.param_groups[0]["lr"]
-                if skipped:
+                if outcome.skipped:
                     state.skipped_steps += 1
                 else:
                     state.step += 1
                     self.scheduler.step()
                     bar.update(1)
-                state.target_tokens += int(sums[2])
-                window += sums.cpu()
-                window_tokens += int(sums[2])
                 state.train_seconds = prior_seconds + time.monotonic() - segment_start
-                if not skipped and state.step % cfg.train.log_interval == 0:
-                    window, window_start, window_tokens = self._log_train(
-                        window, window_start, window_tokens, lr, grad_norm, bar
-                    )
-                if (
-                    not skipped
-                    and cfg.eval.valid_interval_updates
-                    and state.step % cfg.eval.valid_interval_updates == 0
-                ):
+                due = self._due(outcome.skipped)
+                if due or outcome.grad_norm is None:  # fp16's non-finite loss is already known on the host
+                    window = self._read_steps(prior_tokens)
+                    if "log" in due:
+                        self._log_train(window, lr, bar)
+                if "valid" in due:
                     self._validate(bar)
-                stop = self._budget_exhausted(state.train_seconds)
-                if (
-                    not skipped
-                    and stop is None
-                    and cfg.checkpoint.save_interval_updates
-                    and state.step % cfg.checkpoint.save_interval_updates == 0
-                ):
+                stop = self._budget_exhausted(state.train_seconds, agree="log" in due)
+                if stop is None and "save" in due:
                     self._save()
             if stop is None:
                 state.epoch += 1
                 state.batches_done = 0
                 if cfg.eval.valid_every_epoch and state.last_valid_step != state.step:
+                    self._read_steps(prior_tokens)
                     self._validate(bar)
         bar.close()
+        self._read_steps(prior_tokens)
+        state.train_seconds = prior_seconds + time.monotonic() - segment_start
         acc.print(
             f"stopped ({stop}) at update {state.step}, epoch {state.epoch + 1}, "
             f"{state.train_seconds / 60:.1f} min, {state.skipped_steps} skipped fp16 steps"
         )
+        acc.print(f"time: {self.clock.summary(state.train_seconds)}")
         if state.last_valid_step != state.step:
             self._validate()
         if self._saved_step != state.step:  # not the newest file on disk: it may be a corrupt one skipped
@@ -706,34 +744,57 @@ class MTTrainer:
         self._export("last", {"stop_reason": stop})
         return stop
 
-    def _log_train(self, window, window_start, window_tokens, lr, grad_norm, bar):
-        loss, nll, ntok = window.tolist()
-        seconds = max(time.monotonic() - window_start, 1e-9)
+    def _due(self, skipped: bool) -> set[str]:
+        """What this update is due for: 'log', 'valid', 'save' (an fp16-skipped step is due for nothing)."""
+        cfg, step = self.cfg, self.state.step
+        if skipped:
+            return set()
+        every = {
+            "log": cfg.train.log_interval,
+            "valid": cfg.eval.valid_interval_updates,
+            "save": cfg.checkpoint.save_interval_updates,
+        }
+        return {name for name, n in every.items() if n and step % n == 0}
+
+    def _read_steps(self, prior_tokens: int):
+        """Read the device-side step sums (one host read); stop the run if a step was not finite."""
+        with self.clock.section("steps"):  # on a GPU, this is where the host waits for the queued steps
+            window = self.steps.read()
+        if window.first_bad is not None:
+            self._non_finite(*window.first_bad)
+        self.state.target_tokens = prior_tokens + int(window.total_tokens)
+        return window
+
+    def _log_train(self, window, lr: float, bar) -> None:
+        seconds = max(time.monotonic() - self._window_start, 1e-9)
+        ntok = max(window.tokens, 1)
         record = {
             "kind": "train",
             "step": self.state.step,
             "epoch": self.state.epoch + 1,
-            "loss": loss / max(ntok, 1),
-            "nll_loss": nll / max(ntok, 1),
-            "ppl": math.exp(min(nll / max(ntok, 1), 50.0)),
+            "loss": window.loss / ntok,
+            "nll_loss": window.nll / ntok,
+            "ppl": math.exp(min(window.nll / ntok, 50.0)),
             "lr": lr,
-            "grad_norm": grad_norm,
-            "target_tokens": int(ntok),
-            "tokens_per_second": window_tokens / seconds,
+            "grad_norm": window.grad_norm,
+            "target_tokens": int(window.tokens),
+            "tokens_per_second": window.tokens / seconds,
             "skipped_steps": self.state.skipped_steps,
             "train_seconds": self.state.train_seconds,
+            "time_breakdown": self.clock.rounded(),
         }
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None:
             record["loss_scale"] = float(scaler.get_scale())
         self.metrics.write(record)
-        self.accelerator.log(
-            {k: v for k, v in record.items() if k not in ("kind", "step")}, step=self.state.step
-        )
+        scalars = {k: v for k, v in record.items() if k not in ("kind", "step", "time_breakdown")}
+        scalars.update({f"time/{k}": v for k, v in record["time_breakdown"].items()})
+        self.accelerator.log(scalars, step=self.state.step)
         bar.set_postfix(
             loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:.0f}"
         )
-        return torch.zeros(3, dtype=torch.float64), time.monotonic(), 0
+        self.steps.reset_window()
+        self._window_start = time.monotonic()
 
     def _last_good_checkpoint(self) -> Path | None:
         """The newest checkpoint that can be resumed from (finite weights, complete files)."""
@@ -742,13 +803,11 @@ class MTTrainer:
                 return path
         return None
 
-    def _non_finite(self, loss: float, grad_norm: float | None = None) -> None:
+    def _non_finite(self, update: int, loss: float, grad_norm: float) -> None:
         what = f"non-finite loss ({loss})"
-        if grad_norm is not None:
+        if math.isfinite(loss):
             what = f"non-finite gradient norm ({grad_norm}; loss {loss:.4g})"
-        self._fail(
-            f"{what} at update {self.state.step + 1} (epoch {self.state.epoch + 1})", self.state.step + 1
-        )
+        self._fail(f"{what} at update {update} (epoch {self.state.epoch + 1})", update)
 
     def _check_finite_weights(self) -> None:
         """Never write a checkpoint nobody can resume from (a NaN can slip past the loss/norm checks)."""
@@ -778,6 +837,8 @@ class MTTrainer:
         model = acc.unwrap_model(self.model)
         summary: dict[str, Any] = {
             "step": self.state.step,
+            "train_seconds": round(self.state.train_seconds, 1),
+            "time_breakdown": self.clock.rounded(),
             "best_step": self.state.best_step,
             "best_valid_metric": self.state.best_metric,
         }

@@ -117,8 +117,11 @@ class TrainConfig:
         "target tokens of all accumulated batches on all processes.",
     )
     label_smoothing: float = field_doc(0.1, "Label smoothing epsilon (fairseq label_smoothed_cross_entropy).")
-    mixed_precision: Literal["no", "bf16", "fp16"] = field_doc(
-        "no", "no, bf16 (autocast) or fp16 (autocast + dynamic loss scaling; overflowing steps are skipped)."
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field_doc(
+        "auto",
+        "auto = bf16 autocast where the hardware has it (a CUDA GPU with bf16, a CPU with AMX-bf16), else fp32 "
+        "(logged at start); no = fp32; bf16 = autocast; fp16 = autocast + dynamic loss scaling (overflowing "
+        "steps are skipped).",
     )
     cpu: bool = field_doc(False, "Force CPU (also selects the gloo backend for multi-process runs).")
     num_threads: int | None = field_doc(
@@ -126,7 +129,12 @@ class TrainConfig:
         "torch intra-op CPU threads per process (None: PyTorch's default, all cores). Set 1 when several "
         "runs or processes share a few cores: oversubscribed OpenMP threads can be several times slower.",
     )
-    log_interval: int = field_doc(50, "Write a train metrics record every N updates.")
+    log_interval: int = field_doc(
+        50,
+        "Write a train metrics record every N updates. The step sums are read from the device only then (and "
+        "before a validation or checkpoint), so a non-finite step stops the run at the next such boundary; "
+        "several processes also agree on the time budget then.",
+    )
     trackers: list[str] = field_doc(
         ["tensorboard"], "Accelerate trackers (those not installed are skipped); [] for none."
     )

@@ -1,0 +1,50 @@
+"""What the machine computes natively, for choosing a precision (``train.mixed_precision: auto``).
+
+Low precision only pays where the hardware has it. Measured for this project: a CPU with AMX-bf16 runs
+1024 x 1024 bf16 matmuls at 1,165 GFLOP/s vs 324 in fp32 (a Fixup training step 1.45x faster under bf16
+autocast); a CPU with AVX-512-bf16 but no AMX ran them at 166 GFLOP/s (a training step at 0.61x of fp32);
+an AMD EPYC without fp16 units took 3.2 s for a 512 x 2048 fp16 matmul vs 0.045 s in fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of a Linux machine (empty elsewhere: then nothing is assumed native)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_native_fp16() -> bool:
+    """Whether the CPU does fp16 arithmetic natively; elsewhere fp16 autocast on CPU is emulated."""
+    return bool({"avx512_fp16", "amx_fp16"} & cpu_flags())
+
+
+def cpu_has_amx_bf16() -> bool:
+    """Whether the CPU has AMX bf16 tiles (where bf16 autocast is faster than fp32)."""
+    return "amx_bf16" in cpu_flags()
+
+
+def resolve_mixed_precision(requested: str, cpu: bool = False) -> str:
+    """``auto`` -> ``bf16`` on a CUDA GPU that supports it or a CPU with AMX-bf16, else ``no`` (fp32).
+
+    fp16 is never chosen automatically: it needs loss scaling and skips steps, and bf16 covers every GPU
+    since Ampere. Other values are returned unchanged.
+    """
+    if requested != "auto":
+        return requested
+    if not cpu and torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_amx_bf16() else "no"

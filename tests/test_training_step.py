@@ -1,0 +1,149 @@
+"""The training step's hot path: no host reads, and a non-finite step skipped on the device.
+
+A host read of a device tensor (``item``/``int``/``bool``/``float``/``tolist``) makes the CPU wait for
+the GPU; counting them on CPU pins the property down without a GPU. The loop reads the accumulated step
+sums once per log interval (``StepAccumulator.read``), which is the one read allowed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from accelerate import Accelerator
+from transformer_helpers import EOS, PAD, random_batch, tiny_config
+
+from fixup_transformer.text import FixupTransformerForConditionalGeneration
+from fixup_transformer.training import mt
+from fixup_transformer.training.mt_config import MTConfig
+from fixup_transformer.training.optim import OptimConfig, build_optimizer
+from fixup_transformer.training.step_guard import StepAccumulator, uses_device_skip
+
+HOST_READS = ("item", "__int__", "__bool__", "__float__", "tolist")
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = FixupTransformerForConditionalGeneration(tiny_config())
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3))
+    accelerator = Accelerator(cpu=True)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, accelerator
+
+
+def _batch(seed: int) -> dict[str, torch.Tensor]:
+    source, labels = random_batch(4, 7, seed=seed), random_batch(4, 6, seed=seed + 100)
+    labels[0, -2:] = -100  # padded target positions
+    return {"input_ids": source, "attention_mask": torch.ones_like(source), "labels": labels}
+
+
+def _count_host_reads(monkeypatch) -> list[str]:
+    reads: list[str] = []
+    for method in HOST_READS:
+        original = getattr(torch.Tensor, method)
+
+        def counting(self, *args, _original=original, _method=method, **kwargs):
+            reads.append(_method)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counting)
+    return reads
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_training_steps_read_nothing_back_to_the_host(monkeypatch):
+    model, optimizer, accelerator = _setup()
+    assert uses_device_skip(optimizer)
+    cfg = MTConfig()
+    steps = StepAccumulator(accelerator.device)
+    model.train()
+    reads = _count_host_reads(monkeypatch)
+    for update in (1, 2, 3):
+        micro = [_batch(2 * update), _batch(2 * update + 1)]  # update_freq 2
+        outcome = mt.train_step(model, optimizer, accelerator, micro, cfg, (PAD, EOS), steps.halted)
+        steps.add(outcome.sums, outcome.grad_norm, outcome.not_finite, update)
+    monkeypatch.undo()
+    assert reads == []
+    window = steps.read()
+    assert window.first_bad is None
+    assert window.tokens == window.total_tokens == 3 * 2 * (4 * 6 - 2)
+    assert window.loss > 0 and window.grad_norm > 0
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_a_non_finite_step_and_every_later_one_change_nothing(monkeypatch):
+    model, optimizer, accelerator = _setup()
+    cfg = MTConfig()
+    steps = StepAccumulator(accelerator.device)
+    model.train()
+
+    def step(update: int):
+        outcome = mt.train_step(
+            model, optimizer, accelerator, [_batch(update)], cfg, (PAD, EOS), steps.halted
+        )
+        steps.add(outcome.sums, outcome.grad_norm, outcome.not_finite, update)
+
+    step(1)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in optimizer.optimizer.state.values()]
+    real_loss = mt.label_smoothed_nll_loss
+
+    def nan_gradient(logits, labels, epsilon):  # the value stays finite, its gradient is NaN
+        loss, nll, ntok = real_loss(logits, labels, epsilon)
+        return loss + (logits.float().sum() * 0).sqrt(), nll, ntok
+
+    monkeypatch.setattr(mt, "label_smoothed_nll_loss", nan_gradient)
+    step(2)
+    monkeypatch.undo()
+    step(3)  # finite again, but the run is halted: it must not apply either
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    for before, state in zip(moments, optimizer.optimizer.state.values(), strict=True):
+        assert torch.equal(before, state["exp_avg"]) and float(state["step"]) == 1.0
+    window = steps.read()
+    update, loss, grad_norm = window.first_bad
+    assert update == 2 and math.isfinite(loss) and math.isnan(grad_norm)
+    assert window.tokens == 4 * 6 - 2  # only update 1 counted
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from fixup_transformer import hardware
+
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
+    for flags, expected in [
+        ({"avx2", "avx512_bf16"}, "no"),
+        ({"avx512_bf16", "amx_bf16", "amx_tile"}, "bf16"),
+    ]:
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert hardware.resolve_mixed_precision("auto") == expected
+    assert hardware.resolve_mixed_precision("fp16") == "fp16"  # an explicit choice is kept
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(hardware.torch.cuda, "is_bf16_supported", lambda: False)
+    assert hardware.resolve_mixed_precision("auto") == "no"  # e.g. a V100: fp32, never fp16 unasked
+    assert hardware.resolve_mixed_precision("auto", cpu=True) == "bf16"  # train.cpu: the CPU decides
+
+
+def test_wall_clock_sections_are_exclusive_and_carry_over(monkeypatch):
+    from fixup_transformer.training import wallclock
+
+    now = iter([0.0, 1.0, 3.0, 10.0, 10.0, 12.0])  # validation 0-10 with an export 1-3; steps 10-12
+    monkeypatch.setattr(wallclock.time, "monotonic", lambda: next(now))
+    saved = {"steps": 5.0}  # from the training state of a resumed run
+    clock = wallclock.WallClock(saved)
+    with clock.section("validation"):
+        with clock.section("exports"):
+            pass
+    with clock.section("steps"):
+        pass
+    assert saved == {"steps": 7.0, "validation": 8.0, "exports": 2.0}
+    assert clock.summary(20.0).startswith("validation 8s (40%), steps 7s (35%), other 3s (15%)")
