@@ -33,8 +33,12 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 # name -> config overrides; every variant is the same code path with a different normalization / init.
 VARIANTS: dict[str, dict] = {
-    "fixup": {"normalization": "none", "init": "fixup"},  # the default: the paper's zero last layers
-    "fixup_gate": {"normalization": "none", "init": "fixup", "fixup_zero": "multiplier"},
+    "fixup": {"normalization": "none", "init": "fixup", "fixup_zero": "multiplier"},  # the default
+    "fixup_paper": {
+        "normalization": "none",
+        "init": "fixup",
+        "fixup_zero": "last_layer",
+    },  # rule 1 as printed
     "t_fixup": {"normalization": "none", "init": "t_fixup"},
     "post_ln": {"normalization": "post_ln", "init": "xavier"},
     "pre_ln": {"normalization": "pre_ln", "init": "xavier"},

@@ -2,9 +2,9 @@
 
 A fast slice of ``benchmarks/stability.py`` (d_model 512, 8 heads, FFN 2048, 12+12 layers, a fixed
 16 x 16 copy-task batch, 30 plain Adam steps at lr 1e-3 without warmup, fp32 and fp16 autocast with a
-GradScaler). It checks the no-warmup variant, ``fixup_zero="multiplier"``: the paper's placement of the
-zero (the default, which trains with warmup) spiked to 3e5 and NaN in this cell while both LayerNorm twins
-stayed finite. Toy widths do not reproduce that failure (docs/depth.md has the grid).
+GradScaler). It checks the default, ``fixup_zero="multiplier"``: the paper's placement of the zero
+(``fixup_zero="last_layer"``, which needs warmup) spiked to 3e5 and NaN in this cell while both LayerNorm
+twins stayed finite. Toy widths do not reproduce that failure (docs/depth.md has the grid).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixup_transformer.stability import Cell, copy_task_batches, cpu_has_native_fp16, is_stable, run_cell
+from fixup_transformer.hardware import cpu_has_native_fp16
+from fixup_transformer.stability import Cell, copy_task_batches, is_stable, run_cell
 
 VOCAB, LAYERS, LR, STEPS = 8000, 12, 1e-3, 30
 
@@ -41,11 +42,11 @@ def test_fixup_without_warmup_is_stable_where_the_layernorm_twins_are(batches, p
     try:
         results = {
             variant: run_cell(Cell(variant, LAYERS, LR, 0, precision), batches, STEPS, VOCAB)
-            for variant in ("post_ln", "pre_ln", "fixup_gate")
+            for variant in ("post_ln", "pre_ln", "fixup")
         }
     finally:
         torch.set_num_threads(previous)
-    fixup = results["fixup_gate"]
+    fixup = results["fixup"]
     report = "\n".join(describe(r) for r in results.values())
     # The twins stay finite in this cell (measured); if one stopped doing so, the comparison would be void.
     assert not results["post_ln"]["diverged"] and not results["pre_ln"]["diverged"], report

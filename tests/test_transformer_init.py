@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -62,7 +63,7 @@ def test_fixup_in_branch_std_scales_with_depth(layers):
 
 
 def test_paper_rule_1_zeroes_branch_final_layers_and_the_untied_classifier():
-    model = build()  # the default
+    model = build(fixup_zero="last_layer")  # the paper's placement
     for layer in [*model.model.encoder.layers, *model.model.decoder.layers]:
         assert torch.count_nonzero(layer.self_attn.out_proj.weight) == 0
         assert torch.count_nonzero(layer.ffn.fc2.weight) == 0
@@ -81,7 +82,7 @@ def branch_multipliers(model) -> list[ScalarScale]:
 
 def test_zero_multipliers_with_last_layers_scaled_like_their_branch():
     d, ffn, enc, dec = 128, 256, 3, 2
-    model = build_sized(d, ffn, enc, dec, vocab_size=50, fixup_zero="multiplier")
+    model = build_sized(d, ffn, enc, dec, vocab_size=50)  # the default: fixup_zero="multiplier"
     depth = 2 * enc + 3 * dec
     multipliers = branch_multipliers(model)
     assert len(multipliers) == 2 * enc + 3 * dec
@@ -208,4 +209,19 @@ def test_default_config_is_the_iwslt_size_with_depth_30():
     assert (config.d_model, config.encoder_ffn_dim, config.encoder_attention_heads) == (512, 1024, 4)
     assert config.fixup_depth == 30
     assert (config.normalization, config.init) == ("none", "fixup")
-    assert (config.fixup_zero, config.tie_word_embeddings) == ("last_layer", False)
+    assert (config.fixup_zero, config.tie_word_embeddings) == ("multiplier", False)
+
+
+def test_fixup_zero_is_always_saved_and_older_configs_load_as_the_paper_placement(tmp_path):
+    # transformers writes only non-default fields; the default changed from "last_layer" to "multiplier",
+    # so the field is always written, and a config that lacks it was made with the old default.
+    FixupTransformerConfig().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["fixup_zero"] == "multiplier"
+    assert FixupTransformerConfig.from_pretrained(tmp_path).fixup_zero == "multiplier"
+    del saved["fixup_zero"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert FixupTransformerConfig.from_pretrained(tmp_path).fixup_zero == "last_layer"
+    assert (
+        FixupTransformerConfig.from_pretrained(tmp_path, fixup_zero="multiplier").fixup_zero == "multiplier"
+    )

@@ -13,6 +13,7 @@ from transformers import PreTrainedConfig
 
 NORMALIZATIONS = ("none", "post_ln", "pre_ln")
 INITS = ("fixup", "t_fixup", "xavier")
+LEGACY_FIXUP_ZERO = "last_layer"  # the default until fixup_zero="multiplier" became it
 FIXUP_ZEROS = ("last_layer", "multiplier")
 POSITION_EMBEDDINGS = ("sinusoidal", "learned")
 ACTIVATIONS = ("relu", "gelu")
@@ -57,12 +58,13 @@ class FixupTransformerConfig(PreTrainedConfig):
             Fixup. `None` (default) uses the true `L = 2 * encoder_layers + 3 * decoder_layers`; the
             authors' fairseq code hard-coded 12 here, so set 12 to reproduce it exactly.
         fixup_zero: which factor of each residual branch starts at 0 under `init="fixup"`.
-            `"last_layer"` (default): the paper's rule 1, the branch's last linear is 0 and its multiplier 1.
-            It trains with the warmup of the paper's recipe; without warmup, at d 512 and Adam lr 5e-4 to
-            1e-3, it spikes or diverges (docs/depth.md). `"multiplier"`: the branch multiplier starts at 0
-            and the last linear gets the same scaled Xavier init as the rest of the branch (the placement
-            of SkipInit / ReZero): stable without warmup, but its zero gates open slowly; train them at a
-            larger lr (`optim.gate_lr_multiplier`). docs/fixup.md has the measurements.
+            `"multiplier"` (default): the branch multiplier starts at 0 and the last linear gets the same
+            scaled Xavier init as the rest of the branch (the placement of SkipInit / ReZero). Stable under
+            Adam without warmup at d 512 where the paper's placement spikes; train the zero gates at a larger
+            lr (`optim.gate_lr_multiplier`, default 10x). `"last_layer"`: the paper's rule 1, the branch's
+            last linear is 0 and its multiplier 1, as the authors' code; it needs the warmup of the paper's
+            recipe at d 512 (docs/fixup.md and docs/depth.md have the measurements). Checkpoints saved
+            before `"multiplier"` became the default do not name this field and load as `"last_layer"`.
         label_smoothing: label smoothing of the loss returned when `labels` are given (fairseq uses 0.1).
         linear_bias: give the attention and FFN linears biases, as fairseq's LayerNorm Transformer has
             (converted checkpoints); only with `normalization="post_ln"` or `"pre_ln"`. Off by default.
@@ -101,7 +103,7 @@ class FixupTransformerConfig(PreTrainedConfig):
     normalization: str = "none"
     init: str = "fixup"
     fixup_cross_attention_depth: int | None = None
-    fixup_zero: str = "last_layer"
+    fixup_zero: str = "multiplier"
     label_smoothing: float | int = 0.0
     scalars_folded: bool = False
     linear_bias: bool = False
@@ -134,6 +136,19 @@ class FixupTransformerConfig(PreTrainedConfig):
             decoder_ffn_dim=ffn_dim,
             **overrides,
         )
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        # transformers saves only non-default fields: a saved config without `fixup_zero` predates the
+        # "multiplier" default (it is always written now, see `to_diff_dict`) and was the paper's placement.
+        if "fixup_zero" not in config_dict:
+            config_dict = {**config_dict, "fixup_zero": LEGACY_FIXUP_ZERO}
+        return super().from_dict(config_dict, **kwargs)
+
+    def to_diff_dict(self) -> dict:
+        diff = super().to_diff_dict()
+        diff["fixup_zero"] = self.fixup_zero  # explicit even when default: the default changed once
+        return diff
 
     @property
     def fixup_depth(self) -> int:

@@ -94,9 +94,10 @@ class ModelConfig:
         None, "Depth L for the cross-attention init; None = true L, 12 = the authors' hard-coded value."
     )
     fixup_zero: Literal["last_layer", "multiplier"] = field_doc(
-        "last_layer",
-        "Under init fixup, what starts at 0 in each branch: the last layer (the paper's rule 1; needs warmup "
-        "at d 512) or the multiplier (stable without warmup; give it optim.gate_lr_multiplier).",
+        "multiplier",
+        "Under init fixup, what starts at 0 in each branch: the multiplier (default; stable without warmup, "
+        "its gates train at optim.gate_lr_multiplier) or the last layer (the paper's rule 1; needs warmup at "
+        "d 512).",
     )
 
 
