@@ -43,17 +43,6 @@ def he_normal_std(fan: int) -> float:
     return math.sqrt(2.0 / fan)
 
 
-def scaled_xavier_uniform_(weight: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-    """Xavier-uniform init of a 2-D weight, multiplied by ``gain`` (the Fixup or T-Fixup factor).
-
-    Sampling U(-gain * a, gain * a) equals sampling U(-a, a) and multiplying by ``gain``, and is a single
-    call that respects checkpoint-loaded tensors.
-    """
-    fan_out, fan_in = weight.shape
-    bound = gain * xavier_uniform_bound(fan_in, fan_out)
-    return hf_init.uniform_(weight, -bound, bound)
-
-
 def chunked_xavier_uniform_(weight: torch.Tensor, gains: list[float]) -> torch.Tensor:
     """Xavier init of a fused projection (e.g. QKV stacked along dim 0), each chunk with its own gain.
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
+from ..text.modeling_fixup_transformer import IGNORE_INDEX
 from .tokenizer import PAD_ID
 
-LABEL_PAD_ID = -100  # ignored by torch.nn.CrossEntropyLoss and HF losses
+LABEL_PAD_ID = IGNORE_INDEX  # ignored by torch.nn.CrossEntropyLoss and HF losses
 
 
 def _pad(seqs: Sequence[Sequence[int]], value: int, multiple: int | None) -> torch.Tensor:

@@ -49,6 +49,8 @@ from ..fixup import ScalarBias, ScalarScale, chunked_xavier_uniform_, fixup_dept
 from .configuration_fixup_transformer import FixupTransformerConfig
 from .folding import scaled_shifted_linear
 
+IGNORE_INDEX = -100  # label positions without a loss (torch's and transformers' convention)
+
 # transformers drops an all-ones padding mask (so SDPA may pick a flash kernel), but finding that out reads
 # the mask back to the host: a device sync per forward and per decoding step (the cross-attention mask).
 # Translation batches are padded anyway, so the mask is always built (transformers without the option keep
@@ -751,11 +753,11 @@ class FixupTransformerModel(FixupTransformerPreTrainedModel):
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
-    """Teacher-forcing decoder inputs: ``[start, y_1, ..., y_{n-1}]``, with ignored labels (-100) as pad."""
+    """Teacher-forcing decoder inputs: ``[start, y_1, ..., y_{n-1}]``, with ignored labels as pad."""
     shifted = labels.new_full(labels.shape, pad_token_id)
     shifted[:, 1:] = labels[:, :-1]
     shifted[:, 0] = decoder_start_token_id
-    return shifted.masked_fill_(shifted == -100, pad_token_id)
+    return shifted.masked_fill_(shifted == IGNORE_INDEX, pad_token_id)
 
 
 class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, GenerationMixin):
@@ -853,12 +855,14 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
         total = nn.functional.cross_entropy(
             logits.float().flatten(0, 1),
             labels.flatten(),
-            ignore_index=-100,
+            ignore_index=IGNORE_INDEX,
             reduction="sum",
             label_smoothing=float(self.config.label_smoothing),
         )
         denominator = (
-            num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum().clamp(min=1)
+            num_items_in_batch
+            if num_items_in_batch is not None
+            else (labels != IGNORE_INDEX).sum().clamp(min=1)
         )
         if isinstance(denominator, torch.Tensor):
             denominator = denominator.to(total.device)

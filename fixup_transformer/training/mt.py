@@ -71,6 +71,7 @@ from ..evaluation.bleu import corpus_scores, format_scores, sacrebleu_score, sco
 from ..evaluation.translate import GenerationSettings, translate_corpus
 from ..hardware import resolve_mixed_precision
 from ..text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
+from ..text.modeling_fixup_transformer import IGNORE_INDEX, shift_tokens_right
 from .checkpoint import (
     TRAINING_CONFIG_FILE,
     WEIGHTS_FILE,
@@ -89,7 +90,7 @@ from .checkpoint import (
 from .config import ConfigError, dump_yaml, to_dict
 from .errors import NonFiniteLossError, ResumeMismatchError
 from .hub_export import complete_mt_export, push_best_export, record_test_scores
-from .losses import label_smoothed_nll_loss, shift_right
+from .losses import label_smoothed_nll_loss
 from .metrics import MetricsWriter, available_trackers, tracker_config
 from .mt_config import CHANGEABLE_ON_RESUME, FIXED_ON_RESUME, ModelConfig, MTConfig, resolve_path
 from .optim import build_optimizer
@@ -296,7 +297,7 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
 
 
 def _forward_loss(model, batch, pad_id: int, start_id: int, epsilon: float):
-    decoder_input_ids = shift_right(batch["labels"], pad_id, start_id)
+    decoder_input_ids = shift_tokens_right(batch["labels"], pad_id, start_id)
     logits = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -333,7 +334,7 @@ def train_step(
     """
     device = accelerator.device
     batches = [_to_device(batch, device) for batch in batches]
-    local_tokens = sum((b["labels"] != -100).sum(dtype=torch.float32) for b in batches)
+    local_tokens = sum((b["labels"] != IGNORE_INDEX).sum(dtype=torch.float32) for b in batches)
     total_tokens = accelerator.reduce(local_tokens, "sum")
     # DDP averages gradients over processes, hence the factor num_processes: the result is d(sum)/d(total).
     scale = accelerator.num_processes / total_tokens.clamp(min=1.0)
