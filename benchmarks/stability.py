@@ -119,7 +119,9 @@ def plot(results: list[dict], path: Path) -> None:
     for ax, panel in zip(axes.flat, panels, strict=False):
         for r in results:
             if (r["task"], r["layers"], r["lr"], r["warmup"], r["precision"]) == panel:
-                ax.plot([min(x, 30.0) for x in r["losses"]], label=r["variant"])
+                ax.plot(
+                    [min(float(x), 30.0) for x in r["losses"]], label=r["variant"]
+                )  # "nan"/"inf": strict JSON
         task, layers, lr, warmup, precision = panel
         ax.set_title(f"{task} {layers}+{layers} lr {lr:g} wu {warmup} {precision}", fontsize=9)
         ax.set_ylim(top=min(30.0, ax.get_ylim()[1]))

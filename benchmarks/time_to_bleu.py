@@ -1,0 +1,287 @@
+"""Time to quality: this project's Multi30k main job against an HF MarianMTModel twin, same minutes.
+
+Each system trains for ``--minutes`` of wall-clock training time on the same machine and is scored on
+Multi30k test2016 with sacreBLEU (beam and length penalty of the config):
+
+* ``fixup``: the README's main job, ``scripts/train_mt.py --config configs/multi30k_de_en.yaml``, as a
+  user runs it (validation, checkpoints, exports and all come out of its budget).
+* ``layernorm``: the same job with its LayerNorm twin config (post-LN, Xavier).
+* ``marian``: transformers' ``MarianMTModel`` (post-LN, biased linears, tied embeddings: its defaults) at
+  the same size, trained by a minimal loop with the same recipe: the same SentencePiece settings, the same
+  token batches (this project's ``TokenBatchSampler``), AdamW (0.9, 0.98), the same lr, warmup, label
+  smoothing, dropout and weight decay; no validation, scored at its last update. The baseline a user
+  would otherwise write.
+
+Reported per system: updates, epochs, target tokens per second end to end (over the training budget plus
+the job's end-of-training validation, checkpoint and export; test decoding excluded) and in steps alone, where the time went, and test sacreBLEU / chrF2 with signatures. Results go to
+``<output-dir>/<system>.json`` as each system ends, so systems can also run as separate invocations (for
+example side by side with ``--threads 1``); ``--report-only`` prints the table from what is there.
+
+    python benchmarks/time_to_bleu.py --minutes 30 --output-dir runs/time_to_bleu
+    python benchmarks/time_to_bleu.py --minutes 1 --test-limit 50 --output-dir /tmp/ttb   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fixup_transformer.data import TokenBatchSampler, TranslationCollator  # noqa: E402
+from fixup_transformer.evaluation.bleu import corpus_scores, scores_to_json  # noqa: E402
+from fixup_transformer.evaluation.translate import translate_corpus  # noqa: E402
+from fixup_transformer.hardware import resolve_mixed_precision  # noqa: E402
+from fixup_transformer.text.modeling_fixup_transformer import IGNORE_INDEX, shift_tokens_right  # noqa: E402
+from fixup_transformer.training import mt  # noqa: E402
+from fixup_transformer.training.checkpoint import atomic_write_json, atomic_write_text, list_checkpoints  # noqa: E402
+from fixup_transformer.training.config import load_config  # noqa: E402
+from fixup_transformer.training.losses import label_smoothed_nll_loss  # noqa: E402
+from fixup_transformer.training.mt_config import MTConfig  # noqa: E402
+from fixup_transformer.training.schedules import build_scheduler  # noqa: E402
+from fixup_transformer.training.wallclock import WallClock  # noqa: E402
+
+CONFIGS = {"fixup": "multi30k_de_en.yaml", "layernorm": "multi30k_de_en_layernorm.yaml"}
+SYSTEMS = ("fixup", "layernorm", "marian")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=30.0, help="training budget per system")
+    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    p.add_argument("--output-dir", type=Path, default=Path("runs/time_to_bleu"))
+    p.add_argument("--threads", type=int, default=None, help="torch threads per system (default: all)")
+    p.add_argument(
+        "--test-limit", type=int, default=None, help="score only the first N test sentences (smoke runs)"
+    )
+    p.add_argument("--report-only", action="store_true", help="train nothing; print the table")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# This project's job, run as a user runs it
+
+
+def run_job(system: str, args: argparse.Namespace) -> dict:
+    out = args.output_dir / system
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "train_mt.py"),
+        "--config",
+        str(REPO / "configs" / CONFIGS[system]),
+        "--output_dir",
+        str(out),
+        "--train.max_minutes",
+        str(args.minutes),
+    ]
+    if args.threads is not None:
+        command += ["--train.num_threads", str(args.threads)]
+    if args.test_limit is not None:
+        command += ["--data.test_limit", str(args.test_limit)]
+    start = time.monotonic()
+    subprocess.run(command, check=True, cwd=REPO)
+    wall = time.monotonic() - start
+    results = json.loads((out / "results.json").read_text())
+    state = json.loads((list_checkpoints(out / "checkpoints")[-1] / "trainer_state.json").read_text())
+    batches_per_epoch = _batches_per_epoch(load_config(MTConfig, out / "config.yaml"), out)
+    return summarize(
+        system,
+        updates=results["step"],
+        epochs=state["epoch"] + state["batches_done"] / batches_per_epoch,
+        target_tokens=state["target_tokens"],
+        train_seconds=results.get("training_wall_seconds", state["train_seconds"]),
+        time_breakdown=results["time_breakdown"],
+        test=results["test"],
+        wall_seconds=wall,
+        note=f"test model: {results.get('test_model')}",
+    )
+
+
+def _batches_per_epoch(cfg: MTConfig, out: Path) -> int:
+    cfg.output_dir = str(out)  # its tokenizer is reused
+    data = mt.prepare_data(cfg, Accelerator(cpu=True), resuming=True)
+    return _sampler(cfg, data).batches_per_rank
+
+
+def _sampler(cfg: MTConfig, data) -> TokenBatchSampler:
+    return TokenBatchSampler(
+        data.train.src_lengths,
+        data.train.tgt_lengths,
+        max_tokens=cfg.data.max_tokens,
+        max_sentences=cfg.data.max_sentences,
+        seed=cfg.seed,
+        oversized="drop",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The Marian twin: a minimal loop with the same recipe
+
+
+def marian_twin(cfg: MTConfig, tokenizer):
+    from transformers import MarianConfig, MarianMTModel
+
+    m = cfg.model
+    config = MarianConfig(
+        vocab_size=len(tokenizer),
+        d_model=m.d_model,
+        encoder_layers=m.encoder_layers,
+        decoder_layers=m.decoder_layers,
+        encoder_attention_heads=m.encoder_attention_heads,
+        decoder_attention_heads=m.decoder_attention_heads,
+        encoder_ffn_dim=m.encoder_ffn_dim,
+        decoder_ffn_dim=m.decoder_ffn_dim,
+        dropout=m.dropout,
+        attention_dropout=m.attention_dropout,
+        activation_dropout=m.activation_dropout,
+        activation_function="relu",
+        max_position_embeddings=1024,  # sinusoidal: a table, no parameters; room for long test outputs
+        scale_embedding=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+        forced_eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(cfg.seed)
+    return MarianMTModel(config)
+
+
+def run_marian(args: argparse.Namespace) -> dict:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    out = args.output_dir / "marian"
+    overrides = {"output_dir": str(out), "data.test_limit": args.test_limit}
+    cfg = load_config(MTConfig, REPO / "configs" / CONFIGS["fixup"], overrides)
+    data = mt.prepare_data(cfg, Accelerator(cpu=True))
+    pad, eos = data.tokenizer.pad_token_id, data.tokenizer.eos_token_id
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = resolve_mixed_precision(cfg.train.mixed_precision, cpu=device.type == "cpu") == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    model = marian_twin(cfg, data.tokenizer).to(device)
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=True
+    )
+    scheduler = build_scheduler(optimizer, cfg.schedule, o.lr)
+    sampler, collate = _sampler(cfg, data), TranslationCollator(pad_id=pad)
+    clock, updates, epoch, batches_done, tokens = WallClock(), 0, 0, 0, 0
+    start = time.monotonic()
+
+    def out_of_time() -> bool:
+        return time.monotonic() - start >= 60 * args.minutes
+
+    bar = tqdm(desc="marian", unit="upd")
+    model.train()
+    while not out_of_time():
+        sampler.set_epoch(epoch)
+        batches_done = 0
+        for group in sampler:
+            if out_of_time():
+                break
+            with clock.section("data"):
+                batch = {k: v.to(device) for k, v in collate([data.train[i] for i in group]).items()}
+            with clock.section("steps"):
+                labels = batch["labels"]
+                with autocast:
+                    logits = model(
+                        input_ids=batch["input_ids"],
+                        attention_mask=batch["attention_mask"],
+                        decoder_input_ids=shift_tokens_right(labels, pad, eos),
+                    ).logits
+                loss, _, ntok = label_smoothed_nll_loss(logits, labels, cfg.train.label_smoothing)
+                (loss / ntok).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            tokens += int((labels != IGNORE_INDEX).sum())
+            updates, batches_done = updates + 1, batches_done + 1
+            bar.update(1)
+        if batches_done == sampler.batches_per_rank:
+            epoch, batches_done = epoch + 1, 0
+    train_seconds = time.monotonic() - start
+    bar.close()
+    pairs = data.test_pairs
+    with autocast:
+        hyps = translate_corpus(
+            model, data.tokenizer, [s for s, _ in pairs], mt._generation(cfg, cfg.eval.beam), desc="test"
+        )
+    atomic_write_text(out / f"test.hyp.{cfg.data.tgt_lang}", "\n".join(hyps) + "\n")
+    return summarize(
+        "marian",
+        updates=updates,
+        epochs=epoch + batches_done / sampler.batches_per_rank,
+        target_tokens=tokens,
+        train_seconds=train_seconds,
+        time_breakdown=clock.rounded(),
+        test=scores_to_json(corpus_scores(hyps, [t for _, t in pairs])),
+        wall_seconds=None,
+        note="last update, no validation",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Report
+
+
+def summarize(system: str, **fields) -> dict:
+    steps = fields["time_breakdown"].get("steps", 0.0)
+    fields["tokens_per_s_end_to_end"] = fields["target_tokens"] / max(fields["train_seconds"], 1e-9)
+    fields["tokens_per_s_steps"] = fields["target_tokens"] / max(steps, 1e-9)
+    fields["test_bleu"] = fields["test"]["bleu"]["score"]
+    return {"system": system, **fields}
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| system | updates | epochs | target tok/s (end to end / steps) | time: steps / data / validation / "
+        "checkpoints / exports (s) | test sacreBLEU | chrF2 |",
+        "|" + "---|" * 7,
+    ]
+    for r in results:
+        t = r["time_breakdown"]
+        spent = " / ".join(
+            f"{t.get(k, 0):.0f}" for k in ("steps", "data", "validation", "checkpoints", "exports")
+        )
+        lines.append(
+            f"| {r['system']} | {r['updates']} | {r['epochs']:.2f} | {r['tokens_per_s_end_to_end']:.0f} / "
+            f"{r['tokens_per_s_steps']:.0f} | {spent} | {r['test_bleu']:.2f} | {r['test']['chrf']['score']:.2f} |"
+        )
+    signature = results[0]["test"]["bleu"]["signature"] if results else ""
+    return "\n".join(lines) + f"\n\nsacreBLEU signature: `{signature}`\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        for system in args.systems:
+            result = run_marian(args) if system == "marian" else run_job(system, args)
+            result["minutes"] = args.minutes
+            result["threads"] = args.threads
+            atomic_write_json(args.output_dir / f"{system}.json", result)
+            print(json.dumps({k: v for k, v in result.items() if k != "test"}, indent=1))
+    results = [
+        json.loads(path.read_text())
+        for system in SYSTEMS
+        if (path := args.output_dir / f"{system}.json").exists()
+    ]
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
