@@ -43,6 +43,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -90,6 +91,35 @@ METRICS = {
     "peak_train_rss_mb": ("peak training RSS increase (MB)", "lower", 0.85),
 }
 
+# --size presets: the fairseq transformer_iwslt_de_en, base and big shapes (encoder = decoder).
+SIZES = {
+    "iwslt": dict(vocab=10_000, d_model=512, layers=6, heads=4, ffn=1024),
+    "base": dict(vocab=32_000, d_model=512, layers=6, heads=8, ffn=2048),
+    "big": dict(vocab=32_000, d_model=1024, layers=6, heads=16, ffn=4096),
+}
+# Dense bf16 tensor-core peak (TFLOP/s) by card name, for MFU; --peak-tflops overrides.
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall time covers it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(args: argparse.Namespace):
+    if args.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(args.device.type, dtype=AUTOCAST_DTYPES[args.precision])
+
+
+def default_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Models and inputs
@@ -130,7 +160,7 @@ def build_model(variant: str, args: argparse.Namespace) -> torch.nn.Module:
     elif variant in (FIXUP, FIXUP_FOLDED):
         model = FixupTransformerForConditionalGeneration(FixupTransformerConfig(**size))
         if variant == FIXUP_FOLDED:
-            model.fold_scalars()
+            model.eval().fold_scalars()  # inference only (folding refuses a model in training mode)
     elif variant == FIXUP_POSTLN:
         config = FixupTransformerConfig(**size, normalization="post_ln", init="xavier")
         model = FixupTransformerForConditionalGeneration(config)
@@ -138,7 +168,7 @@ def build_model(variant: str, args: argparse.Namespace) -> torch.nn.Module:
         raise ValueError(f"unknown model variant {variant!r}")
     if model.config._attn_implementation != args.attn:
         raise RuntimeError(f"{variant}: attention is {model.config._attn_implementation}, not {args.attn}")
-    return model.float()
+    return model.float().to(args.device)
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:
@@ -152,7 +182,7 @@ def trainable_parameters(model: torch.nn.Module) -> int:
 
 def batch(args: argparse.Namespace, size: int, length: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(FIRST_WORD_ID, args.vocab, (size, length), generator=generator)
+    return torch.randint(FIRST_WORD_ID, args.vocab, (size, length), generator=generator).to(args.device)
 
 
 class Trainer:
@@ -160,25 +190,71 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, args: argparse.Namespace) -> None:
         self.model = model.train()
+        self.args = args
         self.optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0
+            [p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0, fused=True
         )
         self.input_ids = batch(args, args.train_batch, args.src_len, seed=1)
         self.attention_mask = torch.ones_like(self.input_ids)
         self.labels = batch(args, args.train_batch, args.tgt_len, seed=2)
         self.labels[:, -1] = EOS
 
-    def step(self) -> float:
-        loss = self.model(
-            input_ids=self.input_ids, attention_mask=self.attention_mask, labels=self.labels
-        ).loss
+    def step(self) -> torch.Tensor:
+        """One update; the loss stays on the device (a host read would stall a GPU every step)."""
+        with autocast(self.args):
+            loss = self.model(
+                input_ids=self.input_ids, attention_mask=self.attention_mask, labels=self.labels
+            ).loss
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return loss.detach()
 
 
-def generate(model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int, beams: int) -> torch.Tensor:
+def training_flops(trainer: Trainer) -> int:
+    """FLOPs of one training step (forward + backward), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with autocast(trainer.args):
+            loss = trainer.model(
+                input_ids=trainer.input_ids, attention_mask=trainer.attention_mask, labels=trainer.labels
+            ).loss
+        loss.backward()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def cuda_memory(variants: list[str], args: argparse.Namespace) -> dict[str, dict]:
+    """Peak allocated GPU memory of ``--mem-steps`` training steps above what model + optimizer hold."""
+    out = {}
+    for variant in variants:
+        model = build_model(variant, args)
+        trainer = Trainer(model, args)
+        synchronize(args.device)
+        torch.cuda.reset_peak_memory_stats(args.device)
+        before = torch.cuda.memory_allocated(args.device)
+        for _ in range(args.mem_steps):
+            trainer.step()
+        synchronize(args.device)
+        peak = (torch.cuda.max_memory_allocated(args.device) - before) / 2**20
+        out[variant] = {**summary([peak]), "saved_activation_mb": float("nan")}
+        out[variant]["grad_and_adam_state_mb"] = 3 * 4 * trainable_parameters(model) / 2**20
+        print(f"  [memory] {variant} +{peak:.0f} MB allocated")
+        del trainer, model
+        torch.cuda.empty_cache()
+    return out
+
+
+def generate(model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int, beams: int, args=None):
+    with autocast(args) if args is not None else contextlib.nullcontext():
+        output = _generate(model, input_ids, new_tokens, beams)
+    synchronize(input_ids.device)
+    return output
+
+
+def _generate(model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int, beams: int) -> torch.Tensor:
     output = model.generate(
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),
@@ -339,7 +415,7 @@ def worker_command(variant: str, args: argparse.Namespace) -> list[str]:
         "--vocab", str(args.vocab), "--d-model", str(args.d_model), "--layers", str(args.layers),
         "--heads", str(args.heads), "--ffn", str(args.ffn), "--dropout", str(args.dropout),
         "--attn", args.attn, "--seed", str(args.seed), "--train-batch", str(args.train_batch),
-        "--src-len", str(args.src_len), "--tgt-len", str(args.tgt_len),
+        "--src-len", str(args.src_len), "--tgt-len", str(args.tgt_len), "--precision", args.precision,
     ]  # fmt: skip
     return [sys.executable, os.path.abspath(__file__), *flags]
 
@@ -410,7 +486,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     results: dict[str, dict] = {}
     # Memory first, while this process is still small: the workers are independent processes.
     print("peak training memory (one subprocess per model) ...")
-    results["peak_train_rss_mb"] = measure_memory([v for v in variants if v in TRAINABLE], args)
+    trainable = [v for v in variants if v in TRAINABLE]
+    if args.device.type == "cuda":
+        results["peak_train_rss_mb"] = cuda_memory(trainable, args)
+    else:
+        results["peak_train_rss_mb"] = measure_memory(trainable, args)
     load["after_memory"] = os.getloadavg()
 
     models = {variant: build_model(variant, args) for variant in variants}
@@ -426,6 +506,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         def run() -> None:
             for _ in range(args.train_steps):
                 trainer.step()
+            synchronize(args.device)
 
         return Timed(run, target_tokens)
 
@@ -433,6 +514,19 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         {v: train_job(t) for v, t in trainers.items()}, args.warmup, args.repeats, "train"
     )
     load["after_training"] = os.getloadavg()
+    flops = {v: training_flops(t) for v, t in trainers.items()}
+    peak = args.peak_tflops or default_peak_tflops(args.device)
+    results["train_flops_per_step"] = flops
+    if peak:
+        tokens_per_step = args.train_batch * args.tgt_len
+        results["mfu"] = {
+            v: results["train_tokens_per_s"][v]["median"] / tokens_per_step * flops[v] / (peak * 1e12)
+            for v in flops
+        }
+        print(
+            f"MFU (vs dense bf16 peak {peak:.0f} TFLOP/s): "
+            + ", ".join(f"{v} {m:.1%}" for v, m in results["mfu"].items())
+        )
     del trainers  # drop optimizer state before generation
 
     for model in models.values():
@@ -441,7 +535,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     beam_input = batch(args, args.beam_batch, args.src_len, seed=4)
 
     def generation_job(model: torch.nn.Module, inputs: torch.Tensor, new: int, beams: int, amount: float):
-        return Timed(lambda: generate(model, inputs, new, beams), amount)
+        return Timed(lambda: generate(model, inputs, new, beams, args), amount)
 
     print("greedy generation ...")
     with torch.inference_mode():
@@ -482,7 +576,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "trainable_parameters": parameters,
         "load_average": load,
         "model_code": code,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("output", "memory_worker")},
+        "settings": {
+            k: str(v) if k == "device" else v
+            for k, v in vars(args).items()
+            if k not in ("output", "memory_worker")
+        },
         "machine": {
             "nproc": os.cpu_count(),
             "threads": torch.get_num_threads(),
@@ -491,6 +589,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
+            "device": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "cpu",
         },
         "command": " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
     }
@@ -601,7 +700,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     work.add_argument("--beam-new-tokens", type=int, default=40)
     work.add_argument("--beams", type=int, default=5)
     work.add_argument("--mem-steps", type=int, default=3, help="training steps in each memory subprocess")
+    work.add_argument("--tokens", type=int, help="target tokens per training batch (sets --train-batch)")
     run = parser.add_argument_group("run")
+    run.add_argument("--size", choices=sorted(SIZES), help="a preset shape (overrides the size options)")
+    run.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype")
+    run.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: known cards)")
     run.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     run.add_argument("--warmup", type=int, default=2, help="untimed repetitions per model")
     run.add_argument("--repeats", type=int, default=5, help="timed repetitions per model (median)")
@@ -617,6 +721,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for name, value in SIZES.get(args.size, {}).items():
+        setattr(args, name, value)
+    if args.tokens:
+        args.train_batch = max(1, args.tokens // args.tgt_len)
+    args.device = torch.device(args.device)
     if args.quick:
         args.train_batch, args.train_steps, args.warmup, args.repeats = 4, 1, 1, 2
         args.gen_batch, args.gen_new_tokens, args.beam_batch, args.beam_new_tokens = 2, 8, 2, 6

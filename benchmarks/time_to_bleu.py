@@ -51,6 +51,7 @@ from fixup_transformer.training import mt  # noqa: E402
 from fixup_transformer.training.checkpoint import atomic_write_json, atomic_write_text, list_checkpoints  # noqa: E402
 from fixup_transformer.training.config import load_config  # noqa: E402
 from fixup_transformer.training.losses import label_smoothed_nll_loss  # noqa: E402
+from fixup_transformer.training.metrics import read_metrics  # noqa: E402
 from fixup_transformer.training.mt_config import MTConfig  # noqa: E402
 from fixup_transformer.training.schedules import build_scheduler  # noqa: E402
 from fixup_transformer.training.wallclock import WallClock  # noqa: E402
@@ -65,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     p.add_argument("--output-dir", type=Path, default=Path("runs/time_to_bleu"))
     p.add_argument("--threads", type=int, default=None, help="torch threads per system (default: all)")
+    p.add_argument("--max-updates", type=int, default=None, help="also stop after N updates (probes)")
     p.add_argument(
         "--test-limit", type=int, default=None, help="score only the first N test sentences (smoke runs)"
     )
@@ -92,6 +94,8 @@ def run_job(system: str, args: argparse.Namespace) -> dict:
         command += ["--train.num_threads", str(args.threads)]
     if args.test_limit is not None:
         command += ["--data.test_limit", str(args.test_limit)]
+    if args.max_updates is not None:
+        command += ["--train.max_updates", str(args.max_updates)]
     start = time.monotonic()
     subprocess.run(command, check=True, cwd=REPO)
     wall = time.monotonic() - start
@@ -108,7 +112,14 @@ def run_job(system: str, args: argparse.Namespace) -> dict:
         test=results["test"],
         wall_seconds=wall,
         note=f"test model: {results.get('test_model')}",
+        valid_loss=_last_valid_loss(out),
+        train_curve=[[r["step"], r["loss"]] for r in read_metrics(out / "metrics.jsonl", "train")],
     )
+
+
+def _last_valid_loss(out: Path) -> float | None:
+    records = read_metrics(out / "metrics.jsonl", "valid")
+    return records[-1]["valid_loss"] if records else None
 
 
 def _batches_per_epoch(cfg: MTConfig, out: Path) -> int:
@@ -179,10 +190,12 @@ def run_marian(args: argparse.Namespace) -> dict:
     scheduler = build_scheduler(optimizer, cfg.schedule, o.lr)
     sampler, collate = _sampler(cfg, data), TranslationCollator(pad_id=pad)
     clock, updates, epoch, batches_done, tokens = WallClock(), 0, 0, 0, 0
+    window, curve = torch.zeros(2, dtype=torch.float64), []  # train loss per token every 25 updates
     start = time.monotonic()
 
     def out_of_time() -> bool:
-        return time.monotonic() - start >= 60 * args.minutes
+        done = args.max_updates is not None and updates >= args.max_updates
+        return done or time.monotonic() - start >= 60 * args.minutes
 
     bar = tqdm(desc="marian", unit="upd")
     model.train()
@@ -208,12 +221,18 @@ def run_marian(args: argparse.Namespace) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
             tokens += int((labels != IGNORE_INDEX).sum())
+            window += torch.stack([loss.detach().double(), ntok.double()]).cpu()
             updates, batches_done = updates + 1, batches_done + 1
+            if updates % 25 == 0:
+                curve.append([updates, float(window[0] / window[1])])
+                window.zero_()
             bar.update(1)
         if batches_done == sampler.batches_per_rank:
             epoch, batches_done = epoch + 1, 0
     train_seconds = time.monotonic() - start
     bar.close()
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    valid = mt.validation_loss(model, accelerator, data.valid, cfg, (pad, eos))
     pairs = data.test_pairs
     with autocast:
         hyps = translate_corpus(
@@ -229,7 +248,9 @@ def run_marian(args: argparse.Namespace) -> dict:
         time_breakdown=clock.rounded(),
         test=scores_to_json(corpus_scores(hyps, [t for _, t in pairs])),
         wall_seconds=None,
-        note="last update, no validation",
+        note="last update, no validation during training",
+        valid_loss=valid["valid_loss"],
+        train_curve=curve,
     )
 
 
@@ -248,8 +269,8 @@ def summarize(system: str, **fields) -> dict:
 def table(results: list[dict]) -> str:
     lines = [
         "| system | updates | epochs | target tok/s (end to end / steps) | time: steps / data / validation / "
-        "checkpoints / exports (s) | test sacreBLEU | chrF2 |",
-        "|" + "---|" * 7,
+        "checkpoints / exports (s) | valid loss (last) | test sacreBLEU | chrF2 |",
+        "|" + "---|" * 8,
     ]
     for r in results:
         t = r["time_breakdown"]
@@ -258,10 +279,15 @@ def table(results: list[dict]) -> str:
         )
         lines.append(
             f"| {r['system']} | {r['updates']} | {r['epochs']:.2f} | {r['tokens_per_s_end_to_end']:.0f} / "
-            f"{r['tokens_per_s_steps']:.0f} | {spent} | {r['test_bleu']:.2f} | {r['test']['chrf']['score']:.2f} |"
+            f"{r['tokens_per_s_steps']:.0f} | {spent} | {_fmt(r.get('valid_loss'))} | {r['test_bleu']:.2f} | "
+            f"{r['test']['chrf']['score']:.2f} |"
         )
     signature = results[0]["test"]["bleu"]["signature"] if results else ""
     return "\n".join(lines) + f"\n\nsacreBLEU signature: `{signature}`\n"
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
