@@ -24,7 +24,7 @@ example side by side with ``--threads 1``); ``--report-only`` prints the table f
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -122,9 +122,19 @@ def _last_valid_loss(out: Path) -> float | None:
     return records[-1]["valid_loss"] if records else None
 
 
+@functools.cache
+def _accelerator() -> Accelerator:
+    """One Accelerator per process (Accelerate's state is a singleton): the GPU if there is one, in bf16
+    where the main job's ``mixed_precision: auto`` would pick it (fp16 would need loss scaling)."""
+    cfg = load_config(MTConfig, REPO / "configs" / CONFIGS["fixup"])
+    cpu = not torch.cuda.is_available()
+    bf16 = resolve_mixed_precision(cfg.train.mixed_precision, cpu=cpu) == "bf16"
+    return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
+
+
 def _batches_per_epoch(cfg: MTConfig, out: Path) -> int:
     cfg.output_dir = str(out)  # its tokenizer is reused
-    data = mt.prepare_data(cfg, Accelerator(cpu=True), resuming=True)
+    data = mt.prepare_data(cfg, _accelerator(), resuming=True)
     return _sampler(cfg, data).batches_per_rank
 
 
@@ -177,11 +187,10 @@ def run_marian(args: argparse.Namespace) -> dict:
     out = args.output_dir / "marian"
     overrides = {"output_dir": str(out), "data.test_limit": args.test_limit}
     cfg = load_config(MTConfig, REPO / "configs" / CONFIGS["fixup"], overrides)
-    data = mt.prepare_data(cfg, Accelerator(cpu=True))
+    accelerator = _accelerator()
+    device = accelerator.device
+    data = mt.prepare_data(cfg, accelerator)
     pad, eos = data.tokenizer.pad_token_id, data.tokenizer.eos_token_id
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = resolve_mixed_precision(cfg.train.mixed_precision, cpu=device.type == "cpu") == "bf16"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     model = marian_twin(cfg, data.tokenizer).to(device)
     o = cfg.optim
     optimizer = torch.optim.AdamW(
@@ -209,7 +218,7 @@ def run_marian(args: argparse.Namespace) -> dict:
                 batch = {k: v.to(device) for k, v in collate([data.train[i] for i in group]).items()}
             with clock.section("steps"):
                 labels = batch["labels"]
-                with autocast:
+                with accelerator.autocast():
                     logits = model(
                         input_ids=batch["input_ids"],
                         attention_mask=batch["attention_mask"],
@@ -231,13 +240,10 @@ def run_marian(args: argparse.Namespace) -> dict:
             epoch, batches_done = epoch + 1, 0
     train_seconds = time.monotonic() - start
     bar.close()
-    accelerator = Accelerator(cpu=device.type == "cpu")
     valid = mt.validation_loss(model, accelerator, data.valid, cfg, (pad, eos))
     pairs = data.test_pairs
-    with autocast:
-        hyps = translate_corpus(
-            model, data.tokenizer, [s for s, _ in pairs], mt._generation(cfg, cfg.eval.beam), desc="test"
-        )
+    settings = mt._generation(cfg, cfg.eval.beam)
+    hyps = translate_corpus(model, data.tokenizer, [s for s, _ in pairs], settings, accelerator, desc="test")
     atomic_write_text(out / f"test.hyp.{cfg.data.tgt_lang}", "\n".join(hyps) + "\n")
     return summarize(
         "marian",

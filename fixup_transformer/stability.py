@@ -25,7 +25,6 @@ from collections.abc import Sequence
 
 import torch
 
-from .hardware import cpu_has_native_fp16
 from .text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 
 SPIKE_NATS = 1.5
@@ -33,12 +32,10 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 # name -> config overrides; every variant is the same code path with a different normalization / init.
 VARIANTS: dict[str, dict] = {
-    "fixup": {"normalization": "none", "init": "fixup", "fixup_zero": "multiplier"},  # the default
-    "fixup_paper": {
-        "normalization": "none",
-        "init": "fixup",
-        "fixup_zero": "last_layer",
-    },  # rule 1 as printed
+    # the default: the zero on each branch's multiplier
+    "fixup": {"normalization": "none", "init": "fixup", "fixup_zero": "multiplier"},
+    # the paper's rule 1 as printed: the zero on each branch's last layer
+    "fixup_paper": {"normalization": "none", "init": "fixup", "fixup_zero": "last_layer"},
     "t_fixup": {"normalization": "none", "init": "t_fixup"},
     "post_ln": {"normalization": "post_ln", "init": "xavier"},
     "pre_ln": {"normalization": "pre_ln", "init": "xavier"},
@@ -178,7 +175,6 @@ __all__ = [
     "Width",
     "build_model",
     "copy_task_batches",
-    "cpu_has_native_fp16",
     "is_stable",
     "run_cell",
 ]
