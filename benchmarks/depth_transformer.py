@@ -30,10 +30,10 @@ import torch
 from depth_common import ResultsFile, print_result, summarize, write_report
 
 from fixup_transformer.diagnostics import record_training, torch_threads, write_tables
+from fixup_transformer.paths import shared_data_dir
 from fixup_transformer.probe_data import multi30k_batches
 from fixup_transformer.text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 from fixup_transformer.training.optim import OptimConfig, build_optimizer
-from fixup_transformer.vision.data import shared_data_dir
 
 VARIANTS = {  # name -> (normalization, init)
     "fixup": ("none", "fixup"),

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from fixup_transformer.diagnostics import atomic_write_json, atomic_write_text, require_pyplot, save_figure
+from fixup_transformer.paths import shared_data_dir
 from fixup_transformer.probe_data import multi30k_batches
 from fixup_transformer.stability import (
     PRECISIONS,
@@ -35,7 +36,6 @@ from fixup_transformer.stability import (
     is_stable,
     run_cell,
 )
-from fixup_transformer.vision.data import shared_data_dir
 
 KEY_FIELDS = ("task", "variant", "layers", "lr", "warmup", "precision")
 

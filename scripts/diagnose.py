@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from fixup_transformer.diagnostics import plot_run, record_training, torch_threads, write_tables
+from fixup_transformer.paths import shared_data_dir
 from fixup_transformer.probe_data import cifar_batches, multi30k_batches
 from fixup_transformer.text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 from fixup_transformer.training.optim import OptimConfig, build_optimizer
 from fixup_transformer.vision import FixupResNetConfig, FixupResNetForImageClassification
-from fixup_transformer.vision.data import shared_data_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

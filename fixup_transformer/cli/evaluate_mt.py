@@ -21,6 +21,8 @@ from ..training.checkpoint import atomic_write_text
 from ..training.errors import run_script
 from ..training.process import exit_process
 
+DEFAULTS = GenerationSettings()  # the decoding defaults live there
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,12 +38,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--src", help="source language")
     p.add_argument("--tgt", help="target language")
     p.add_argument("--limit", type=int, help="only the first N sentences")
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty")
-    p.add_argument("--max-len-a", type=float, default=1.2, help="max new tokens = a * source length + b")
-    p.add_argument("--max-len-b", type=int, default=10)
+    p.add_argument("--beam", type=int, default=DEFAULTS.num_beams)
+    p.add_argument("--lenpen", type=float, default=DEFAULTS.length_penalty, help="length penalty")
+    p.add_argument(
+        "--max-len-a", type=float, default=DEFAULTS.max_len_a, help="max new tokens = a * source length + b"
+    )
+    p.add_argument("--max-len-b", type=int, default=DEFAULTS.max_len_b)
     p.add_argument("--max-new-tokens", type=int, help="fixed output length limit (overrides a/b)")
-    p.add_argument("--batch-tokens", type=int, default=8000, help="padded source tokens per batch")
+    p.add_argument(
+        "--batch-tokens", type=int, default=DEFAULTS.batch_tokens, help="padded source tokens per batch"
+    )
     p.add_argument("--output", help="write detokenized hypotheses here, one per line (atomically)")
     p.add_argument("--json", help="write the scores with signatures here as JSON")
     p.add_argument(

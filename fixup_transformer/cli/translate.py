@@ -55,7 +55,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-len-a", type=float, help="at most a * source length + b new tokens (default 1.2)")
     p.add_argument("--max-len-b", type=int, help="see --max-len-a (default 10)")
     p.add_argument("--max-new-tokens", type=int, help="fixed output length limit (overrides a/b)")
-    p.add_argument("--batch-tokens", type=int, help="padded source tokens per batch (default 4096)")
+    p.add_argument(
+        "--batch-tokens",
+        type=int,
+        help="padded source tokens per batch (default: training config, else 8000)",
+    )
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)

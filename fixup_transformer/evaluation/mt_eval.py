@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..data import CorpusConfig, load_parallel
+from ..paths import resolve_path
 from .bleu import Score, corpus_scores
 from .translate import GenerationSettings, translate_corpus
 
@@ -44,8 +45,6 @@ def training_data_defaults(model_dir: str | Path) -> dict:
 
 def corpus_for(request: EvalRequest) -> CorpusConfig:
     """Fill unspecified corpus fields from the training config; infer the corpus from the data dir name."""
-    from ..training.mt_config import resolve_path
-
     defaults = training_data_defaults(request.model_dir)
     data_dir = request.data_dir or defaults.get("data_dir")
     corpus = request.corpus or (

@@ -26,14 +26,18 @@ from ..data import SortedBatchSampler, TranslationCollator, restore_order
 
 @dataclass
 class GenerationSettings:
-    """Decoding options shared by validation, the final test and ``scripts/evaluate_mt.py``."""
+    """Decoding options shared by validation, the final test, ``evaluate_mt`` and ``translate``.
+
+    These are the one place the defaults live: the training config's ``eval`` section and both commands
+    take theirs from here.
+    """
 
     num_beams: int = 5
     length_penalty: float = 1.0
     max_len_a: float = 1.2
     max_len_b: int = 10
     max_new_tokens: int | None = None
-    batch_tokens: int = 4096
+    batch_tokens: int = 8000
 
     def new_tokens(self, max_source_length: int) -> int:
         if self.max_new_tokens is not None:

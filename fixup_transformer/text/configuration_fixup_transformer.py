@@ -11,6 +11,8 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ..choices import require_choice
+
 NORMALIZATIONS = ("none", "post_ln", "pre_ln")
 INITS = ("fixup", "t_fixup", "xavier")
 LEGACY_FIXUP_ZERO = "last_layer"  # the default until fixup_zero="multiplier" became it
@@ -163,11 +165,13 @@ class FixupTransformerConfig(PreTrainedConfig):
 
     def _validate_fixup_fields(self) -> None:
         """Reject impossible or unsupported settings with an error naming the field."""
-        _require_choice("normalization", self.normalization, NORMALIZATIONS)
-        _require_choice("init", self.init, INITS)
-        _require_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
-        _require_choice("activation_function", self.activation_function, ACTIVATIONS)
-        _require_choice("fixup_zero", self.fixup_zero, FIXUP_ZEROS)
+        require_choice("FixupTransformerConfig", "normalization", self.normalization, NORMALIZATIONS)
+        require_choice("FixupTransformerConfig", "init", self.init, INITS)
+        require_choice(
+            "FixupTransformerConfig", "position_embedding", self.position_embedding, POSITION_EMBEDDINGS
+        )
+        require_choice("FixupTransformerConfig", "activation_function", self.activation_function, ACTIVATIONS)
+        require_choice("FixupTransformerConfig", "fixup_zero", self.fixup_zero, FIXUP_ZEROS)
         for name in (
             "vocab_size",
             "d_model",
@@ -226,11 +230,6 @@ class FixupTransformerConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is not None and not 0 <= value < limit:
                 raise ValueError(f"`{name}` ({value}) must be in [0, {limit}) (the vocabulary size).")
-
-
-def _require_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"`{field}` must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
 
 
 __all__ = ["FixupTransformerConfig"]

@@ -70,6 +70,7 @@ from ..data import (
 from ..evaluation.bleu import corpus_scores, format_scores, sacrebleu_score, scores_to_json
 from ..evaluation.translate import GenerationSettings, translate_corpus
 from ..hardware import resolve_mixed_precision
+from ..paths import resolve_path
 from ..text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 from ..text.modeling_fixup_transformer import IGNORE_INDEX, shift_tokens_right
 from .checkpoint import (
@@ -92,7 +93,7 @@ from .errors import NonFiniteLossError, ResumeMismatchError
 from .hub_export import complete_mt_export, push_best_export, record_test_scores
 from .losses import label_smoothed_nll_loss
 from .metrics import MetricsWriter, available_trackers, tracker_config
-from .mt_config import CHANGEABLE_ON_RESUME, FIXED_ON_RESUME, ModelConfig, MTConfig, resolve_path
+from .mt_config import CHANGEABLE_ON_RESUME, FIXED_ON_RESUME, ModelConfig, MTConfig
 from .optim import build_optimizer
 from .plots import try_write_curves
 from .process import keep_alive

@@ -10,16 +10,12 @@ the configs set (the paper used 0.5 on IWSLT).
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
-from pathlib import Path
 from typing import Literal
 
+from ..evaluation.translate import GenerationSettings
 from .config import ConfigError, field_doc, require
 from .optim import OptimConfig
 from .schedules import ScheduleConfig
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass
@@ -168,11 +164,17 @@ class EvalConfig:
         "Weights used for the final test: best (by validation), last, averaged (needs "
         "checkpoint.average_last > 1), or auto = averaged if its validation metric beats best, else best.",
     )
-    beam: int = field_doc(5, "Beam size for the final test.")
-    lenpen: float = field_doc(1.0, "Length penalty for beam search (fairseq --lenpen).")
-    max_len_a: float = field_doc(1.2, "Generate at most max_len_a * source_len + max_len_b tokens.")
-    max_len_b: int = field_doc(10, "See max_len_a.")
-    batch_tokens: int = field_doc(8000, "Padded source tokens per generation batch.")
+    beam: int = field_doc(GenerationSettings.num_beams, "Beam size for the final test.")
+    lenpen: float = field_doc(
+        GenerationSettings.length_penalty, "Length penalty for beam search (fairseq --lenpen)."
+    )
+    max_len_a: float = field_doc(
+        GenerationSettings.max_len_a, "Generate at most max_len_a * source_len + max_len_b tokens."
+    )
+    max_len_b: int = field_doc(GenerationSettings.max_len_b, "See max_len_a.")
+    batch_tokens: int = field_doc(
+        GenerationSettings.batch_tokens, "Padded source tokens per generation batch."
+    )
     tokenized_bleu: bool = field_doc(
         False, "Also report lowercased tokenized BLEU (as IWSLT papers), labelled, beside sacreBLEU."
     )
@@ -299,23 +301,3 @@ FIXED_ON_RESUME = (
 )
 # Exceptions: where the data lives (not what it is) and how much of validation/test is scored.
 CHANGEABLE_ON_RESUME = ("data.data_dir", "data.valid_limit", "data.test_limit")
-
-
-_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
-
-
-def resolve_path(path: str) -> Path:
-    """Expand ``${VAR}``/``${VAR:-default}`` and ``~``; try the repository root for missing relative paths."""
-
-    def expand(match: re.Match) -> str:
-        value = os.environ.get(match.group(1))
-        if value:
-            return value
-        if match.group(2) is not None:
-            return match.group(2)
-        raise ConfigError(f"path {path!r} uses ${{{match.group(1)}}}, which is not set")
-
-    resolved = Path(os.path.expanduser(_VAR.sub(expand, path)))
-    if not resolved.is_absolute() and not resolved.exists() and (REPO_ROOT / resolved).exists():
-        return REPO_ROOT / resolved
-    return resolved

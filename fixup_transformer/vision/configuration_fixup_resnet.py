@@ -12,6 +12,8 @@ from typing import ClassVar
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
+from ..choices import require_choice
+
 CIFAR10_CLASSES = (
     "airplane",
     "automobile",
@@ -36,11 +38,6 @@ IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, ...]]] = {
 CIFAR_BASE_WIDTHS = (16, 32, 64)
 IMAGENET_BASE_WIDTHS = (64, 128, 256, 512)
 BOTTLENECK_EXPANSION = 4
-
-
-def _check_choice(field: str, value: object, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"FixupResNetConfig.{field} must be one of {list(allowed)}, got {value!r}")
 
 
 @strict
@@ -93,9 +90,9 @@ class FixupResNetConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         # Plain ValueErrors here (rather than `validate_*` hooks, which huggingface_hub wraps in a
         # non-ValueError) so that callers and tests can catch configuration mistakes uniformly.
-        _check_choice("family", self.family, self.families)
-        _check_choice("normalization", self.normalization, self.normalizations)
-        _check_choice("init", self.init, self.inits)
+        require_choice("FixupResNetConfig", "family", self.family, self.families)
+        require_choice("FixupResNetConfig", "normalization", self.normalization, self.normalizations)
+        require_choice("FixupResNetConfig", "init", self.init, self.inits)
         if self.width_multiplier <= 0:
             raise ValueError(f"FixupResNetConfig.width_multiplier must be > 0, got {self.width_multiplier}")
         if self.num_channels < 1:

@@ -131,14 +131,6 @@ def load_hub_cifar10(split: str, dataset_name: str = "uoft-cs/cifar10") -> Image
     return ImageArrays(images, np.asarray(ds["label"], dtype=np.int64), list(ds.features["label"].names))
 
 
-def shared_data_dir() -> Path:
-    """``$FIXUP_DATA_DIR`` if set, else ``<repo>/../shared/data`` (may not exist)."""
-    env = os.environ.get("FIXUP_DATA_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
 def load_images(source: str, split: str, image_size: int | None = None) -> ImageArrays:
     """Resolve a dataset ``source`` for ``split`` ("train" / "test").
 
@@ -167,5 +159,4 @@ __all__ = [
     "load_image_folder",
     "load_hub_cifar10",
     "load_images",
-    "shared_data_dir",
 ]

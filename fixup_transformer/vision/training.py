@@ -22,6 +22,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..hub import add_remote_code
+from ..paths import shared_data_dir
 from ..training import schedules
 from ..training.checkpoint import (
     export_pretrained,
@@ -36,7 +37,7 @@ from ..training.optim import OptimConfig, build_optimizer
 from ..training.runlock import lock_run_dir
 from .augment import mixup, normalize, random_crop_flip
 from .configuration_fixup_resnet import FixupResNetConfig
-from .data import ImageArrays, load_images, shared_data_dir
+from .data import ImageArrays, load_images
 from .image_processing_fixup_resnet import FixupResNetImageProcessor
 from .modeling_fixup_resnet import FixupResNetForImageClassification
 
