@@ -60,6 +60,18 @@ def chunked_xavier_uniform_(weight: torch.Tensor, gains: list[float]) -> torch.T
     return hf_init.copy_(weight, torch.cat(values, dim=0))
 
 
+def chunked_normal_(weight: torch.Tensor, gains: list[float], std: float) -> torch.Tensor:
+    """N(0, std * gain) init of a fused projection, chunk by chunk (the ``init_std`` convention of BERT/BART/
+    Marian in transformers, for the LayerNorm baselines)."""
+    if getattr(weight, "_is_hf_initialized", False):
+        return weight
+    chunks = weight.detach().chunk(len(gains), dim=0)
+    values = [
+        torch.empty_like(chunk).normal_(0.0, std * gain) for chunk, gain in zip(chunks, gains, strict=True)
+    ]
+    return hf_init.copy_(weight, torch.cat(values, dim=0))
+
+
 def scaled_he_normal_(weight: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
     """He-normal init of a conv/linear weight in fan-out mode, multiplied by ``gain`` (the Fixup factor).
 

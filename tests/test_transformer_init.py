@@ -154,6 +154,29 @@ def test_xavier_baseline_has_no_zero_layers():
     assert layer.ffn.fc2.weight.std().item() == pytest.approx(xavier_std(64, 32), rel=0.15)
 
 
+def test_normal_baseline_draws_every_weight_from_n_0_init_std_as_transformers_bart():
+    model = build_sized(64, 256, 2, 2, normalization="post_ln", init="normal", init_std=0.05)
+    decoder = model.model.decoder.layers[1]
+    weights = {
+        "qkv": decoder.self_attn.qkv_proj.weight,
+        "cross q": decoder.encoder_attn.q_proj.weight,
+        "out": decoder.self_attn.out_proj.weight,
+        "fc1": decoder.ffn.fc1.weight,
+        "fc2": decoder.ffn.fc2.weight,
+        "embedding": model.model.shared.weight[1:],  # the padding row is 0
+        "output projection": model.lm_head.weight,
+    }
+    for name, weight in weights.items():
+        assert weight.std().item() == pytest.approx(0.05, rel=0.1), name
+        assert weight.mean().abs().item() < 0.01, name
+    # the fairseq-style baseline is unchanged: Xavier linears, N(0, d^-1/2) embeddings
+    xavier = build_sized(64, 256, 2, 2, normalization="post_ln", init="xavier", init_std=0.05)
+    assert xavier.model.shared.weight[1:].std().item() == pytest.approx(64**-0.5, rel=0.1)
+    assert xavier.model.decoder.layers[1].ffn.fc1.weight.std().item() == pytest.approx(
+        xavier_std(64, 256), rel=0.1
+    )
+
+
 def test_scalars_start_at_one_and_zero_and_are_listed_for_their_own_learning_rate():
     model = build(fixup_zero="last_layer")
     biases = [m for m in model.modules() if isinstance(m, ScalarBias)]
@@ -197,6 +220,7 @@ def test_at_init_the_decoder_output_does_not_depend_on_the_source():
         ({"encoder_layers": 0}, "encoder_layers"),
         ({"pad_token_id": 500}, "pad_token_id"),
         ({"fixup_zero": "first_layer"}, "fixup_zero"),
+        ({"normalization": "post_ln", "init": "normal", "init_std": 0.0}, "init_std"),
     ],
 )
 def test_invalid_config_names_the_field(overrides, field):

@@ -14,7 +14,7 @@ from transformers import PreTrainedConfig
 from ..choices import require_choice
 
 NORMALIZATIONS = ("none", "post_ln", "pre_ln")
-INITS = ("fixup", "t_fixup", "xavier")
+INITS = ("fixup", "t_fixup", "xavier", "normal")
 LEGACY_FIXUP_ZERO = "last_layer"  # the default until fixup_zero="multiplier" became it
 FIXUP_ZEROS = ("last_layer", "multiplier")
 POSITION_EMBEDDINGS = ("sinusoidal", "learned")
@@ -54,8 +54,10 @@ class FixupTransformerConfig(PreTrainedConfig):
             zeroing the input embeddings, and a tied Fixup decoder at init predicts its own input token
             (initial loss ~22 at d 512). Tied, the projection keeps the embedding init N(0, d^-1/2).
         normalization: `"none"` (Fixup, default), `"post_ln"` (the original Transformer), `"pre_ln"`.
-        init: `"fixup"` (default), `"t_fixup"` (Huang et al. 2020), or `"xavier"` (standard init, for the
-            LayerNorm baselines).
+        init: `"fixup"` (default), `"t_fixup"` (Huang et al. 2020), or, for the LayerNorm baselines,
+            `"xavier"` (fairseq's: Xavier-uniform linears, N(0, d^-1/2) embeddings) or `"normal"` (transformers'
+            BART/Marian: every linear, embedding and output projection N(0, `init_std`)).
+        init_std: the std of `init="normal"` (transformers' `init_std`, 0.02); unused by the other inits.
         fixup_cross_attention_depth: depth `L` used for the decoder's cross-attention projections under
             Fixup. `None` (default) uses the true `L = 2 * encoder_layers + 3 * decoder_layers`; the
             authors' fairseq code hard-coded 12 here, so set 12 to reproduce it exactly.
@@ -104,6 +106,7 @@ class FixupTransformerConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
     normalization: str = "none"
     init: str = "fixup"
+    init_std: float | int = 0.02
     fixup_cross_attention_depth: int | None = None
     fixup_zero: str = "multiplier"
     label_smoothing: float | int = 0.0
@@ -198,6 +201,8 @@ class FixupTransformerConfig(PreTrainedConfig):
                 f"`init={self.init!r}` replaces normalization and requires `normalization='none'`, got "
                 f"`normalization={self.normalization!r}`; use `init='xavier'` for the LayerNorm baselines."
             )
+        if not self.init_std > 0:
+            raise ValueError(f"`init_std` must be > 0, got {self.init_std}.")
         if self.linear_bias and self.normalization == "none":
             raise ValueError(
                 "`linear_bias=True` is for the LayerNorm variants (`normalization='post_ln'` or 'pre_ln', e.g. "

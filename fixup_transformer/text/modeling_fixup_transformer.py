@@ -1,7 +1,7 @@
 """The Fixup encoder-decoder Transformer (Zhang, Dauphin, Ma, ICLR 2019), as a transformers model type.
 
 One code path serves the paper's model and its baselines: ``config.normalization`` places LayerNorm
-(none / post / pre) and ``config.init`` picks the initialization (fixup / t_fixup / xavier).
+(none / post / pre) and ``config.init`` picks the initialization (fixup / t_fixup / xavier / normal).
 
 Per residual branch (attention or FFN) the layer computes
 
@@ -45,7 +45,14 @@ from transformers.utils import can_return_tuple, is_torchdynamo_compiling
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from ..fixup import ScalarBias, ScalarScale, chunked_xavier_uniform_, fixup_depth_factor, zero_
+from ..fixup import (
+    ScalarBias,
+    ScalarScale,
+    chunked_normal_,
+    chunked_xavier_uniform_,
+    fixup_depth_factor,
+    zero_,
+)
 from .configuration_fixup_transformer import FixupTransformerConfig
 from .folding import scaled_shifted_linear
 
@@ -78,7 +85,7 @@ def branch_init_gains(config: FixupTransformerConfig, stack: str, branch: str) -
     fans of the authors' code, which drew q, k and v as one ``3d x d`` matrix (fairseq's ``in_proj``).
     """
     attention = branch != "ffn"
-    if config.init == "xavier":
+    if config.init in ("xavier", "normal"):
         return dict.fromkeys(("q", "k", "v", "out") if attention else ("fc1", "fc2"), 1.0)
     if config.init == "fixup":
         depth = config.fixup_depth
@@ -105,6 +112,14 @@ def branch_init_gains(config: FixupTransformerConfig, stack: str, branch: str) -
     return {"fc1": gain, "fc2": gain}
 
 
+def init_branch_weight_(config: FixupTransformerConfig, weight: torch.Tensor, gains: list[float]) -> None:
+    """The base init that the gains multiply: Xavier-uniform, or N(0, init_std) under ``init="normal"``."""
+    if config.init == "normal":
+        chunked_normal_(weight, gains, config.init_std)
+    else:
+        chunked_xavier_uniform_(weight, gains)
+
+
 def branch_multiplier_init(config: FixupTransformerConfig) -> float:
     """Initial value of each residual branch's scalar multiplier (Fixup rule 3, or its zero under rule 1)."""
     return 0.0 if config.init == "fixup" and config.fixup_zero == "multiplier" else 1.0
@@ -119,8 +134,11 @@ def t_fixup_branch_gain(config: FixupTransformerConfig, stack: str) -> float:
 def embedding_init_std(config: FixupTransformerConfig, stack: str) -> float:
     """N(0, d^-1/2) as fairseq; T-Fixup scales it by (9N)^-1/4 (encoder) or (9M)^-1/4 (decoder).
 
-    A shared embedding gets the encoder's factor, as in the T-Fixup authors' code.
+    A shared embedding gets the encoder's factor, as in the T-Fixup authors' code. ``init="normal"``: N(0,
+    init_std), as transformers' BART/Marian.
     """
+    if config.init == "normal":
+        return config.init_std
     std = config.d_model**-0.5
     if config.init == "t_fixup":
         layers = config.encoder_layers if stack == "encoder" else config.decoder_layers
@@ -276,14 +294,14 @@ class FixupAttention(nn.Module):
     def reset_parameters(self) -> None:
         gains = self.init_gains
         if self.is_cross_attention:
-            chunked_xavier_uniform_(self.q_proj.weight, [gains["q"]])
-            chunked_xavier_uniform_(self.kv_proj.weight, [gains["k"], gains["v"]])
+            init_branch_weight_(self.config, self.q_proj.weight, [gains["q"]])
+            init_branch_weight_(self.config, self.kv_proj.weight, [gains["k"], gains["v"]])
         else:
-            chunked_xavier_uniform_(self.qkv_proj.weight, [gains["q"], gains["k"], gains["v"]])
+            init_branch_weight_(self.config, self.qkv_proj.weight, [gains["q"], gains["k"], gains["v"]])
         if gains["out"] == 0.0:
             zero_(self.out_proj.weight)
         else:
-            chunked_xavier_uniform_(self.out_proj.weight, [gains["out"]])
+            init_branch_weight_(self.config, self.out_proj.weight, [gains["out"]])
         for projection in self.projections():
             zero_(projection.bias)
 
@@ -351,6 +369,7 @@ class FixupFeedForward(nn.Module):
     def __init__(self, config: FixupTransformerConfig, stack: str) -> None:
         super().__init__()
         ffn_dim = config.encoder_ffn_dim if stack == "encoder" else config.decoder_ffn_dim
+        self.config = config
         self.init_gains = branch_init_gains(config, stack, "ffn")
         self.activation = nn.ReLU() if config.activation_function == "relu" else nn.GELU()
         self.activation_dropout = config.activation_dropout
@@ -362,11 +381,11 @@ class FixupFeedForward(nn.Module):
         self.output_scale = scalar_scale(config)
 
     def reset_parameters(self) -> None:
-        chunked_xavier_uniform_(self.fc1.weight, [self.init_gains["fc1"]])
+        init_branch_weight_(self.config, self.fc1.weight, [self.init_gains["fc1"]])
         if self.init_gains["fc2"] == 0.0:
             zero_(self.fc2.weight)
         else:
-            chunked_xavier_uniform_(self.fc2.weight, [self.init_gains["fc2"]])
+            init_branch_weight_(self.config, self.fc2.weight, [self.init_gains["fc2"]])
         zero_(self.fc1.bias)
         zero_(self.fc2.bias)
 
@@ -776,14 +795,15 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
         """Fixup rule 1: an untied output projection (the classifier) starts at zero.
 
         A tied projection *is* the embedding matrix, which cannot be zero, so it keeps the embedding's
-        N(0, d^-1/2) init (the tie is applied after this runs).
+        init (the tie is applied after this runs). Untied, the baselines draw it like an embedding.
         """
         if self.config.tie_word_embeddings:
             return
         if self.config.init == "fixup":
             zero_(self.lm_head.weight)
         else:
-            hf_init.normal_(self.lm_head.weight, mean=0.0, std=self.config.d_model**-0.5)
+            std = self.config.init_std if self.config.init == "normal" else self.config.d_model**-0.5
+            hf_init.normal_(self.lm_head.weight, mean=0.0, std=std)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head

@@ -83,9 +83,12 @@ class ModelConfig:
     normalization: Literal["none", "post_ln", "pre_ln"] = field_doc(
         "none", "none = Fixup (no LayerNorm); post_ln / pre_ln = the LayerNorm baselines."
     )
-    init: Literal["fixup", "t_fixup", "xavier"] = field_doc(
-        "fixup", "fixup (the paper), t_fixup (Huang et al. 2020), xavier (standard init, with LayerNorm)."
+    init: Literal["fixup", "t_fixup", "xavier", "normal"] = field_doc(
+        "fixup",
+        "fixup (the paper), t_fixup (Huang et al. 2020); for the LayerNorm baselines xavier (fairseq's) or "
+        "normal (transformers' BART/Marian: everything N(0, init_std)).",
     )
+    init_std: float = field_doc(0.02, "Std of init normal (transformers' init_std); unused otherwise.")
     fixup_cross_attention_depth: int | None = field_doc(
         None, "Depth L for the cross-attention init; None = true L, 12 = the authors' hard-coded value."
     )
