@@ -70,8 +70,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--test-limit", type=int, default=None, help="score only the first N test sentences (smoke runs)"
     )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the recipe of every system alike, e.g. --set optim.lr=2e-3 (repeatable)",
+    )
     p.add_argument("--report-only", action="store_true", help="train nothing; print the table")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for item in args.overrides:
+        if "=" not in item:
+            p.error(f"--set expects KEY=VALUE, got {item!r}")
+    return args
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in args.overrides)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -96,6 +112,8 @@ def run_job(system: str, args: argparse.Namespace) -> dict:
         command += ["--data.test_limit", str(args.test_limit)]
     if args.max_updates is not None:
         command += ["--train.max_updates", str(args.max_updates)]
+    for key, value in recipe_overrides(args).items():
+        command += [f"--{key}", value]
     start = time.monotonic()
     subprocess.run(command, check=True, cwd=REPO)
     wall = time.monotonic() - start
@@ -185,7 +203,7 @@ def run_marian(args: argparse.Namespace) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = args.output_dir / "marian"
-    overrides = {"output_dir": str(out), "data.test_limit": args.test_limit}
+    overrides = {**recipe_overrides(args), "output_dir": str(out), "data.test_limit": args.test_limit}
     cfg = load_config(MTConfig, REPO / "configs" / CONFIGS["fixup"], overrides)
     accelerator = _accelerator()
     device = accelerator.device
