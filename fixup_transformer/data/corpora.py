@@ -129,7 +129,11 @@ def load_parallel(config: CorpusConfig, split: str) -> list[Pair]:
 
 
 def load_training_pairs(
-    config: CorpusConfig, max_len: int = 250, max_ratio: float = 1.5
+    config: CorpusConfig, max_len: int = 250, max_ratio: float = 1.5, limit: int | None = None
 ) -> tuple[list[Pair], CleaningStats]:
-    """Load the ``train`` split and clean it (see :func:`clean_pairs`); returns the kept pairs and the counts."""
-    return clean_pairs(load_parallel(config, "train"), max_len=max_len, max_ratio=max_ratio)
+    """Load the ``train`` split (its first ``limit`` pairs if given) and clean it (see :func:`clean_pairs`);
+    returns the kept pairs and the counts."""
+    pairs = load_parallel(config, "train")
+    if limit is not None:
+        pairs = pairs[:limit]
+    return clean_pairs(pairs, max_len=max_len, max_ratio=max_ratio)

@@ -9,7 +9,7 @@ Two uses:
 * **Training** (:func:`scaled_shifted_linear` with ``fold=True``): the scalars act on the weights
   (O(d^2) work) instead of on the activations (O(tokens x d) work plus one stored activation per
   scalar for the backward pass), which is cheaper in time and memory for any real batch.
-* **Inference** (:func:`fold_model_scalars`): the same map is written into the linear layers once, the
+* **Inference** (:func:`fold_into_linear`, called by each module's ``fold_scalars_()``): the same map is written into the linear layers once, the
   scalar modules become ``nn.Identity``, and ``config.scalars_folded = True`` rebuilds that layout on
   load: a plain-linear model.
 """
@@ -67,32 +67,13 @@ def scaled_shifted_linear(
 
 
 @torch.no_grad()
-def _fold_into(layer: nn.Linear, input_shift=None, output_shift=None, output_scale=None) -> None:
+def fold_into_linear(layer: nn.Linear, input_shift=None, output_shift=None, output_scale=None) -> None:
+    """Write ``output_scale * (layer(x + input_shift) + output_shift)`` into ``layer``'s weight and bias.
+
+    The modules that own the scalars call this from their ``fold_scalars_()`` and then drop the scalars.
+    """
     weight, bias = effective_weight_and_bias(layer, input_shift, output_shift, output_scale)
     if bias is None:
         bias = torch.zeros(layer.out_features, dtype=weight.dtype, device=weight.device)
     layer.weight = nn.Parameter(weight.clone())
     layer.bias = nn.Parameter(bias.clone())
-
-
-@torch.no_grad()
-def fold_model_scalars(model: nn.Module) -> None:
-    """Fold the scalars of every encoder/decoder layer of a ``FixupTransformerForConditionalGeneration``."""
-    from .modeling_fixup_transformer import FixupAttention, FixupFeedForward
-
-    if model.config.scalars_folded:
-        return
-    for module in model.modules():
-        if isinstance(module, FixupAttention):
-            _fold_into(module.q_proj if module.is_cross_attention else module.qkv_proj, module.input_shift)
-            if module.is_cross_attention:
-                _fold_into(module.kv_proj)
-            _fold_into(module.out_proj, output_scale=module.output_scale)
-            module.input_shift = module.output_scale = nn.Identity()
-        elif isinstance(module, FixupFeedForward):
-            _fold_into(module.fc1, module.input_shift, output_shift=module.activation_shift)
-            _fold_into(module.fc2, module.output_shift, output_scale=module.output_scale)
-            module.input_shift = module.activation_shift = module.output_shift = module.output_scale = (
-                nn.Identity()
-            )
-    model.config.scalars_folded = True

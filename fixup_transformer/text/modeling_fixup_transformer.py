@@ -54,7 +54,7 @@ from ..fixup import (
     zero_,
 )
 from .configuration_fixup_transformer import FixupTransformerConfig
-from .folding import scaled_shifted_linear
+from .folding import fold_into_linear, scaled_shifted_linear
 
 IGNORE_INDEX = -100  # label positions without a loss (torch's and transformers' convention)
 
@@ -309,6 +309,14 @@ class FixupAttention(nn.Module):
         inputs = [self.q_proj, self.kv_proj] if self.is_cross_attention else [self.qkv_proj]
         return [*inputs, self.out_proj]
 
+    def fold_scalars_(self) -> None:
+        """Inference: the input shift goes into the query (or QKV) projection, the multiplier into out_proj."""
+        fold_into_linear(self.q_proj if self.is_cross_attention else self.qkv_proj, self.input_shift)
+        if self.is_cross_attention:
+            fold_into_linear(self.kv_proj)
+        fold_into_linear(self.out_proj, output_scale=self.output_scale)
+        self.input_shift = self.output_scale = nn.Identity()
+
     def _split_heads(self, states: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
         batch, length, _ = states.shape
         states = states.view(batch, length, parts, self.num_heads, self.head_dim)
@@ -379,6 +387,12 @@ class FixupFeedForward(nn.Module):
         self.output_shift = scalar_bias(config)
         self.fc2 = linear(config, ffn_dim, config.d_model)
         self.output_scale = scalar_scale(config)
+
+    def fold_scalars_(self) -> None:
+        """Inference: the shifts around fc1 go into fc1, the output shift and the multiplier into fc2."""
+        fold_into_linear(self.fc1, self.input_shift, output_shift=self.activation_shift)
+        fold_into_linear(self.fc2, self.output_shift, output_scale=self.output_scale)
+        self.input_shift = self.activation_shift = self.output_shift = self.output_scale = nn.Identity()
 
     def reset_parameters(self) -> None:
         init_branch_weight_(self.config, self.fc1.weight, [self.init_gains["fc1"]])
@@ -900,15 +914,18 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
         (within fp32 rounding) with fewer element-wise ops, for inference; it is no longer a Fixup model
         for training. The stack-output scalars of the encoder/decoder (one op per sequence) are kept.
         """
-        from .folding import fold_model_scalars
-
         if self.training:
             # Folding replaces parameters: an optimizer built before it would silently stop updating them.
             raise RuntimeError(
                 "fold_scalars() is for inference and replaces the linear weights; call model.eval() first "
                 "(to keep training, train the unfolded model and fold a copy for inference)."
             )
-        fold_model_scalars(self)
+        if self.config.scalars_folded:
+            return self
+        for module in self.modules():
+            if isinstance(module, FixupAttention | FixupFeedForward):
+                module.fold_scalars_()
+        self.config.scalars_folded = True
         return self
 
 

@@ -60,10 +60,10 @@ from ..data import (
     SortedBatchSampler,
     TokenBatchSampler,
     TranslationCollator,
-    clean_pairs,
     encode_pairs,
     load_parallel,
     load_tokenizer,
+    load_training_pairs,
     save_tokenizer,
     train_tokenizer,
 )
@@ -248,8 +248,8 @@ def prepare_data(cfg: MTConfig, accelerator: Accelerator, resuming: bool = False
     """Load, clean, tokenize (training the tokenizer once, on the main process) and encode."""
     corpus = _corpus(cfg)
     log = accelerator.print
-    train_pairs = _limit(load_parallel(corpus, "train"), cfg.data.train_limit)
-    train_pairs, stats = clean_pairs(train_pairs, max_len=cfg.data.max_len, max_ratio=cfg.data.max_ratio)
+    d = cfg.data
+    train_pairs, stats = load_training_pairs(corpus, d.max_len, d.max_ratio, limit=d.train_limit)
     log(f"train: {stats}")
     valid_pairs = _limit(load_parallel(corpus, "validation"), cfg.data.valid_limit)
     test_pairs = None
