@@ -19,6 +19,14 @@ LEGACY_FIXUP_ZERO = "last_layer"  # the default until fixup_zero="multiplier" be
 FIXUP_ZEROS = ("last_layer", "multiplier")
 POSITION_EMBEDDINGS = ("sinusoidal", "learned")
 ACTIVATIONS = ("relu", "gelu")
+# The fields that take one of a few names, with their choices (validated here, listed by --help).
+CHOICES = {
+    "normalization": NORMALIZATIONS,
+    "init": INITS,
+    "fixup_zero": FIXUP_ZEROS,
+    "position_embedding": POSITION_EMBEDDINGS,
+    "activation_function": ACTIVATIONS,
+}
 
 
 @strict
@@ -168,13 +176,8 @@ class FixupTransformerConfig(PreTrainedConfig):
 
     def _validate_fixup_fields(self) -> None:
         """Reject impossible or unsupported settings with an error naming the field."""
-        require_choice("FixupTransformerConfig", "normalization", self.normalization, NORMALIZATIONS)
-        require_choice("FixupTransformerConfig", "init", self.init, INITS)
-        require_choice(
-            "FixupTransformerConfig", "position_embedding", self.position_embedding, POSITION_EMBEDDINGS
-        )
-        require_choice("FixupTransformerConfig", "activation_function", self.activation_function, ACTIVATIONS)
-        require_choice("FixupTransformerConfig", "fixup_zero", self.fixup_zero, FIXUP_ZEROS)
+        for name, allowed in CHOICES.items():
+            require_choice("FixupTransformerConfig", name, getattr(self, name), allowed)
         for name in (
             "vocab_size",
             "d_model",

@@ -58,6 +58,56 @@ def field_doc(default: Any = dataclasses.MISSING, doc: str = "", **kwargs: Any) 
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
+def docstring_args(cls: type) -> dict[str, str]:
+    """The ``Args:`` section of a Google-style class docstring (transformers' configs), as name -> text.
+
+    ``a / b: text`` documents both fields; indented continuation lines are joined.
+    """
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    in_args, indent = False, None
+    for line in (cls.__doc__ or "").splitlines():
+        stripped = line.strip()
+        if stripped == "Args:":
+            in_args = True
+            continue
+        if not in_args or not stripped:
+            continue
+        depth = len(line) - len(line.lstrip())
+        indent = depth if indent is None else indent
+        if depth < indent:
+            break
+        if depth == indent and ":" in stripped:
+            head, text = stripped.split(":", 1)
+            names = [name.strip() for name in head.split("/")]
+            for name in names:
+                docs[name] = text.strip()
+        else:
+            for name in names:
+                docs[name] += " " + stripped
+    return docs
+
+
+def config_section(
+    source: type, names: Sequence[str], choices: dict[str, tuple], section: str, module: str, doc: str
+) -> type:
+    """A config dataclass made of the fields ``names`` of the dataclass ``source`` (a transformers config):
+    the same types (``choices`` as ``Literal``), defaults and documentation (``source``'s ``Args:``), so a
+    recipe section and the model config it builds cannot drift apart. ``module``: the new class's home."""
+    source_globals = vars(sys.modules[source.__module__])
+    defaults = {f.name: f.default for f in dataclasses.fields(source)}
+    docs = docstring_args(source)
+    fields = []
+    for name in names:
+        if name in choices:
+            tp = Literal[choices[name]]
+        else:  # the class's own annotation; get_type_hints would also resolve every base class's
+            annotation = source.__annotations__[name]
+            tp = eval(annotation, source_globals) if isinstance(annotation, str) else annotation  # noqa: S307
+        fields.append((name, tp, field_doc(defaults[name], docs.get(name, ""))))
+    return dataclasses.make_dataclass(section, fields, namespace={"__doc__": doc, "__module__": module})
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Type coercion
 

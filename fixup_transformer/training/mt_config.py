@@ -13,7 +13,8 @@ import dataclasses
 from typing import Literal
 
 from ..evaluation.translate import GenerationSettings
-from .config import ConfigError, field_doc, require
+from ..text.configuration_fixup_transformer import CHOICES, FixupTransformerConfig
+from .config import ConfigError, config_section, field_doc, require
 from .optim import OptimConfig
 from .schedules import ScheduleConfig
 
@@ -57,47 +58,40 @@ class DataConfig:
     max_sentences: int | None = field_doc(None, "Optional cap on sentences per batch.")
 
 
-@dataclasses.dataclass
-class ModelConfig:
-    """Architecture (fields of FixupTransformerConfig; vocab and special ids come from the tokenizer)."""
-
-    d_model: int = field_doc(512, "Width of the residual stream.")
-    encoder_layers: int = field_doc(6, "Encoder layers.")
-    decoder_layers: int = field_doc(6, "Decoder layers.")
-    encoder_attention_heads: int = field_doc(4, "Encoder attention heads.")
-    decoder_attention_heads: int = field_doc(4, "Decoder attention heads.")
-    encoder_ffn_dim: int = field_doc(1024, "Encoder feed-forward inner width.")
-    decoder_ffn_dim: int = field_doc(1024, "Decoder feed-forward inner width.")
-    activation_function: Literal["relu", "gelu"] = field_doc("relu", "FFN activation (the paper: relu).")
-    dropout: float = field_doc(0.3, "Dropout on embeddings and residual branches (the paper's IWSLT: 0.5).")
-    attention_dropout: float = field_doc(0.0, "Dropout on attention probabilities.")
-    activation_dropout: float = field_doc(0.0, "Dropout after the FFN activation.")
-    max_position_embeddings: int = field_doc(1024, "Longest accepted sequence.")
-    position_embedding: Literal["sinusoidal", "learned"] = field_doc("sinusoidal", "Position encoding.")
-    scale_embedding: bool = field_doc(True, "Multiply token embeddings by sqrt(d_model).")
-    share_encoder_decoder_embeddings: bool = field_doc(True, "One embedding matrix for both sides.")
-    tie_word_embeddings: bool = field_doc(
-        False,
-        "Output projection = decoder input embedding (off: Fixup's zero classifier, loss ln V at init).",
-    )
-    normalization: Literal["none", "post_ln", "pre_ln"] = field_doc(
-        "none", "none = Fixup (no LayerNorm); post_ln / pre_ln = the LayerNorm baselines."
-    )
-    init: Literal["fixup", "t_fixup", "xavier", "normal"] = field_doc(
-        "fixup",
-        "fixup (the paper), t_fixup (Huang et al. 2020); for the LayerNorm baselines xavier (fairseq's) or "
-        "normal (transformers' BART/Marian: everything N(0, init_std)).",
-    )
-    init_std: float = field_doc(0.02, "Std of init normal (transformers' init_std); unused otherwise.")
-    fixup_cross_attention_depth: int | None = field_doc(
-        None, "Depth L for the cross-attention init; None = true L, 12 = the authors' hard-coded value."
-    )
-    fixup_zero: Literal["last_layer", "multiplier"] = field_doc(
-        "multiplier",
-        "Under init fixup, what starts at 0 in each branch: the multiplier (default; stable without warmup, "
-        "its gates train at optim.gate_lr_multiplier) or the last layer (the paper's rule 1; needs warmup at "
-        "d 512).",
-    )
+# The architecture section *is* FixupTransformerConfig, restricted to what a recipe chooses: the vocabulary
+# size and special token ids come from the tokenizer, the loss's label smoothing from train.label_smoothing.
+# Types, defaults and --help texts are read from the model config class, so the two cannot drift apart.
+ARCHITECTURE_FIELDS = (
+    "d_model",
+    "encoder_layers",
+    "decoder_layers",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+    "activation_function",
+    "dropout",
+    "attention_dropout",
+    "activation_dropout",
+    "max_position_embeddings",
+    "position_embedding",
+    "scale_embedding",
+    "share_encoder_decoder_embeddings",
+    "tie_word_embeddings",
+    "normalization",
+    "init",
+    "init_std",
+    "fixup_cross_attention_depth",
+    "fixup_zero",
+)
+ModelConfig = config_section(
+    FixupTransformerConfig,
+    ARCHITECTURE_FIELDS,
+    CHOICES,
+    "ModelConfig",
+    __name__,
+    "Architecture: fields of FixupTransformerConfig (vocab and special ids come from the tokenizer).",
+)
 
 
 @dataclasses.dataclass

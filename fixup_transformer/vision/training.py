@@ -47,15 +47,16 @@ class ImageTrainConfig:
     """Every field of an image-classification run (YAML keys and ``--key value`` overrides)."""
 
     # ---- model ----
-    family: Literal["cifar", "imagenet"] = field_doc(
+    # (choices from FixupResNetConfig, which validates them again when the model is built)
+    family: Literal[FixupResNetConfig.families] = field_doc(
         "cifar", "ResNet family: cifar (6n+2) or imagenet (18-152)."
     )
     depth: int = field_doc(110, "Number of layers: 6n+2 for cifar, one of 18/34/50/101/152 for imagenet.")
     width_multiplier: float = field_doc(1.0, "Multiplies all stage widths (16/32/64 for cifar).")
-    normalization: Literal["none", "batchnorm"] = field_doc(
+    normalization: Literal[FixupResNetConfig.normalizations] = field_doc(
         "none", "none = Fixup architecture (scalar biases/multipliers); batchnorm = the BN baseline."
     )
-    init: Literal["fixup", "kaiming"] = field_doc("fixup", "fixup = the Fixup rule; kaiming = plain He init.")
+    init: Literal[FixupResNetConfig.inits] = field_doc("fixup", "fixup = the Fixup rule; kaiming = plain He init.")
     # ---- data ----
     train_data: str | None = field_doc(
         None,
