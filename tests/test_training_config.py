@@ -118,3 +118,25 @@ def test_shipped_mt_configs_parse_and_twins_differ_only_in_normalization():
             cfg["model"].pop("init_std")  # read by init normal only
         assert fixup == layernorm, name
     load_config(MTConfig, configs / "tiny_test.yaml")
+
+
+def test_model_section_is_the_model_config_restricted_to_the_recipe_fields():
+    """Same defaults, choices and a --help text for every field: the section cannot drift from the model."""
+    from typing import get_args
+
+    from fixup_transformer import FixupTransformerConfig
+    from fixup_transformer.text.configuration_fixup_transformer import CHOICES
+    from fixup_transformer.training.mt_config import ARCHITECTURE_FIELDS, ModelConfig, MTConfig
+
+    model_defaults = FixupTransformerConfig()
+    section = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    assert tuple(section) == ARCHITECTURE_FIELDS
+    for name, field in section.items():
+        assert field.default == getattr(model_defaults, name), name
+        assert len(field.metadata["doc"]) > 10, name
+        if name in CHOICES:
+            assert get_args(field.type) == CHOICES[name], name
+    with pytest.raises(
+        ConfigError, match=r"model\.init.*choose one of \['fixup', 't_fixup', 'xavier', 'normal'\]"
+    ):
+        load_config(MTConfig, None, {"model.init": "kaiming"})
