@@ -170,6 +170,7 @@ def test_generated_code_is_self_contained_and_keeps_line_numbers(tmp_path):
         "modeling_fixup_transformer.py",
         "folding.py",
         "fixup.py",
+        "choices.py",  # the configs' "must be one of" check, shared with the ResNet
     }
     for name, source in files.items():
         (tmp_path / name).write_text(source, encoding="utf-8")
