@@ -43,33 +43,35 @@ def he_normal_std(fan: int) -> float:
     return math.sqrt(2.0 / fan)
 
 
+def _fill_chunks_(weight: torch.Tensor, gains: list[float], draw) -> torch.Tensor:
+    """Init a fused projection (chunks stacked along dim 0) with ``draw(chunk, gain)`` per chunk; a weight
+    loaded from a checkpoint is left alone."""
+    if getattr(weight, "_is_hf_initialized", False):
+        return weight
+    chunks = weight.detach().chunk(len(gains), dim=0)
+    values = [draw(chunk, gain) for chunk, gain in zip(chunks, gains, strict=True)]
+    return hf_init.copy_(weight, torch.cat(values, dim=0))
+
+
 def chunked_xavier_uniform_(weight: torch.Tensor, gains: list[float]) -> torch.Tensor:
     """Xavier init of a fused projection (e.g. QKV stacked along dim 0), each chunk with its own gain.
 
     Fan-in/fan-out are those of one chunk, so a fused ``3d x d`` QKV matrix is initialised exactly like
     three separate ``d x d`` projections.
     """
-    if getattr(weight, "_is_hf_initialized", False):
-        return weight
-    chunks = weight.detach().chunk(len(gains), dim=0)
-    values = []
-    for chunk, gain in zip(chunks, gains, strict=True):
+
+    def draw(chunk: torch.Tensor, gain: float) -> torch.Tensor:
         fan_out, fan_in = chunk.shape
         bound = gain * xavier_uniform_bound(fan_in, fan_out)
-        values.append(torch.empty_like(chunk).uniform_(-bound, bound))
-    return hf_init.copy_(weight, torch.cat(values, dim=0))
+        return torch.empty_like(chunk).uniform_(-bound, bound)
+
+    return _fill_chunks_(weight, gains, draw)
 
 
 def chunked_normal_(weight: torch.Tensor, gains: list[float], std: float) -> torch.Tensor:
     """N(0, std * gain) init of a fused projection, chunk by chunk (the ``init_std`` convention of BERT/BART/
     Marian in transformers, for the LayerNorm baselines)."""
-    if getattr(weight, "_is_hf_initialized", False):
-        return weight
-    chunks = weight.detach().chunk(len(gains), dim=0)
-    values = [
-        torch.empty_like(chunk).normal_(0.0, std * gain) for chunk, gain in zip(chunks, gains, strict=True)
-    ]
-    return hf_init.copy_(weight, torch.cat(values, dim=0))
+    return _fill_chunks_(weight, gains, lambda chunk, gain: torch.empty_like(chunk).normal_(0.0, std * gain))
 
 
 def scaled_he_normal_(weight: torch.Tensor, gain: float = 1.0) -> torch.Tensor:

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from fixup_transformer import paths
 
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """The real-data folder: ``$FIXUP_DATA_DIR`` if set, else ``<repo>/../shared/data``; skip if absent."""
     env = os.environ.get("FIXUP_DATA_DIR")
-    path = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    path = paths.shared_data_dir()
     if not path.is_dir():
         source = "$FIXUP_DATA_DIR" if env else "default location (set FIXUP_DATA_DIR to override)"
         pytest.skip(f"shared data not found at {path} ({source})")

@@ -9,9 +9,9 @@ Two uses:
 * **Training** (:func:`scaled_shifted_linear` with ``fold=True``): the scalars act on the weights
   (O(d^2) work) instead of on the activations (O(tokens x d) work plus one stored activation per
   scalar for the backward pass), which is cheaper in time and memory for any real batch.
-* **Inference** (:func:`fold_into_linear`, called by each module's ``fold_scalars_()``): the same map is written into the linear layers once, the
-  scalar modules become ``nn.Identity``, and ``config.scalars_folded = True`` rebuilds that layout on
-  load: a plain-linear model.
+* **Inference** (:func:`fold_into_linear`, called by each module's ``fold_scalars_()``): the same map
+  is written into the linear layers once, the scalar modules become ``nn.Identity``, and
+  ``config.scalars_folded = True`` rebuilds that layout on load: a plain-linear model.
 """
 
 from __future__ import annotations

@@ -56,7 +56,9 @@ class ImageTrainConfig:
     normalization: Literal[FixupResNetConfig.normalizations] = field_doc(
         "none", "none = Fixup architecture (scalar biases/multipliers); batchnorm = the BN baseline."
     )
-    init: Literal[FixupResNetConfig.inits] = field_doc("fixup", "fixup = the Fixup rule; kaiming = plain He init.")
+    init: Literal[FixupResNetConfig.inits] = field_doc(
+        "fixup", "fixup = the Fixup rule; kaiming = plain He init."
+    )
     # ---- data ----
     train_data: str | None = field_doc(
         None,
