@@ -145,3 +145,17 @@ def gate_parameter_names(model: nn.Module) -> list[str]:
         for name, module in model.named_modules()
         if isinstance(module, ScalarScale) and module.init_value == 0.0
     ]
+
+
+class InitsOwnedModules:
+    """Mixin for a ``PreTrainedModel`` whose ``_init_weights`` initialises a module's children from the module
+    (an attention branch its projections, a residual block its convs).
+
+    transformers treats out-of-tree models as "custom code" and then skips every module whose own
+    (non-recursive) parameter list is empty, such as those owners. Every init of this package goes through
+    `transformers.initialization` (or checks `_is_hf_initialized` itself), so loaded weights are safe without
+    that heuristic.
+    """
+
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        super()._initialize_weights(module, is_custom_code=False)

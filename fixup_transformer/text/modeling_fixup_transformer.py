@@ -17,8 +17,9 @@ Linears have no bias; the scalars take their place (the authors' fairseq ``trans
 ``normalization="none"`` the encoder output is ``(x + b) * s`` and the decoder output ``x + b``.
 In training mode the per-layer scalars act through the weights (``s * W(x + b) = (sW)x + s b W·1``, see
 ``folding.py``): the same function, without an activation-sized tensor per scalar.
-The init rules (which layer is zero, which is scaled and by how much) are in :func:`branch_init_gains`,
-the numbers themselves in :mod:`fixup_transformer.fixup`.
+The whole initialization (which layer is zero, which is scaled and by how much) is computed in one place,
+:func:`transformer_init_plan`, and applied by ``_init_weights``; the formulas live in
+:mod:`fixup_transformer.fixup`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -46,6 +48,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..fixup import (
+    InitsOwnedModules,
     ScalarBias,
     ScalarScale,
     chunked_normal_,
@@ -69,81 +72,126 @@ NO_PADDING_CHECK = (
 )
 
 # ---------------------------------------------------------------------------------------------------------
-# The init rule of each residual branch
+# The init plan: every number the initialization uses, computed from the config in one place
 # ---------------------------------------------------------------------------------------------------------
 
 # fairseq's Xavier gain for q/k/v, equal to the fans of one fused 3d x d matrix: sqrt(6 / 4d) = sqrt(6 / 2d) / sqrt(2).
 FUSED_QKV_GAIN = 2**-0.5
 
 
-def branch_init_gains(config: FixupTransformerConfig, stack: str, branch: str) -> dict[str, float]:
-    """Multipliers on the Xavier-uniform init of each weight in one residual branch; 0 means zero init.
+@dataclass(frozen=True)
+class AttentionInit:
+    """Gains on the base init of an attention branch's q, k, v and output projections; 0 = starts at zero."""
 
-    ``stack`` is ``"encoder"`` or ``"decoder"``; ``branch`` is ``"self_attn"``, ``"cross_attn"`` or
-    ``"ffn"``. Attention keys are ``q``, ``k``, ``v``, ``out``; FFN keys are ``fc1``, ``fc2``.
-    Xavier bounds are those of each ``d x d`` part of a fused projection; ``FUSED_QKV_GAIN`` restores the
-    fans of the authors' code, which drew q, k and v as one ``3d x d`` matrix (fairseq's ``in_proj``).
+    q: float
+    k: float
+    v: float
+    out: float
+    multiplier: float = 1.0  # the branch's scalar multiplier (Fixup rule 3, or rule 1's zero)
+
+
+@dataclass(frozen=True)
+class FeedForwardInit:
+    """Gains on the base init of an FFN branch's two linears; 0 = starts at zero."""
+
+    fc1: float
+    fc2: float
+    multiplier: float = 1.0
+
+
+@dataclass(frozen=True)
+class StackInit:
+    """One stack's share of the plan: its token embedding's std and the gains of each branch kind."""
+
+    embedding_std: float
+    self_attn: AttentionInit
+    ffn: FeedForwardInit
+    cross_attn: AttentionInit | None = None  # the decoder's
+
+
+@dataclass(frozen=True)
+class TransformerInitPlan:
+    """The whole initialization of a model, read by ``_init_weights``.
+
+    Every linear inside a branch is drawn from the base init (Xavier-uniform with the fans of one ``d x d``
+    part of a fused projection, or N(0, ``init_std``) under ``init="normal"``) times its gain.
     """
-    attention = branch != "ffn"
+
+    encoder: StackInit
+    decoder: StackInit
+    output_projection_std: float  # untied lm_head; 0 = starts at zero (rule 1). A tied one is the embedding.
+    learned_position_std: float
+    normal_std: float | None  # N(0, std) base init instead of Xavier-uniform (the transformers convention)
+
+
+def transformer_init_plan(config: FixupTransformerConfig) -> TransformerInitPlan:
+    """The init of ``config.init``, top to bottom: baselines, Fixup (the paper), T-Fixup (Huang et al. 2020)."""
+    d = config.d_model
     if config.init in ("xavier", "normal"):
-        return dict.fromkeys(("q", "k", "v", "out") if attention else ("fc1", "fc2"), 1.0)
+        # Baselines: plain Xavier (fairseq) or N(0, init_std) (BART/Marian in transformers) everywhere.
+        std = config.init_std if config.init == "normal" else d**-0.5
+        attention, ffn = AttentionInit(1.0, 1.0, 1.0, 1.0), FeedForwardInit(1.0, 1.0)
+        stack = StackInit(std, attention, ffn)
+        return TransformerInitPlan(
+            encoder=stack,
+            decoder=replace(stack, cross_attn=attention),
+            output_projection_std=std,
+            learned_position_std=d**-0.5,
+            normal_std=config.init_std if config.init == "normal" else None,
+        )
     if config.init == "fixup":
-        depth = config.fixup_depth
-        if branch == "cross_attn" and config.fixup_cross_attention_depth is not None:
-            depth = config.fixup_cross_attention_depth
-        # Rule 2: L^(-1/(2m-2)), m = 4 weights in an attention branch (q, k, v, out), m = 2 in the FFN.
-        # Rule 1: the branch's last layer starts at 0, or (fixup_zero="multiplier") keeps the scaled init
-        # while the branch multiplier starts at 0 instead (see FixupTransformerConfig.fixup_zero).
-        gain = fixup_depth_factor(depth, layers_per_branch=4 if attention else 2)
-        last = gain if config.fixup_zero == "multiplier" else 0.0
-        if attention:
-            return {
-                "q": gain * FUSED_QKV_GAIN,
-                "k": gain * FUSED_QKV_GAIN,
-                "v": gain * FUSED_QKV_GAIN,
-                "out": last,
-            }
-        return {"fc1": gain, "fc2": last}
-    # T-Fixup (Huang et al., 2020): value/output projections and the FFN scaled by g; q and k keep
-    # fairseq's 1/sqrt(2) gain, as in the T-Fixup reference code.
-    gain = t_fixup_branch_gain(config, stack)
-    if attention:
-        return {"q": FUSED_QKV_GAIN, "k": FUSED_QKV_GAIN, "v": gain, "out": gain}
-    return {"fc1": gain, "fc2": gain}
+        # Rule 2: in-branch weights x L^(-1/(2m-2)), m = 4 in attention (q, k, v, out), m = 2 in the FFN.
+        # Rule 1: each branch's last layer starts at 0, or (fixup_zero="multiplier", the default) keeps the
+        # scaled init while the branch multiplier starts at 0 instead; the untied classifier starts at 0.
+        zero_multiplier = config.fixup_zero == "multiplier"
+        multiplier = 0.0 if zero_multiplier else 1.0
+
+        def attention(depth: int) -> AttentionInit:
+            gain = fixup_depth_factor(depth, layers_per_branch=4)
+            qkv = gain * FUSED_QKV_GAIN
+            return AttentionInit(qkv, qkv, qkv, out=gain if zero_multiplier else 0.0, multiplier=multiplier)
+
+        ffn_gain = fixup_depth_factor(config.fixup_depth, layers_per_branch=2)
+        ffn = FeedForwardInit(ffn_gain, fc2=ffn_gain if zero_multiplier else 0.0, multiplier=multiplier)
+        stack = StackInit(d**-0.5, attention(config.fixup_depth), ffn)
+        cross_depth = config.fixup_cross_attention_depth
+        cross_depth = config.fixup_depth if cross_depth is None else cross_depth
+        return TransformerInitPlan(
+            encoder=stack,
+            decoder=replace(stack, cross_attn=attention(cross_depth)),
+            output_projection_std=0.0,
+            learned_position_std=d**-0.5,
+            normal_std=None,
+        )
+    # T-Fixup: value/output projections, the FFN and the embeddings scaled per stack; q and k keep fairseq's
+    # 1/sqrt(2) gain, as in the T-Fixup reference code. A shared embedding takes the encoder's factor.
+    encoder_gain = 0.67 * config.encoder_layers ** (-0.25)
+    decoder_gain = (9 * config.decoder_layers) ** (-0.25)
+
+    def t_fixup_stack(gain: float, embedding_factor: float, cross: bool) -> StackInit:
+        attention = AttentionInit(FUSED_QKV_GAIN, FUSED_QKV_GAIN, gain, gain)
+        return StackInit(
+            d**-0.5 * embedding_factor, attention, FeedForwardInit(gain, gain), attention if cross else None
+        )
+
+    return TransformerInitPlan(
+        encoder=t_fixup_stack(encoder_gain, (9 * config.encoder_layers) ** (-0.25), cross=False),
+        decoder=t_fixup_stack(decoder_gain, (9 * config.decoder_layers) ** (-0.25), cross=True),
+        output_projection_std=d**-0.5,
+        learned_position_std=d**-0.5,
+        normal_std=None,
+    )
 
 
-def init_branch_weight_(config: FixupTransformerConfig, weight: torch.Tensor, gains: list[float]) -> None:
-    """The base init that the gains multiply: Xavier-uniform, or N(0, init_std) under ``init="normal"``."""
-    if config.init == "normal":
-        chunked_normal_(weight, gains, config.init_std)
+def init_branch_linear_(linear: nn.Linear, gains: list[float], normal_std: float | None) -> None:
+    """Draw one branch linear (a fused one chunk by chunk) from the base init times its gains."""
+    if not any(gains):
+        zero_(linear.weight)
+    elif normal_std is not None:
+        chunked_normal_(linear.weight, gains, normal_std)
     else:
-        chunked_xavier_uniform_(weight, gains)
-
-
-def branch_multiplier_init(config: FixupTransformerConfig) -> float:
-    """Initial value of each residual branch's scalar multiplier (Fixup rule 3, or its zero under rule 1)."""
-    return 0.0 if config.init == "fixup" and config.fixup_zero == "multiplier" else 1.0
-
-
-def t_fixup_branch_gain(config: FixupTransformerConfig, stack: str) -> float:
-    if stack == "encoder":
-        return 0.67 * config.encoder_layers ** (-0.25)
-    return (9 * config.decoder_layers) ** (-0.25)
-
-
-def embedding_init_std(config: FixupTransformerConfig, stack: str) -> float:
-    """N(0, d^-1/2) as fairseq; T-Fixup scales it by (9N)^-1/4 (encoder) or (9M)^-1/4 (decoder).
-
-    A shared embedding gets the encoder's factor, as in the T-Fixup authors' code. ``init="normal"``: N(0,
-    init_std), as transformers' BART/Marian.
-    """
-    if config.init == "normal":
-        return config.init_std
-    std = config.d_model**-0.5
-    if config.init == "t_fixup":
-        layers = config.encoder_layers if stack == "encoder" else config.decoder_layers
-        std *= (9 * layers) ** (-0.25)
-    return std
+        chunked_xavier_uniform_(linear.weight, gains)
+    zero_(linear.bias)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -156,9 +204,9 @@ def scalar_bias(config: FixupTransformerConfig) -> nn.Module:
     return nn.Identity() if config.scalars_folded else ScalarBias()
 
 
-def scalar_scale(config: FixupTransformerConfig) -> nn.Module:
+def scalar_scale(config: FixupTransformerConfig, init_value: float) -> nn.Module:
     """A Fixup branch multiplier, or the identity once folded."""
-    return nn.Identity() if config.scalars_folded else ScalarScale(branch_multiplier_init(config))
+    return nn.Identity() if config.scalars_folded else ScalarScale(init_value)
 
 
 def linear(config: FixupTransformerConfig, in_features: int, out_features: int) -> nn.Linear:
@@ -219,22 +267,15 @@ def position_embeddings(config: FixupTransformerConfig) -> nn.Module:
 
 
 class FixupTokenEmbedding(nn.Embedding):
-    """Token embedding that knows its own init std (which depends on the stack under T-Fixup)."""
+    """Token embedding that carries its std from the init plan (it depends on the stack under T-Fixup)."""
 
-    def __init__(self, config: FixupTransformerConfig, stack: str) -> None:
-        rows = config.vocab_size if stack == "encoder" else config.target_vocab_size
-        super().__init__(rows, config.d_model, padding_idx=config.pad_token_id)
-        self.init_std = embedding_init_std(config, stack)
+    def __init__(self, config: FixupTransformerConfig, num_embeddings: int, init_std: float) -> None:
+        super().__init__(num_embeddings, config.d_model, padding_idx=config.pad_token_id)
+        self.init_std = init_std
 
     def reset_parameters(self) -> None:
-        # nn.Embedding.__init__ calls this before `init_std` exists; the real init runs from post_init().
-        init_std = getattr(self, "init_std", None)
-        if init_std is None or getattr(self.weight, "_is_hf_initialized", False):
-            return
-        hf_init.normal_(self.weight, mean=0.0, std=init_std)
-        if self.padding_idx is not None:
-            with torch.no_grad():
-                self.weight[self.padding_idx].zero_()
+        """Nothing here: the model's ``_init_weights`` draws the table (nn.Embedding's own N(0, 1) draw would
+        only be overwritten)."""
 
 
 def eager_attention_forward(
@@ -266,24 +307,28 @@ class FixupAttention(nn.Module):
     """
 
     def __init__(
-        self, config: FixupTransformerConfig, stack: str, cross_attention: bool, layer_idx: int | None
+        self,
+        config: FixupTransformerConfig,
+        num_heads: int,
+        init: AttentionInit,
+        causal: bool,
+        cross_attention: bool = False,
+        layer_idx: int | None = None,
     ) -> None:
         super().__init__()
-        heads = config.encoder_attention_heads if stack == "encoder" else config.decoder_attention_heads
         d = config.d_model
         self.config = config
-        self.num_heads = heads
-        self.head_dim = d // heads
+        self.num_heads = num_heads
+        self.head_dim = d // num_heads
         self.scaling = self.head_dim**-0.5
         self.dropout = config.attention_dropout
         self.is_cross_attention = cross_attention
-        # Read by transformers' sdpa integration: only the decoder's self-attention is causal.
-        self.is_causal = stack == "decoder" and not cross_attention
+        self.is_causal = causal  # read by transformers' sdpa integration
         self.layer_idx = layer_idx
-        self.init_gains = branch_init_gains(config, stack, "cross_attn" if cross_attention else "self_attn")
+        self.init_gains = init
 
         self.input_shift = scalar_bias(config)
-        self.output_scale = scalar_scale(config)  # the branch multiplier, applied through out_proj
+        self.output_scale = scalar_scale(config, init.multiplier)  # applied through out_proj
         if cross_attention:
             self.q_proj = linear(config, d, d)
             self.kv_proj = linear(config, d, 2 * d)
@@ -291,19 +336,14 @@ class FixupAttention(nn.Module):
             self.qkv_proj = linear(config, d, 3 * d)
         self.out_proj = linear(config, d, d)
 
-    def reset_parameters(self) -> None:
-        gains = self.init_gains
+    def projections_with_gains(self) -> list[tuple[nn.Linear, list[float]]]:
+        """Each projection with the init gain of each of its fused parts, in the order they are drawn."""
+        g = self.init_gains
         if self.is_cross_attention:
-            init_branch_weight_(self.config, self.q_proj.weight, [gains["q"]])
-            init_branch_weight_(self.config, self.kv_proj.weight, [gains["k"], gains["v"]])
+            inputs = [(self.q_proj, [g.q]), (self.kv_proj, [g.k, g.v])]
         else:
-            init_branch_weight_(self.config, self.qkv_proj.weight, [gains["q"], gains["k"], gains["v"]])
-        if gains["out"] == 0.0:
-            zero_(self.out_proj.weight)
-        else:
-            init_branch_weight_(self.config, self.out_proj.weight, [gains["out"]])
-        for projection in self.projections():
-            zero_(projection.bias)
+            inputs = [(self.qkv_proj, [g.q, g.k, g.v])]
+        return [*inputs, (self.out_proj, [g.out])]
 
     def projections(self) -> list[nn.Linear]:
         inputs = [self.q_proj, self.kv_proj] if self.is_cross_attention else [self.qkv_proj]
@@ -374,11 +414,9 @@ class FixupFeedForward(nn.Module):
     """``s * fc2(dropout(act(fc1(x + b1) + b2)) + b3)``: bias-free linears, a scalar bias before each op,
     and the branch multiplier ``s``."""
 
-    def __init__(self, config: FixupTransformerConfig, stack: str) -> None:
+    def __init__(self, config: FixupTransformerConfig, ffn_dim: int, init: FeedForwardInit) -> None:
         super().__init__()
-        ffn_dim = config.encoder_ffn_dim if stack == "encoder" else config.decoder_ffn_dim
-        self.config = config
-        self.init_gains = branch_init_gains(config, stack, "ffn")
+        self.init_gains = init
         self.activation = nn.ReLU() if config.activation_function == "relu" else nn.GELU()
         self.activation_dropout = config.activation_dropout
         self.input_shift = scalar_bias(config)
@@ -386,7 +424,7 @@ class FixupFeedForward(nn.Module):
         self.activation_shift = scalar_bias(config)
         self.output_shift = scalar_bias(config)
         self.fc2 = linear(config, ffn_dim, config.d_model)
-        self.output_scale = scalar_scale(config)
+        self.output_scale = scalar_scale(config, init.multiplier)
 
     def fold_scalars_(self) -> None:
         """Inference: the shifts around fc1 go into fc1, the output shift and the multiplier into fc2."""
@@ -394,14 +432,8 @@ class FixupFeedForward(nn.Module):
         fold_into_linear(self.fc2, self.output_shift, output_scale=self.output_scale)
         self.input_shift = self.activation_shift = self.output_shift = self.output_scale = nn.Identity()
 
-    def reset_parameters(self) -> None:
-        init_branch_weight_(self.config, self.fc1.weight, [self.init_gains["fc1"]])
-        if self.init_gains["fc2"] == 0.0:
-            zero_(self.fc2.weight)
-        else:
-            init_branch_weight_(self.config, self.fc2.weight, [self.init_gains["fc2"]])
-        zero_(self.fc1.bias)
-        zero_(self.fc2.bias)
+    def projections_with_gains(self) -> list[tuple[nn.Linear, list[float]]]:
+        return [(self.fc1, [self.init_gains.fc1]), (self.fc2, [self.init_gains.fc2])]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         fold = self.training  # see scaled_shifted_linear
@@ -440,11 +472,12 @@ class ResidualConnection(nn.Module):
 
 
 class FixupEncoderLayer(GradientCheckpointingLayer):
-    def __init__(self, config: FixupTransformerConfig, layer_idx: int) -> None:
+    def __init__(self, config: FixupTransformerConfig, layer_idx: int, init: StackInit) -> None:
         super().__init__()
-        self.self_attn = FixupAttention(config, "encoder", cross_attention=False, layer_idx=layer_idx)
+        heads = config.encoder_attention_heads
+        self.self_attn = FixupAttention(config, heads, init.self_attn, causal=False, layer_idx=layer_idx)
         self.self_attn_residual = ResidualConnection(config)
-        self.ffn = FixupFeedForward(config, "encoder")
+        self.ffn = FixupFeedForward(config, config.encoder_ffn_dim, init.ffn)
         self.ffn_residual = ResidualConnection(config)
 
     def forward(
@@ -459,13 +492,16 @@ class FixupEncoderLayer(GradientCheckpointingLayer):
 
 
 class FixupDecoderLayer(GradientCheckpointingLayer):
-    def __init__(self, config: FixupTransformerConfig, layer_idx: int) -> None:
+    def __init__(self, config: FixupTransformerConfig, layer_idx: int, init: StackInit) -> None:
         super().__init__()
-        self.self_attn = FixupAttention(config, "decoder", cross_attention=False, layer_idx=layer_idx)
+        heads = config.decoder_attention_heads
+        self.self_attn = FixupAttention(config, heads, init.self_attn, causal=True, layer_idx=layer_idx)
         self.self_attn_residual = ResidualConnection(config)
-        self.encoder_attn = FixupAttention(config, "decoder", cross_attention=True, layer_idx=layer_idx)
+        self.encoder_attn = FixupAttention(
+            config, heads, init.cross_attn, causal=False, cross_attention=True, layer_idx=layer_idx
+        )
         self.encoder_attn_residual = ResidualConnection(config)
-        self.ffn = FixupFeedForward(config, "decoder")
+        self.ffn = FixupFeedForward(config, config.decoder_ffn_dim, init.ffn)
         self.ffn_residual = ResidualConnection(config)
 
     def forward(
@@ -515,7 +551,7 @@ class StackOutput(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 
 
-class FixupTransformerPreTrainedModel(PreTrainedModel):
+class FixupTransformerPreTrainedModel(InitsOwnedModules, PreTrainedModel):
     config: FixupTransformerConfig
     config_class = FixupTransformerConfig
     base_model_prefix = "model"
@@ -526,29 +562,36 @@ class FixupTransformerPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
 
-    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
-        # transformers treats out-of-tree models as "custom code" and then skips modules whose own
-        # (non-recursive) parameter list is empty, such as FixupAttention. Every init below goes through
-        # `transformers.initialization` (or checks `_is_hf_initialized` itself), so loaded weights are
-        # safe without that heuristic.
-        super()._initialize_weights(module, is_custom_code=False)
-
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # Every module that owns weights initialises itself from the rule it was built with; plain
-        # nn.Linear children are handled by their owner (attention / FFN / output projection), so the
-        # generic normal(0.02) init of transformers never touches them.
-        if isinstance(
-            module, FixupAttention | FixupFeedForward | FixupTokenEmbedding | ScalarBias | ScalarScale
-        ):
+        # The init plan applied module by module. Branches and embeddings carry their share of the plan
+        # from construction (they differ per stack); plain nn.Linear children are drawn by their owner, so
+        # transformers' generic N(0, 0.02) init never touches them.
+        plan = transformer_init_plan(self.config)
+        if isinstance(module, FixupAttention | FixupFeedForward):
+            for linear, gains in module.projections_with_gains():
+                init_branch_linear_(linear, gains, plan.normal_std)
+        elif isinstance(module, FixupTokenEmbedding):
+            if not getattr(module.weight, "_is_hf_initialized", False):
+                hf_init.normal_(module.weight, mean=0.0, std=module.init_std)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, ScalarBias | ScalarScale):
             module.reset_parameters()
         elif isinstance(module, FixupLearnedPositions):
-            hf_init.normal_(module.weight, mean=0.0, std=self.config.d_model**-0.5)
+            hf_init.normal_(module.weight, mean=0.0, std=plan.learned_position_std)
         elif isinstance(module, nn.LayerNorm):
             hf_init.ones_(module.weight)
             hf_init.zeros_(module.bias)
-        elif isinstance(module, FixupTransformerForConditionalGeneration):
-            module.reset_output_projection()
+        elif (
+            isinstance(module, FixupTransformerForConditionalGeneration)
+            and not self.config.tie_word_embeddings
+        ):
+            # A tied output projection *is* the embedding (the tie is applied after this runs).
+            if plan.output_projection_std == 0.0:
+                zero_(module.lm_head.weight)  # Fixup rule 1: the classifier starts at zero
+            else:
+                hf_init.normal_(module.lm_head.weight, mean=0.0, std=plan.output_projection_std)
 
     def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
         # transformers resizes the input embedding (the encoder's) and the output projection; with
@@ -576,15 +619,21 @@ class FixupTransformerStack(FixupTransformerPreTrainedModel):
     """What the encoder and decoder share: token and position embeddings, the layers, the stack output."""
 
     def __init__(
-        self, config: FixupTransformerConfig, stack: str, layer_class: type, num_layers: int
+        self,
+        config: FixupTransformerConfig,
+        layer_class: type,
+        num_layers: int,
+        vocab_size: int,
+        init: StackInit,
+        output_scale: bool,
     ) -> None:
         super().__init__(config)
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.embed_tokens = FixupTokenEmbedding(config, stack)
+        self.embed_tokens = FixupTokenEmbedding(config, vocab_size, init.embedding_std)
         self.embed_positions = position_embeddings(config)
-        self.layers = nn.ModuleList([layer_class(config, i) for i in range(num_layers)])
+        self.layers = nn.ModuleList([layer_class(config, i, init) for i in range(num_layers)])
         # Fixup's encoder output is (x + b) * s, its decoder output x + b.
-        self.output = StackOutput(config, with_scale=stack == "encoder")
+        self.output = StackOutput(config, with_scale=output_scale)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -622,7 +671,8 @@ class FixupTransformerEncoder(FixupTransformerStack):
     _can_record_outputs = {"hidden_states": FixupEncoderLayer, "attentions": FixupAttention}
 
     def __init__(self, config: FixupTransformerConfig) -> None:
-        super().__init__(config, "encoder", FixupEncoderLayer, config.encoder_layers)
+        init = transformer_init_plan(config).encoder
+        super().__init__(config, FixupEncoderLayer, config.encoder_layers, config.vocab_size, init, True)
 
     @merge_with_config_defaults
     @capture_outputs
@@ -654,7 +704,10 @@ class FixupTransformerDecoder(FixupTransformerStack):
     }
 
     def __init__(self, config: FixupTransformerConfig) -> None:
-        super().__init__(config, "decoder", FixupDecoderLayer, config.decoder_layers)
+        init = transformer_init_plan(config).decoder
+        super().__init__(
+            config, FixupDecoderLayer, config.decoder_layers, config.target_vocab_size, init, False
+        )
 
     @merge_with_config_defaults
     @capture_outputs
@@ -721,7 +774,8 @@ class FixupTransformerModel(FixupTransformerPreTrainedModel):
     def __init__(self, config: FixupTransformerConfig) -> None:
         super().__init__(config)
         if config.share_encoder_decoder_embeddings:
-            self.shared = FixupTokenEmbedding(config, "encoder")
+            std = transformer_init_plan(config).encoder.embedding_std  # T-Fixup: the encoder's factor
+            self.shared = FixupTokenEmbedding(config, config.vocab_size, std)
             self._tied_weights_keys = {
                 "encoder.embed_tokens.weight": "shared.weight",
                 "decoder.embed_tokens.weight": "shared.weight",
@@ -804,20 +858,6 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
             source = "shared" if config.share_encoder_decoder_embeddings else "decoder.embed_tokens"
             self._tied_weights_keys = {"lm_head.weight": f"model.{source}.weight"}
         self.post_init()
-
-    def reset_output_projection(self) -> None:
-        """Fixup rule 1: an untied output projection (the classifier) starts at zero.
-
-        A tied projection *is* the embedding matrix, which cannot be zero, so it keeps the embedding's
-        init (the tie is applied after this runs). Untied, the baselines draw it like an embedding.
-        """
-        if self.config.tie_word_embeddings:
-            return
-        if self.config.init == "fixup":
-            zero_(self.lm_head.weight)
-        else:
-            std = self.config.init_std if self.config.init == "normal" else self.config.d_model**-0.5
-            hf_init.normal_(self.lm_head.weight, mean=0.0, std=std)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head

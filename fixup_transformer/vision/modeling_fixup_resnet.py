@@ -8,8 +8,10 @@ Architecture follows the authors' ``fixup_resnet_cifar.py`` / ``fixup_resnet_ima
 With ``normalization="batchnorm"`` the very same blocks become conv-BN-ReLU blocks: the Fixup scalars are
 ``nn.Identity`` and the BN modules real, so both models run one forward code path.
 
-This file only *labels* layers: each conv carries ``fixup_gain`` (0 for branch-final, the depth factor for
-in-branch, 1 otherwise) and ``_init_weights`` hands the numbers to :mod:`fixup_transformer.fixup`.
+The init plan, as timm's ``resnet.py`` states it: each block names its in-branch convs and its branch-final
+layer and has ``zero_init_last()``; the model's ``_init_weights`` draws every conv with He init, scales the
+in-branch ones by Fixup's depth factor and calls ``zero_init_last()`` (the numbers come from
+:mod:`fixup_transformer.fixup`).
 """
 
 from __future__ import annotations
@@ -27,28 +29,21 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import PreTrainedModel
 
-from ..fixup import ScalarBias, ScalarScale, fixup_depth_factor, scaled_he_normal_, zero_
+from ..fixup import InitsOwnedModules, ScalarBias, ScalarScale, fixup_depth_factor, scaled_he_normal_, zero_
 from .configuration_fixup_resnet import FixupResNetConfig
 
 # ---------------------------------------------------------------------------------------------------------
-# Layer factories: they record each layer's role for `_init_weights`.
+# Layer factories
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, gain: float = 1.0) -> nn.Conv2d:
-    """Bias-free conv (biases are scalar Fixup biases or BN shifts), tagged with its init gain."""
-    conv = nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False)
-    conv.fixup_gain = gain
-    return conv
+def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    """Bias-free conv: the biases are scalar Fixup biases or BN shifts."""
+    return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False)
 
 
-def _norm(config: FixupResNetConfig, channels: int, branch_final: bool = False) -> nn.Module:
-    if config.normalization != "batchnorm":
-        return nn.Identity()
-    bn = nn.BatchNorm2d(channels)
-    # Zero-init of the branch's last BN weight is the BatchNorm analogue of Fixup rule 1 (Goyal et al. 2017).
-    bn.fixup_zero = branch_final and config.init == "fixup"
-    return bn
+def _norm(config: FixupResNetConfig, channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels) if config.normalization == "batchnorm" else nn.Identity()
 
 
 def _bias(config: FixupResNetConfig) -> nn.Module:
@@ -57,17 +52,6 @@ def _bias(config: FixupResNetConfig) -> nn.Module:
 
 def _scale(config: FixupResNetConfig) -> nn.Module:
     return ScalarScale() if config.normalization == "none" else nn.Identity()
-
-
-def _branch_gains(config: FixupResNetConfig) -> tuple[float, float]:
-    """(in-branch gain, branch-final gain) for the configured init."""
-    if config.init == "kaiming":
-        return 1.0, 1.0
-    in_branch = fixup_depth_factor(config.num_blocks, config.layers_per_branch)
-    # With BatchNorm the branch-final *BN weight* is zeroed; zeroing the conv before a BN would make the
-    # normalized output 0/sqrt(eps) with exploding gradients.
-    final = 0.0 if config.normalization == "none" else 1.0
-    return in_branch, final
 
 
 class SubsamplePadShortcut(nn.Module):
@@ -97,22 +81,47 @@ def _shortcut(config: FixupResNetConfig, in_ch: int, out_ch: int, stride: int) -
 # ---------------------------------------------------------------------------------------------------------
 
 
-class FixupBasicBlock(GradientCheckpointingLayer):
+class ResidualBlock(GradientCheckpointingLayer):
+    """What both block kinds tell the init: their in-branch convs and their branch-final layer."""
+
+    def in_branch_convs(self) -> list[nn.Conv2d]:
+        raise NotImplementedError
+
+    def last_conv_and_norm(self) -> tuple[nn.Conv2d, nn.Module]:
+        raise NotImplementedError
+
+    def shortcut_conv(self) -> nn.Conv2d | None:
+        """The ImageNet projection shortcut's 1x1 conv (outside the branch: plain He init under every scheme)."""
+        return self.shortcut[0] if isinstance(self.shortcut, nn.Sequential) else None
+
+    def zero_init_last(self) -> None:
+        """Rule 1: the branch starts at zero. With BatchNorm the last BN's weight is zeroed instead (Goyal et
+        al. 2017): zeroing the conv in front of a BN would make its output 0 / sqrt(eps), with exploding
+        gradients."""
+        conv, norm = self.last_conv_and_norm()
+        zero_(norm.weight if isinstance(norm, nn.BatchNorm2d) else conv.weight)
+
+
+class FixupBasicBlock(ResidualBlock):
     """Two 3x3 convs (m = 2): conv1 in-branch (x L^-1/2 under Fixup), conv2 branch-final (0)."""
 
     def __init__(self, config: FixupResNetConfig, in_ch: int, width: int, stride: int) -> None:
         super().__init__()
-        in_gain, final_gain = _branch_gains(config)
         self.bias1a, self.conv1, self.norm1, self.bias1b = (
             _bias(config),
-            _conv(in_ch, width, 3, stride, in_gain),
+            _conv(in_ch, width, 3, stride),
             _norm(config, width),
             _bias(config),
         )
-        self.bias2a, self.conv2 = _bias(config), _conv(width, width, 3, 1, final_gain)
-        self.norm2 = _norm(config, width, branch_final=True)
+        self.bias2a, self.conv2, self.norm2 = _bias(config), _conv(width, width, 3), _norm(config, width)
         self.scale, self.bias2b = _scale(config), _bias(config)
         self.shortcut = _shortcut(config, in_ch, width, stride)
+
+    def in_branch_convs(self) -> list[nn.Conv2d]:
+        return [self.conv1]
+
+    def last_conv_and_norm(self) -> tuple[nn.Conv2d, nn.Module]:
+        return self.conv2, self.norm2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xb = self.bias1a(x)
@@ -122,29 +131,33 @@ class FixupBasicBlock(GradientCheckpointingLayer):
         return F.relu(out + identity)
 
 
-class FixupBottleneck(GradientCheckpointingLayer):
+class FixupBottleneck(ResidualBlock):
     """1x1 -> 3x3 -> 1x1 (m = 3): conv1, conv2 in-branch (x L^-1/4 under Fixup), conv3 branch-final (0)."""
 
     def __init__(self, config: FixupResNetConfig, in_ch: int, width: int, stride: int) -> None:
         super().__init__()
-        in_gain, final_gain = _branch_gains(config)
         out_ch = width * 4
         self.bias1a, self.conv1, self.norm1, self.bias1b = (
             _bias(config),
-            _conv(in_ch, width, 1, 1, in_gain),
+            _conv(in_ch, width, 1),
             _norm(config, width),
             _bias(config),
         )
         self.bias2a, self.conv2, self.norm2, self.bias2b = (
             _bias(config),
-            _conv(width, width, 3, stride, in_gain),
+            _conv(width, width, 3, stride),
             _norm(config, width),
             _bias(config),
         )
-        self.bias3a, self.conv3 = _bias(config), _conv(width, out_ch, 1, 1, final_gain)
-        self.norm3 = _norm(config, out_ch, branch_final=True)
+        self.bias3a, self.conv3, self.norm3 = _bias(config), _conv(width, out_ch, 1), _norm(config, out_ch)
         self.scale, self.bias3b = _scale(config), _bias(config)
         self.shortcut = _shortcut(config, in_ch, out_ch, stride)
+
+    def in_branch_convs(self) -> list[nn.Conv2d]:
+        return [self.conv1, self.conv2]
+
+    def last_conv_and_norm(self) -> tuple[nn.Conv2d, nn.Module]:
+        return self.conv3, self.norm3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xb = self.bias1a(x)
@@ -197,7 +210,7 @@ class FixupStage(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 
 
-class FixupResNetPreTrainedModel(PreTrainedModel):
+class FixupResNetPreTrainedModel(InitsOwnedModules, PreTrainedModel):
     config: FixupResNetConfig
     config_class = FixupResNetConfig
     base_model_prefix = "resnet"
@@ -208,17 +221,26 @@ class FixupResNetPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # Every branch goes through `transformers.initialization` (via fixup.py), which skips tensors
-        # loaded from a checkpoint: from_pretrained never re-initializes trained weights.
-        if isinstance(module, nn.Conv2d):
-            gain = getattr(module, "fixup_gain", 1.0)
-            if gain == 0.0:
-                zero_(module.weight)
-            else:
-                scaled_he_normal_(module.weight, gain)
-            zero_(module.bias)
+        # The whole init plan. transformers calls this on children before their parents (so a block's
+        # BatchNorms are set before the block zeroes its last one), and every initializer goes through
+        # `transformers.initialization`, which skips tensors loaded from a checkpoint.
+        if isinstance(module, ResidualBlock):
+            fixup = self.config.init == "fixup"
+            # Rule 2: in-branch convs x L^(-1/(2m-2)); the Kaiming baseline keeps plain He init.
+            gain = fixup_depth_factor(self.config.num_blocks, self.config.layers_per_branch) if fixup else 1.0
+            for conv in module.in_branch_convs():
+                scaled_he_normal_(conv.weight, gain)
+            last_conv, _ = module.last_conv_and_norm()
+            if not (fixup and self.config.normalization == "none"):
+                scaled_he_normal_(last_conv.weight)  # (a Fixup conv that rule 1 zeroes is not drawn)
+            if module.shortcut_conv() is not None:
+                scaled_he_normal_(module.shortcut_conv().weight)
+            if fixup:
+                module.zero_init_last()  # rule 1
+        elif isinstance(module, FixupStem):
+            scaled_he_normal_(module.conv.weight)
         elif isinstance(module, nn.BatchNorm2d):
-            (hf_init.zeros_ if getattr(module, "fixup_zero", False) else hf_init.ones_)(module.weight)
+            hf_init.ones_(module.weight)
             hf_init.zeros_(module.bias)
             hf_init.zeros_(module.running_mean)
             hf_init.ones_(module.running_var)
