@@ -3,7 +3,7 @@
     accelerate launch scripts/train_image.py --config configs/cifar10_resnet110.yaml [--key value ...]
     python scripts/train_image.py --help        # every config field with its documentation
 
-All logic lives in ``fixup_transformer.vision.training``; ``fixup_transformer.cli.train_image`` (installed as
+All logic lives in ``fixup_transformer.training.image``; ``fixup_transformer.cli.train_image`` (installed as
 the ``fixup-train-image`` command) reports the project's own errors as one line, exit code 2 (usage) or 1.
 """
 

@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from process_helpers import run_process_group, two_cpu_processes
 from safetensors.torch import load_file
 
 import fixup_transformer.vision as V
 from fixup_transformer.training.config import ConfigError, load_config
+from fixup_transformer.training.image_config import ImageTrainConfig
 from fixup_transformer.training.optim import OptimConfig, build_optimizer
 from fixup_transformer.vision.augment import normalize
 from fixup_transformer.vision.data import load_images
-from fixup_transformer.vision.training import ImageTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO / "configs" / "cifar10_resnet20_cpu.yaml"
@@ -92,7 +93,7 @@ def _run(args: list[str], launcher: list[str]) -> subprocess.CompletedProcess:
 
 
 def _epoch_records(path: Path) -> list[dict]:
-    drop = {"img_per_s", "train_seconds"}
+    drop = {"img_per_s", "train_seconds", "time_breakdown"}
     records = [json.loads(line) for line in path.read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in drop} for r in records]
 
@@ -159,3 +160,37 @@ def test_train_image_script_end_to_end_with_exact_resume(shared_data_dir, tmp_pa
         .numpy()
     )
     assert predictions[0]["label"] in V.CIFAR10_CLASSES
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_and_stop_together_on_the_time_budget(shared_data_dir, tmp_path):
+    """Global batch split over 2 gloo processes (crops, flips and mixup too) = one process with the whole
+    batch; a time budget stops both ranks at the same update, one where they agree (a multiple of
+    log_interval)."""
+    common = [
+        "--config", str(CPU_CONFIG), "--train_data", str(shared_data_dir / "cifar10"),
+        "--depth", "8", "--width_multiplier", "0.25", "--train_samples", "256", "--test_samples", "64",
+        "--batch_size", "64", "--epochs", "2", "--progress_bar", "false", "--num_threads", "1",
+        "--cpu", "true", "--max_minutes", "null", "--log_interval", "3", "--mixup_alpha", "0.7",
+    ]  # fmt: skip
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    script = str(REPO / "scripts" / "train_image.py")
+    two = tmp_path / "two"
+    returncode, stderr = run_process_group(
+        [*launch, *two_cpu_processes(), script, *common, "--output_dir", str(two)], 300
+    )
+    assert returncode == 0, stderr[-3000:]
+    one = tmp_path / "one"
+    result = _run([*common, "--output_dir", str(one)], [sys.executable])
+    assert result.returncode == 0, result.stderr[-3000:]
+    a = load_file(str(one / "final" / "model.safetensors"))
+    b = load_file(str(two / "final" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+    budget = tmp_path / "budget"
+    overrides = ["--epochs", "50", "--max_minutes", "0.01", "--output_dir", str(budget)]
+    returncode, stderr = run_process_group([*launch, *two_cpu_processes(), script, *common, *overrides], 300)
+    assert returncode == 0, stderr[-3000:]
+    final = [json.loads(line) for line in (budget / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["stopped_early"] == "max_minutes" and final["step"] % 3 == 0, final

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from process_helpers import OFFLINE_ENV, run_process_group, two_cpu_processes
 from safetensors.torch import load_file
 
 from fixup_transformer.data import CorpusConfig, load_parallel
@@ -29,12 +27,6 @@ from fixup_transformer.training.schedules import schedule_multiplier
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny_test.yaml"
-OFFLINE_ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 
 
 def tiny_config(multi30k: Path, output_dir: Path, **overrides) -> MTConfig:
@@ -187,32 +179,6 @@ def test_train_script_rejects_unknown_key(tmp_path):
     assert "unknown config key 'optim.learning_rate'" in proc.stderr and str(bad) in proc.stderr
 
 
-def run_process_group(cmd: list[str], timeout: float) -> tuple[int, str]:
-    """Run ``cmd`` in its own session; on timeout kill the whole group (launcher *and* its workers)."""
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=OFFLINE_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        _, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        pytest.fail(f"{cmd[:6]} timed out after {timeout}s:\n{stderr[-3000:]}")
-    return proc.returncode, stderr
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_training_matches_single_process(multi30k, tmp_path):
     """DDP over gloo (2 CPU processes) = one process accumulating the same two batches per update."""
@@ -220,8 +186,7 @@ def test_two_process_training_matches_single_process(multi30k, tmp_path):
     dist = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        *two_cpu_processes(),
         str(Path(__file__).with_name("mt_distributed_worker.py")),
         "--config", str(TINY), "--data.data_dir", str(multi30k), "--output_dir", str(dist), *overrides,
     ]  # fmt: skip

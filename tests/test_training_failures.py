@@ -200,8 +200,8 @@ def test_run_lock_refuses_a_second_holder_and_reports_a_stale_one(tmp_path):
 
 def test_image_training_refuses_a_locked_output_dir(tmp_path):
     from fixup_transformer.training.config import load_config
-    from fixup_transformer.vision.training import ImageTrainConfig
-    from fixup_transformer.vision.training import train as train_image
+    from fixup_transformer.training.image import train as train_image
+    from fixup_transformer.training.image_config import ImageTrainConfig
 
     cfg = load_config(ImageTrainConfig, None, {"output_dir": str(tmp_path), "depth": "8", "epochs": "1"})
     with RunLock(tmp_path), pytest.raises(RunLockedError, match="is in use by another run"):
@@ -359,8 +359,8 @@ def test_one_channel_images_and_bad_labels_are_refused_naming_the_file(shared_da
     gray = tmp_path / "gray.npz"
     np.savez(gray, x=x.mean(axis=-1, keepdims=True).astype(np.uint8), y=y, classes=classes)  # 32x32x1
     from fixup_transformer.training.errors import run_script
+    from fixup_transformer.training.image import main as train_image
     from fixup_transformer.vision.data import load_npz
-    from fixup_transformer.vision.training import main as train_image
 
     with pytest.raises(ImageDataError, match=rf"{re.escape(str(gray))}: images have 1 channel\(s\)"):
         load_npz(gray)

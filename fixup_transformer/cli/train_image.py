@@ -4,13 +4,13 @@
     accelerate launch scripts/train_image.py --config configs/cifar10_resnet110.yaml
     fixup-train-image --help        # every config field with its documentation
 
-The training itself lives in :mod:`fixup_transformer.vision.training`; ``scripts/train_image.py`` is a thin
+The training itself lives in :mod:`fixup_transformer.training.image`; ``scripts/train_image.py`` is a thin
 wrapper around this module.
 """
 
 from ..training.errors import run_script
+from ..training.image import main as train_main
 from ..training.process import exit_process
-from ..vision.training import main as train_main
 
 
 def main(argv=None) -> int:

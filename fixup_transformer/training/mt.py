@@ -100,30 +100,20 @@ from .process import keep_alive
 from .resume import check_resume_config, format_changes
 from .runlock import lock_run_dir
 from .schedules import build_scheduler
+from .state import TrainerState, improves, out_of_time
 from .step_guard import StepAccumulator, optimizer_step_unless
 from .wallclock import WallClock
 
 
 @dataclasses.dataclass
-class TrainerState:
-    """Counters saved as ``trainer_state.json`` in every checkpoint (everything else is Accelerate's)."""
+class MTTrainerState(TrainerState):
+    """The shared counters plus the MT loop's own (saved as ``trainer_state.json``)."""
 
-    step: int = 0  # optimizer updates applied
-    epoch: int = 0  # 0-based epoch in progress
-    batches_done: int = 0  # batches of ``epoch`` this rank has consumed (identical on all ranks)
     skipped_steps: int = 0  # fp16 updates skipped for gradient overflow
-    train_seconds: float = 0.0  # wall-clock training time over all segments (for max_minutes)
     target_tokens: int = 0  # target tokens trained on, all processes
     best_metric: float | None = None
     best_step: int | None = None
     last_valid_step: int | None = None
-    # Seconds per phase of training (data, steps, validation, checkpoints, exports), over all segments.
-    time_breakdown: dict[str, float] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainerState:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclasses.dataclass
@@ -466,7 +456,7 @@ class MTTrainer:
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.max_updates)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=accelerator.is_main_process)
-        self.state = TrainerState()
+        self.state = MTTrainerState()
         self._saved_step: int | None = None  # update of the checkpoint this process saved or resumed last
         if resume is not None:
             self._resume(resume, changes)
@@ -528,7 +518,7 @@ class MTTrainer:
         # The optimizer's hyper-parameters and the scheduler's base lrs are part of the checkpoint; keep the
         # new config's, so that a changed lr or schedule really applies.
         fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        self.state = TrainerState.from_dict(load_training_checkpoint(self.accelerator, path))
+        self.state = MTTrainerState.from_dict(load_training_checkpoint(self.accelerator, path))
         self._saved_step = self.state.step
         self.metrics.truncate_after(self.state.step)
         self.accelerator.print(
@@ -592,13 +582,9 @@ class MTTrainer:
         t = self.cfg.train
         if t.max_updates is not None and self.state.step >= t.max_updates:
             return "max_updates"  # the same on every process
-        out_of_time = t.max_minutes is not None and elapsed >= 60 * t.max_minutes
-        if self.accelerator.num_processes == 1:
-            return "max_minutes" if out_of_time else None
-        if not agree:
+        if not agree and self.accelerator.num_processes > 1:
             return None
-        flag = torch.full((1,), 1.0 if out_of_time else 0.0, device=self.accelerator.device)
-        return "max_minutes" if self.accelerator.reduce(flag, "max").item() > 0 else None
+        return "max_minutes" if out_of_time(self.accelerator, elapsed, t.max_minutes) else None
 
     def _save(self) -> None:
         with self.clock.section("checkpoints"):
@@ -651,8 +637,7 @@ class MTTrainer:
         self.state.last_valid_step = self.state.step
         self._last_valid = (self.state.step, result)  # for the model card of an export at this step
         value, higher = _metric(self.cfg, result)
-        best = self.state.best_metric
-        improved = best is None or (value > best if higher else value < best)
+        improved = improves(value, self.state.best_metric, higher)
         if improved:
             self.state.best_metric, self.state.best_step = value, self.state.step
             self._export("best", result)
@@ -863,8 +848,7 @@ class MTTrainer:
             summary["averaged_valid"] = result
             self._export("averaged", {"averaged": [p.name for p in paths], **result})
             value, higher = _metric(cfg, result)
-            best = self.state.best_metric
-            averaged_better = best is None or (value > best if higher else value < best)
+            averaged_better = improves(value, self.state.best_metric, higher)
         test_model = cfg.eval.test_model
         if test_model == "auto":  # chosen on validation, never on test
             test_model = "averaged" if averaged_better else "best"

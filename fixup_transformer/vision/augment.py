@@ -54,11 +54,21 @@ def mixup(
     targets = F.one_hot(labels, num_classes).float()
     if alpha <= 0:
         return images, targets
-    # torch's Beta sampler takes no generator; derive a NumPy generator from ours to stay reproducible.
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-    perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
+    lam, perm = draw_mixup(images.shape[0], alpha, generator)
+    perm = perm.to(images.device)
     return lam * images + (1 - lam) * images[perm], lam * targets + (1 - lam) * targets[perm]
 
 
-__all__ = ["normalize", "random_crop_flip", "mixup"]
+def draw_mixup(batch_size: int, alpha: float, generator: torch.Generator) -> tuple[float, torch.Tensor]:
+    """The random part of :func:`mixup`: ``lam ~ Beta(alpha, alpha)`` and each example's partner.
+
+    Drawn for a whole (global) batch, it lets each process mix only its own share of that batch and still
+    get exactly what one process mixing the whole batch would.
+    """
+    # torch's Beta sampler takes no generator; derive a NumPy generator from ours to stay reproducible.
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    return lam, torch.randperm(batch_size, generator=generator)
+
+
+__all__ = ["normalize", "random_crop_flip", "mixup", "draw_mixup"]

@@ -1,0 +1,394 @@
+"""The image-classification training loop behind ``scripts/train_image.py`` (Accelerate, SGD, mixup).
+
+It has the MT loop's shape (:mod:`fixup_transformer.training.mt`): a trainer object that holds the run,
+a ``TrainerState`` saved with every checkpoint, the time budget decided together by all processes
+(``state.out_of_time``), a wall-clock breakdown per phase, and :meth:`ImageTrainer.fit` /
+:meth:`ImageTrainer.finish`.
+
+- **Exact resume**: data are held as uint8 tensors and batches are drawn from a permutation seeded by
+  ``(seed, epoch)``; crops, flips and mixup use a generator seeded by ``(seed, epoch, batch)``. Resuming a
+  checkpoint taken anywhere (end of epoch, ``stop_after_steps``, time budget) replays exactly the batches
+  an uninterrupted run would have seen.
+- **``batch_size`` is the global batch**: each process takes every ``world``-th example of it, so the
+  schedule does not depend on the number of processes.
+- **No host read per step**: the epoch's loss sum stays on the device and is read every ``log_interval``
+  updates (the progress bar) and at the end of the epoch, where a non-finite loss stops the run before a
+  checkpoint of broken weights is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..hub import add_remote_code
+from ..paths import shared_data_dir
+from ..vision.augment import draw_mixup, normalize, random_crop_flip
+from ..vision.data import ImageArrays, load_images
+from ..vision.image_processing_fixup_resnet import FixupResNetImageProcessor
+from ..vision.modeling_fixup_resnet import FixupResNetForImageClassification
+from .checkpoint import (
+    export_pretrained,
+    find_resume_checkpoint,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
+from .config import ConfigError, dump_config, dump_yaml, parse_config
+from .errors import ImageDataError, NonFiniteLossError
+from .image_config import ImageTrainConfig
+from .metrics import MetricsWriter
+from .optim import build_optimizer
+from .runlock import lock_run_dir
+from .schedules import build_scheduler
+from .state import TrainerState, out_of_time
+from .wallclock import WallClock
+
+
+@dataclasses.dataclass
+class ImageTrainerState(TrainerState):
+    """The shared counters plus the epoch's running training loss (this process's share)."""
+
+    loss_sum: float = 0.0
+    loss_count: int = 0
+
+
+def _generator(*keys: int) -> torch.Generator:
+    # A fresh generator per (seed, epoch[, batch]): reproducible regardless of what ran before.
+    seed = 0
+    for k in keys:
+        seed = (seed * 1_000_003 + int(k)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def _resolve_source(source: str | None) -> str:
+    return source if source else str(shared_data_dir() / "cifar10")
+
+
+def load_data(cfg: ImageTrainConfig) -> tuple[ImageArrays, ImageArrays]:
+    """The train and test images of ``cfg``; they must agree on classes and image shape."""
+    train_source = _resolve_source(cfg.train_data)
+    test_source = _resolve_source(cfg.test_data or cfg.train_data)
+    train = load_images(train_source, "train").subset(cfg.train_samples)
+    test = load_images(test_source, "test").subset(cfg.test_samples)
+    if test.classes != train.classes:
+        raise ImageDataError(
+            f"class names differ: {train.classes} in {train_source} vs {test.classes} in {test_source}"
+        )
+    if test.images.shape[1:] != train.images.shape[1:]:
+        raise ImageDataError(
+            f"train images are {train.images.shape[1:]} ({train_source}), test images "
+            f"{test.images.shape[1:]} ({test_source})"
+        )
+    return train, test
+
+
+@torch.no_grad()
+def evaluate_top1(model, images: torch.Tensor, labels: torch.Tensor, accelerator, mean, std, cfg) -> float:
+    """Top-1 accuracy over this process's share of the data, summed over processes."""
+    model.eval()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    images, labels = images[rank::world], labels[rank::world]
+    correct = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    total = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    for start in range(0, len(labels), cfg.eval_batch_size):
+        x = normalize(images[start : start + cfg.eval_batch_size].to(accelerator.device), mean, std)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            logits = model(pixel_values=x).logits
+        y = labels[start : start + cfg.eval_batch_size].to(accelerator.device)
+        correct += (logits.argmax(-1) == y).sum()
+        total += y.numel()
+    model.train()
+    correct, total = accelerator.reduce(correct, "sum"), accelerator.reduce(total, "sum")
+    return float(correct) / max(1, int(total))
+
+
+class ImageTrainer:
+    """Holds the run's objects; :meth:`fit` trains, :meth:`finish` evaluates and exports."""
+
+    def __init__(self, cfg: ImageTrainConfig):
+        from accelerate import Accelerator
+
+        cfg.validate()
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
+        self.lock = lock_run_dir(self.out, self.accelerator, log=self.accelerator.print)  # before any write
+        try:
+            self._setup()
+        except BaseException:
+            self.close()  # the lock must not outlive a failed start
+            raise
+
+    def _setup(self) -> None:
+        from accelerate.utils import set_seed
+
+        cfg, acc = self.cfg, self.accelerator
+        set_seed(cfg.seed)
+        train, test = load_data(cfg)
+        model_config = cfg.model_config(train.classes, image_size=train.images.shape[1])
+        model = FixupResNetForImageClassification(model_config)
+        self.processor = FixupResNetImageProcessor.for_config(model_config)
+        self.num_labels = model_config.num_labels
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        (self.train_x, self.train_y), (self.test_x, self.test_y) = train.tensors(), test.tensors()
+        self.steps_per_epoch = len(self.train_y) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(self.train_y)} training images")
+        if cfg.batch_size % acc.num_processes:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} must divide evenly over {acc.num_processes} processes"
+            )
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        optimizer = build_optimizer(model, cfg.optim)
+        self.scheduler = build_scheduler(optimizer, cfg.schedule_config(self.steps_per_epoch), cfg.optim.lr)
+        # The scheduler is deliberately not `prepare`d (Accelerate would step it once per process);
+        # it is registered so that save_state/load_state include it.
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        acc.register_for_checkpointing(self.scheduler)
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=acc.is_main_process)
+        self.state = ImageTrainerState()
+        self._resume()
+        self.clock = WallClock(self.state.time_breakdown)
+        if acc.is_main_process:
+            dump_config(cfg, self.out / "config.yaml")
+        self.config_yaml = dump_yaml(cfg)
+        self.last_eval: tuple[int, float] | None = None  # (update, test top-1) of the newest evaluation
+
+    def _resume(self) -> None:
+        resume = "auto" if self.cfg.resume in ("true", "True") else self.cfg.resume
+        path, _ = find_resume_checkpoint(resume, self.out, log=self.accelerator.print)  # skips unusable ones
+        if path is None:
+            return
+        self.state = ImageTrainerState.from_dict(load_training_checkpoint(self.accelerator, path))
+        self.metrics.truncate_after(self.state.step)
+        self.accelerator.print(f"resumed from {path} at update {self.state.step} (epoch {self.state.epoch})")
+
+    def close(self) -> None:
+        """Release the output_dir lock (idempotent; process exit releases it too)."""
+        self.lock.release()
+
+    # -- training --------------------------------------------------------------------------------------
+
+    def fit(self) -> str | None:
+        """Train until the epochs are done or a budget stops it; returns the reason (None: all epochs)."""
+        cfg, state = self.cfg, self.state
+        self._segment = (time.monotonic(), state.train_seconds)
+        self.model.train()
+        stop = None
+        while state.epoch < cfg.epochs and stop is None:
+            stop = self._train_epoch()
+            if state.batches_done == self.steps_per_epoch:
+                self._end_epoch()
+            with self.clock.section("checkpoints"):
+                self._save_checkpoint()
+        return stop
+
+    def _train_epoch(self) -> str | None:
+        """The rest of the current epoch, or until a budget stops it (the reason)."""
+        from tqdm.auto import tqdm
+
+        cfg, acc, state = self.cfg, self.accelerator, self.state
+        perm = torch.randperm(len(self.train_y), generator=_generator(cfg.seed, state.epoch))
+        self._loss_sum = torch.full((), state.loss_sum, dtype=torch.float64, device=acc.device)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=state.batches_done,
+            desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.progress_bar and acc.is_local_main_process),
+            dynamic_ncols=True,
+        )
+        stop, window_start = None, time.monotonic()
+        for b in range(state.batches_done, self.steps_per_epoch):
+            with self.clock.section("data"):
+                x, labels = self._batch(perm, b)
+            with self.clock.section("steps"):
+                self._step(x, labels)
+            state.batches_done, state.loss_count = b + 1, state.loss_count + 1
+            state.step += 1
+            start, prior = self._segment
+            state.train_seconds = prior + time.monotonic() - start
+            bar.update(1)
+            log = state.step % cfg.log_interval == 0
+            if log:
+                rate = cfg.log_interval * cfg.batch_size / max(time.monotonic() - window_start, 1e-9)
+                bar.set_postfix(
+                    loss=f"{self._epoch_loss():.3f}",
+                    lr=f"{self.scheduler.get_last_lr()[0]:.4g}",
+                    img_s=f"{rate:.0f}",
+                )
+                window_start = time.monotonic()
+            stop = self._budget_stop(agree=log)
+            if stop:
+                break
+        bar.close()
+        state.loss_sum = float(self._loss_sum)
+        return stop
+
+    def _batch(self, perm: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's share of batch ``b`` of the epoch, augmented, on the device.
+
+        The random draws (crops, flips, mixup partners) are made for the whole global batch and then
+        sliced, so that a run gives the same updates on any number of processes.
+        """
+        cfg, acc = self.cfg, self.accelerator
+        idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        gen = _generator(cfg.seed, self.state.epoch, b)
+        images = random_crop_flip(self.train_x[idx], gen, cfg.crop_padding, cfg.hflip)  # uint8, small
+        labels = self.train_y[idx]
+        share = slice(acc.process_index, None, acc.num_processes)
+        x, y = self._to_device(images[share]), labels[share].to(acc.device)
+        if cfg.mixup_alpha > 0:
+            lam, partner = draw_mixup(len(idx), cfg.mixup_alpha, gen)
+            x = lam * x + (1 - lam) * self._to_device(images[partner][share])
+            targets = F.one_hot(y, self.num_labels).float()
+            partner_targets = F.one_hot(labels[partner][share].to(acc.device), self.num_labels).float()
+            y = lam * targets + (1 - lam) * partner_targets
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> normalized floats on the device (the copy stays uint8: 4x less to move)."""
+        return normalize(
+            images.to(self.accelerator.device), self.processor.image_mean, self.processor.image_std
+        )
+
+    def _step(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        with self.accelerator.autocast():
+            loss = self.model(pixel_values=x, labels=labels).loss
+        self.accelerator.backward(loss)
+        if self.cfg.optim.clip_norm > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._loss_sum += loss.detach().to(torch.float64)
+
+    def _epoch_loss(self) -> float:
+        """Mean training loss of the epoch so far (one host read); a non-finite one stops the run."""
+        loss = float(self._loss_sum) / max(1, self.state.loss_count)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss}) in epoch {self.state.epoch + 1}, by update "
+                f"{self.state.step}; nothing was saved since. Lower optim.lr or add warmup_epochs."
+            )
+        return loss
+
+    def _budget_stop(self, agree: bool) -> str | None:
+        """Why training must pause or stop after this update, or None (the same verdict on every process)."""
+        cfg, step = self.cfg, self.state.step
+        if step >= self.total_steps:
+            return None  # the last update: the epochs are done, not a budget
+        if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
+            return "stop_after_steps"
+        if (agree or self.accelerator.num_processes == 1) and out_of_time(
+            self.accelerator, self.state.train_seconds, cfg.max_minutes
+        ):
+            return "max_minutes"
+        return None
+
+    def _end_epoch(self) -> None:
+        """Record the finished epoch (and evaluate when due); reset the epoch counters."""
+        cfg, state = self.cfg, self.state
+        state.loss_sum = float(self._loss_sum)
+        train_loss = self._epoch_loss()
+        epoch = state.epoch + 1
+        state.epoch, state.batches_done, state.loss_sum, state.loss_count = epoch, 0, 0.0, 0
+        record = {
+            "kind": "epoch",
+            "epoch": epoch,
+            "step": state.step,
+            "train_loss": train_loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "img_per_s": state.step * cfg.batch_size / max(state.train_seconds, 1e-9),
+            "train_seconds": state.train_seconds,
+            "time_breakdown": self.clock.rounded(),
+        }
+        if epoch % cfg.eval_every_epochs == 0 or epoch == cfg.epochs:
+            record["test_top1"] = self._evaluate()
+        self.metrics.write(record)
+        self.accelerator.print(
+            f"epoch {epoch}: train loss {train_loss:.4f}"
+            + (f", test top-1 {100 * record['test_top1']:.2f}%" if "test_top1" in record else "")
+        )
+
+    def _evaluate(self) -> float:
+        with self.clock.section("evaluation"):
+            mean, std = self.processor.image_mean, self.processor.image_std
+            top1 = evaluate_top1(self.model, self.test_x, self.test_y, self.accelerator, mean, std, self.cfg)
+        self.last_eval = (self.state.step, top1)
+        return top1
+
+    def _save_checkpoint(self) -> None:
+        save_training_checkpoint(
+            self.accelerator,
+            self.out / "checkpoints",
+            self.state.step,
+            dataclasses.asdict(self.state),
+            self.config_yaml,
+            keep_last=self.cfg.keep_checkpoints,
+        )
+
+    # -- end of training -------------------------------------------------------------------------------
+
+    def finish(self, stop: str | None) -> dict:
+        """Test top-1 of the final weights, the ``final`` HF export and the summary record."""
+        acc, state = self.accelerator, self.state
+        if stop == "stop_after_steps":
+            acc.print(f"paused at update {state.step}; continue with --resume")
+            return {"kind": "paused", "step": state.step}
+        top1 = self.last_eval[1] if self.last_eval and self.last_eval[0] == state.step else self._evaluate()
+        final = {
+            "kind": "final",
+            "epoch": state.epoch,
+            "step": state.step,
+            "test_top1": top1,
+            "train_seconds": state.train_seconds,
+            "time_breakdown": self.clock.rounded(),
+            "stopped_early": stop,
+        }
+        self.metrics.write(final)
+        if acc.is_main_process:
+            model = acc.unwrap_model(self.model)
+            with self.clock.section("exports"):
+                export_pretrained(
+                    model.to(memory_format=torch.contiguous_format),
+                    self.out / "final",
+                    tokenizer=self.processor,
+                    config_yaml=self.config_yaml,
+                    extra_json=final,
+                    # Model code + auto_map beside the weights: loads with trust_remote_code=True without
+                    # this package.
+                    finalize=lambda tmp: add_remote_code(tmp, model.config),
+                )
+        acc.wait_for_everyone()
+        acc.print(f"final test top-1 {100 * top1:.2f}% -> {self.out / 'final'}")
+        acc.print(f"time: {self.clock.summary(state.train_seconds)}")
+        return final
+
+
+def train(cfg: ImageTrainConfig) -> dict:
+    """Run (or resume) training as configured; returns the final metrics record."""
+    trainer = ImageTrainer(cfg)
+    try:
+        return trainer.finish(trainer.fit())
+    finally:
+        trainer.close()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Entry point of ``scripts/train_image.py``: ``--config FILE.yaml`` plus ``--key value`` overrides."""
+    return train(parse_config(ImageTrainConfig, argv, prog="train_image.py"))
+
+
+__all__ = ["ImageTrainConfig", "ImageTrainer", "ImageTrainerState", "train", "main", "evaluate_top1"]

@@ -1,0 +1,52 @@
+"""What both training loops (MT and image) agree on: their saved counters and when a budget is spent."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+# Keys that older checkpoints used for a field that has since been renamed.
+_LEGACY_KEYS = {"batch_in_epoch": "batches_done"}  # image checkpoints before the loops shared a state
+
+
+@dataclasses.dataclass
+class TrainerState:
+    """Counters saved as ``trainer_state.json`` in every checkpoint (everything else is Accelerate's).
+
+    Each loop extends it with its own counters (``MTTrainerState``, ``ImageTrainerState``).
+    """
+
+    step: int = 0  # optimizer updates applied
+    epoch: int = 0  # 0-based epoch in progress
+    batches_done: int = 0  # batches of ``epoch`` consumed (identical on all ranks)
+    train_seconds: float = 0.0  # wall-clock training time over all segments (for max_minutes)
+    # Seconds per phase of training (data, steps, validation, checkpoints, exports), over all segments.
+    time_breakdown: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {_LEGACY_KEYS.get(k, k): v for k, v in values.items()}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def out_of_time(accelerator: Accelerator, elapsed_seconds: float, max_minutes: float | None) -> bool:
+    """Whether the time budget is spent, decided *together* by all processes.
+
+    Clocks differ between processes, so each one deciding alone could stop them at different updates (and
+    hang the next collective). With several processes this is a max-reduce, i.e. a host read: call it at
+    log boundaries, not every step.
+    """
+    spent = max_minutes is not None and elapsed_seconds >= 60 * max_minutes
+    if accelerator.num_processes == 1:
+        return spent
+    flag = torch.full((1,), 1.0 if spent else 0.0, device=accelerator.device)
+    return accelerator.reduce(flag, "max").item() > 0
+
+
+def improves(value: float, best: float | None, higher_is_better: bool) -> bool:
+    """Whether ``value`` beats ``best`` (None: nothing to beat yet)."""
+    return best is None or (value > best if higher_is_better else value < best)
