@@ -24,14 +24,14 @@ import pytest
 from accelerate import Accelerator
 from test_train_mt_e2e import OFFLINE_ENV, REPO, TINY, load_script, tiny_config, train_losses
 
-from fixup_transformer.training import mt
-from fixup_transformer.training.checkpoint import checkpoint_problem, list_checkpoints
-from fixup_transformer.training.errors import (
+from fixup_transformer.errors import (
     CheckpointError,
     ImageDataError,
     ResumeMismatchError,
     RunLockedError,
 )
+from fixup_transformer.training import mt
+from fixup_transformer.training.checkpoint import checkpoint_problem, list_checkpoints
 from fixup_transformer.training.metrics import read_metrics
 from fixup_transformer.training.runlock import LOCK_FILE, RunLock
 from fixup_transformer.training.schedules import schedule_multiplier
@@ -358,7 +358,7 @@ def test_one_channel_images_and_bad_labels_are_refused_naming_the_file(shared_da
         x, y, classes = real["x"][:64], real["y"][:64], real["classes"]
     gray = tmp_path / "gray.npz"
     np.savez(gray, x=x.mean(axis=-1, keepdims=True).astype(np.uint8), y=y, classes=classes)  # 32x32x1
-    from fixup_transformer.training.errors import run_script
+    from fixup_transformer.errors import run_script
     from fixup_transformer.training.image import main as train_image
     from fixup_transformer.vision.data import load_npz
 

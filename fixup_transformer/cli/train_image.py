@@ -8,7 +8,7 @@ The training itself lives in :mod:`fixup_transformer.training.image`; ``scripts/
 wrapper around this module.
 """
 
-from ..training.errors import run_script
+from ..errors import run_script
 from ..training.image import main as train_main
 from ..training.process import exit_process
 

@@ -8,8 +8,8 @@ Every option is a field of fixup_transformer.training.mt_config.MTConfig (``--he
 ``scripts/train_mt.py`` is a thin wrapper around this module.
 """
 
+from ..errors import run_script
 from ..training.config import parse_config
-from ..training.errors import run_script
 from ..training.mt import train
 from ..training.mt_config import MTConfig
 from ..training.process import exit_process
@@ -18,7 +18,7 @@ from ..training.process import exit_process
 def main(argv=None) -> int:
     """Exit codes: 0 done (or already complete), 2 usage/config/data errors, 1 the run failed (e.g. NaN).
 
-    The project's own errors print as one ``error: ...`` line (``training/errors.py``); others are bugs
+    The project's own errors print as one ``error: ...`` line (``errors.py``); others are bugs
     and keep their traceback.
     """
     return run_script(_train, argv)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import USAGE_EXIT_CODE, ModelDirError
 from ..training.checkpoint import TRAINING_CONFIG_FILE, atomic_write_text
-from ..training.errors import USAGE_EXIT_CODE, ModelDirError
 
 
 class InputError(ValueError):

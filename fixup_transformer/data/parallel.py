@@ -11,11 +11,9 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+from ..errors import CorpusError
+
 Pair = tuple[str, str]
-
-
-class CorpusError(ValueError):
-    """A corpus file is missing, empty, undecodable or misaligned with its counterpart."""
 
 
 def find_split_file(data_dir: str | Path, stem: str, lang: str) -> Path:

@@ -73,7 +73,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 def check_model_dir(model_dir: str | Path) -> Path:
     """The local model directory, or :class:`ModelDirError` saying what is missing (before any guessing
     at Hub ids or languages, which gave misleading errors)."""
-    from ..training.errors import ModelDirError
+    from ..errors import ModelDirError
 
     path = Path(model_dir)
     if not path.is_dir():

@@ -164,6 +164,23 @@ class FixupTransformerConfig(PreTrainedConfig):
         return diff
 
     @property
+    def branch_scalars(self) -> bool:
+        """Where Fixup's scalars exist (rule 3), stated once for every part of the model.
+
+        Each residual branch carries its scalar biases and multiplier as modules in *every* variant, the
+        LayerNorm baselines too, so that the twins differ only in normalization and init; ``fold_scalars()``
+        then moves them into the linears' biases. The stack outputs carry Fixup's output bias (and the
+        encoder's multiplier) only without LayerNorm: see :attr:`stack_output_scalars`.
+        """
+        return not self.scalars_folded
+
+    @property
+    def stack_output_scalars(self) -> bool:
+        """Fixup's bias (and encoder multiplier) at the end of each stack: only with ``normalization="none"``
+        (a normalized stack ends in a LayerNorm)."""
+        return self.normalization == "none"
+
+    @property
     def fixup_depth(self) -> int:
         """Number of residual branches `L`: 2 per encoder layer (attention, FFN), 3 per decoder layer."""
         return 2 * self.encoder_layers + 3 * self.decoder_layers

@@ -201,12 +201,12 @@ def init_branch_linear_(linear: nn.Linear, gains: list[float], normal_std: float
 
 def scalar_bias(config: FixupTransformerConfig) -> nn.Module:
     """A Fixup scalar bias, or the identity once the scalars have been folded into the linears."""
-    return nn.Identity() if config.scalars_folded else ScalarBias()
+    return ScalarBias() if config.branch_scalars else nn.Identity()
 
 
 def scalar_scale(config: FixupTransformerConfig, init_value: float) -> nn.Module:
     """A Fixup branch multiplier, or the identity once folded."""
-    return nn.Identity() if config.scalars_folded else ScalarScale(init_value)
+    return ScalarScale(init_value) if config.branch_scalars else nn.Identity()
 
 
 def linear(config: FixupTransformerConfig, in_features: int, out_features: int) -> nn.Linear:
@@ -538,9 +538,8 @@ class StackOutput(nn.Module):
     def __init__(self, config: FixupTransformerConfig, with_scale: bool) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(config.d_model) if config.normalization == "pre_ln" else nn.Identity()
-        fixup_scalars = config.normalization == "none"
-        self.shift = ScalarBias() if fixup_scalars else nn.Identity()
-        self.scale = ScalarScale() if fixup_scalars and with_scale else nn.Identity()
+        self.shift = ScalarBias() if config.stack_output_scalars else nn.Identity()
+        self.scale = ScalarScale() if config.stack_output_scalars and with_scale else nn.Identity()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.scale(self.shift(self.norm(hidden_states)))

@@ -29,14 +29,12 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from ..errors import ConfigError
+
 T = TypeVar("T")
 
 COMMAND_LINE = "the command line"
 """Source name used in error messages for ``--key value`` overrides."""
-
-
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or gives a value of the wrong type."""
 
 
 def require(ok: bool, key: str, value: Any, requirement: str) -> None:

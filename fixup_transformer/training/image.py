@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import ImageDataError, NonFiniteLossError
 from ..hub import add_remote_code
 from ..paths import shared_data_dir
 from ..vision.augment import draw_mixup, normalize, random_crop_flip
@@ -39,7 +40,6 @@ from .checkpoint import (
     save_training_checkpoint,
 )
 from .config import ConfigError, dump_config, dump_yaml, parse_config
-from .errors import ImageDataError, NonFiniteLossError
 from .image_config import ImageTrainConfig
 from .metrics import MetricsWriter
 from .optim import build_optimizer

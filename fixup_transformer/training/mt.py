@@ -67,6 +67,7 @@ from ..data import (
     save_tokenizer,
     train_tokenizer,
 )
+from ..errors import NonFiniteLossError, ResumeMismatchError
 from ..evaluation.bleu import corpus_scores, format_scores, sacrebleu_score, scores_to_json
 from ..evaluation.translate import GenerationSettings, translate_corpus
 from ..hardware import resolve_mixed_precision
@@ -89,7 +90,6 @@ from .checkpoint import (
     save_training_checkpoint,
 )
 from .config import ConfigError, dump_yaml, to_dict
-from .errors import NonFiniteLossError, ResumeMismatchError
 from .hub_export import complete_mt_export, push_best_export, record_test_scores
 from .losses import label_smoothed_nll_loss
 from .metrics import MetricsWriter, available_trackers, tracker_config

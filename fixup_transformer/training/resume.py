@@ -4,7 +4,7 @@ A checkpoint stores the config that produced it (``training_config.yaml``). On r
 compared with it key by key (dotted keys, values as YAML round-trips them, so ``(0.9, 0.98)`` equals
 ``[0.9, 0.98]``). Keys matching ``fixed`` patterns (model shape, data, tokenizer, seed: anything the saved
 weights, optimizer state or batch position depend on) must be equal, and all differences are reported in
-one :class:`~fixup_transformer.training.errors.ResumeMismatchError`. The other differences are returned
+one :class:`~fixup_transformer.errors.ResumeMismatchError`. The other differences are returned
 so the caller can apply and log them (a new lr schedule, a longer budget, other eval settings).
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
+from ..errors import ResumeMismatchError
 from .config import dump_yaml
-from .errors import ResumeMismatchError
 
 Change = tuple[str, Any, Any]  # (dotted key, value in the checkpoint, value now)
 

@@ -24,7 +24,7 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import RunLockedError
+from ..errors import RunLockedError
 
 LOCK_FILE = ".run.lock"
 

@@ -119,6 +119,12 @@ class FixupResNetConfig(PreTrainedConfig):
         return "basic" if self.family == "cifar" else IMAGENET_DEPTHS[self.depth][0]
 
     @property
+    def fixup_scalars(self) -> bool:
+        """Where Fixup's scalar biases and multipliers exist (rule 3): every block and the classifier input,
+        unless BatchNorm is used (its shifts and scales take their place)."""
+        return self.normalization == "none"
+
+    @property
     def layers_per_branch(self) -> int:
         """``m`` of the Fixup rule: weight layers in one residual branch."""
         return 2 if self.layer_type == "basic" else 3

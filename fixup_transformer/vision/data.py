@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..training.errors import ImageDataError
+from ..errors import ImageDataError
 
 NPZ_KEYS = ("x", "y", "classes")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -47,11 +47,11 @@ def _norm(config: FixupResNetConfig, channels: int) -> nn.Module:
 
 
 def _bias(config: FixupResNetConfig) -> nn.Module:
-    return ScalarBias() if config.normalization == "none" else nn.Identity()
+    return ScalarBias() if config.fixup_scalars else nn.Identity()
 
 
 def _scale(config: FixupResNetConfig) -> nn.Module:
-    return ScalarScale() if config.normalization == "none" else nn.Identity()
+    return ScalarScale() if config.fixup_scalars else nn.Identity()
 
 
 class SubsamplePadShortcut(nn.Module):

@@ -5,8 +5,8 @@ the user's (or the data's) problem, and the message alone must say what to fix. 
 catch exactly these types (never a bare ``Exception``, which would hide real bugs) through
 :func:`run_script`:
 
-- exit code 2, usage / input errors: :class:`~fixup_transformer.training.config.ConfigError` (and its
-  :class:`ResumeMismatchError`), ``CorpusError``, :class:`RunLockedError`, :class:`ModelDirError`,
+- exit code 2, usage / input errors: :class:`ConfigError` (and its
+  :class:`ResumeMismatchError`), :class:`CorpusError`, :class:`RunLockedError`, :class:`ModelDirError`,
   :class:`ImageDataError`;
 - exit code 1, the run itself failed: :class:`NonFiniteLossError`, :class:`CheckpointError`.
 """
@@ -16,10 +16,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from .config import ConfigError
-
 USAGE_EXIT_CODE = 2
 FAILURE_EXIT_CODE = 1
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or gives a value of the wrong type."""
+
+
+class CorpusError(ValueError):
+    """A corpus file is missing, empty, undecodable or misaligned with its counterpart."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,10 +53,7 @@ class ImageDataError(ValueError):
     """An image dataset has a shape, channel count or labels the trainer cannot use; names the file."""
 
 
-def _usage_errors() -> tuple[type[BaseException], ...]:
-    from ..data.parallel import CorpusError  # late: keeps this module importable without the data stack
-
-    return (ConfigError, CorpusError, RunLockedError, ModelDirError, ImageDataError)
+USAGE_ERRORS = (ConfigError, CorpusError, RunLockedError, ModelDirError, ImageDataError)
 
 
 FAILURE_ERRORS = (NonFiniteLossError, CheckpointError)
@@ -63,7 +66,7 @@ def run_script(main: Callable[[Sequence[str] | None], object], argv: Sequence[st
     """
     try:
         result = main(argv)
-    except _usage_errors() as err:
+    except USAGE_ERRORS as err:
         prefix = "config error" if isinstance(err, ConfigError) else "error"
         print(f"{prefix}: {err}", file=sys.stderr)
         return USAGE_EXIT_CODE
