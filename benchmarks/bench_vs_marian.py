@@ -186,10 +186,12 @@ def batch(args: argparse.Namespace, size: int, length: int, seed: int) -> torch.
 
 
 class Trainer:
-    """One model, its AdamW optimizer and a fixed training batch."""
+    """One model, its AdamW optimizer and a fixed training batch; ``compiled``: the forward under
+    ``torch.compile`` (what ``train.compile`` does in the training script), compiled in the warmup."""
 
-    def __init__(self, model: torch.nn.Module, args: argparse.Namespace) -> None:
+    def __init__(self, model: torch.nn.Module, args: argparse.Namespace, compiled: bool = False) -> None:
         self.model = model.train()
+        self.forward = torch.compile(model) if compiled else model
         self.args = args
         self.optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0, fused=True
@@ -202,7 +204,7 @@ class Trainer:
     def step(self) -> torch.Tensor:
         """One update; the loss stays on the device (a host read would stall a GPU every step)."""
         with autocast(self.args):
-            loss = self.model(
+            loss = self.forward(
                 input_ids=self.input_ids, attention_mask=self.attention_mask, labels=self.labels
             ).loss
         loss.backward()
@@ -499,7 +501,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         print(f"  {variant:13s} {parameters[variant] / 1e6:.2f}M trainable parameters")
 
     print("training ...")
-    trainers = {variant: Trainer(models[variant], args) for variant in variants if variant in TRAINABLE}
+    trainers = {v: Trainer(models[v], args, compiled=args.compile) for v in variants if v in TRAINABLE}
     target_tokens = args.train_batch * args.tgt_len * args.train_steps
 
     def train_job(trainer: Trainer) -> Timed:
@@ -713,6 +715,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument(
         "--no-postln", dest="postln", action="store_false", help="skip the post-LN+xavier Fixup-code baseline"
+    )
+    run.add_argument(
+        "--compile",
+        action="store_true",
+        help="time training with torch.compile'd forwards (both models; memory and generation stay eager)",
     )
     run.add_argument("--quick", action="store_true", help="smoke run: tiny workload, 1 warmup, 2 repeats")
     run.add_argument("--output", help="write the JSON report here")

@@ -147,3 +147,34 @@ def test_wall_clock_sections_are_exclusive_and_carry_over(monkeypatch):
         pass
     assert saved == {"steps": 7.0, "validation": 8.0, "exports": 2.0}
     assert clock.summary(20.0).startswith("validation 8s (40%), steps 7s (35%), other 3s (15%)")
+
+
+def _batch_of_length(seed: int, length: int) -> dict[str, torch.Tensor]:
+    source, labels = random_batch(4, length, seed=seed), random_batch(4, length - 1, seed=seed + 100)
+    mask = torch.ones_like(source)
+    source[0, -2:], mask[0, -2:], labels[0, -2:] = PAD, 0, -100  # a shorter sentence in the batch
+    return {"input_ids": source, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_compiled_training_steps_match_eager_ones_over_changing_lengths():
+    """train.compile: the compiled forward+loss gives the eager updates (dropout 0), with no recompile
+    per batch shape (dynamic shapes)."""
+    cfg = MTConfig()
+    runs = {}
+    for name, forward_loss in (("eager", None), ("compiled", mt.compiled_forward_loss())):
+        model, optimizer, accelerator = _setup()
+        model.train()
+        steps, sums = StepAccumulator(accelerator.device), []
+        for update, length in enumerate((7, 9, 12, 8), start=1):
+            batch = [_batch_of_length(update, length)]
+            outcome = mt.train_step(
+                model, optimizer, accelerator, batch, cfg, (PAD, EOS), steps.halted, forward_loss
+            )
+            sums.append(outcome.sums.clone())
+        runs[name] = (torch.stack(sums), model.state_dict())
+    torch.testing.assert_close(runs["compiled"][0], runs["eager"][0], rtol=1e-5, atol=1e-5)
+    for key, value in runs["eager"][1].items():
+        torch.testing.assert_close(runs["compiled"][1][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3  # not one graph per length

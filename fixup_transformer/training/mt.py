@@ -298,6 +298,13 @@ def _forward_loss(model, batch, pad_id: int, start_id: int, epsilon: float):
     return label_smoothed_nll_loss(logits, batch["labels"], epsilon)
 
 
+def compiled_forward_loss():
+    """``_forward_loss`` under ``torch.compile``: the model's forward and the fp32 label-smoothed loss in
+    one graph. Dynamic shapes, because every batch has other lengths; validation and generation keep the
+    eager model (they are other graphs, and run rarely)."""
+    return torch.compile(_forward_loss, dynamic=True)
+
+
 class StepOutcome(NamedTuple):
     """One update's result; every tensor stays on the device (``step_guard``)."""
 
@@ -315,14 +322,17 @@ def train_step(
     cfg: MTConfig,
     ids: tuple[int, int],
     halted: torch.Tensor,
+    forward_loss=None,
 ) -> StepOutcome:
     """Forward/backward over the micro-batches of one update, then step unless something is not finite.
 
     Without a GradScaler (fp32/bf16) nothing here reads a device value: the update is skipped on the device
     when the loss or the gradient norm is not finite, or when ``halted`` (an earlier step was not finite).
     With fp16's GradScaler, which reads the host anyway, an overflow is its usual skip and a non-finite
-    loss is caught before stepping.
+    loss is caught before stepping. ``forward_loss`` replaces the eager model-plus-loss call (the compiled
+    one of ``train.compile``).
     """
+    forward_loss = forward_loss or _forward_loss
     device = accelerator.device
     batches = [_to_device(batch, device) for batch in batches]
     local_tokens = sum((b["labels"] != IGNORE_INDEX).sum(dtype=torch.float32) for b in batches)
@@ -333,7 +343,7 @@ def train_step(
     for k, batch in enumerate(batches):
         sync = k == len(batches) - 1
         with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
-            loss, nll, ntok = _forward_loss(model, batch, *ids, cfg.train.label_smoothing)
+            loss, nll, ntok = forward_loss(model, batch, *ids, cfg.train.label_smoothing)
             accelerator.backward(loss * scale)
         sums += torch.stack([loss.detach().double(), nll.detach().double(), ntok.double()])
     sums = accelerator.reduce(sums, "sum")
@@ -455,6 +465,7 @@ class MTTrainer:
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.max_updates)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        self.forward_loss = compiled_forward_loss() if cfg.train.compile else _forward_loss
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=accelerator.is_main_process)
         self.state = MTTrainerState()
         self._saved_step: int | None = None  # update of the checkpoint this process saved or resumed last
@@ -688,7 +699,14 @@ class MTTrainer:
                     break
                 with self.clock.section("steps"):
                     outcome = train_step(
-                        self.model, self.optimizer, acc, micro, cfg, self.ids, self.steps.halted
+                        self.model,
+                        self.optimizer,
+                        acc,
+                        micro,
+                        cfg,
+                        self.ids,
+                        self.steps.halted,
+                        self.forward_loss,
                     )
                     self.steps.add(outcome.sums, outcome.grad_norm, outcome.not_finite, state.step + 1)
                 state.batches_done += len(group)

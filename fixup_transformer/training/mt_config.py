@@ -118,6 +118,12 @@ class TrainConfig:
         "steps are skipped).",
     )
     cpu: bool = field_doc(False, "Force CPU (also selects the gloo backend for multi-process runs).")
+    compile: bool = field_doc(
+        False,
+        "torch.compile the training forward and loss (inductor, dynamic shapes). The first updates pay the "
+        "compilation (tens of seconds on a CPU); dropout masks then come from inductor's RNG, so a compiled "
+        "run is not bit-identical to an eager one. Validation and decoding stay eager.",
+    )
     num_threads: int | None = field_doc(
         None,
         "torch intra-op CPU threads per process (None: PyTorch's default, all cores). Set 1 when several "
