@@ -5,7 +5,7 @@ Multi30k test2016 with sacreBLEU (beam and length penalty of the config):
 
 * ``fixup``: the README's main job, ``scripts/train_mt.py --config configs/multi30k_de_en.yaml``, as a
   user runs it (validation, checkpoints, exports and all come out of its budget).
-* ``layernorm``: the same job with its LayerNorm twin config (post-LN, Xavier).
+* ``layernorm``: the same job with its LayerNorm twin config (post-LN, transformers' N(0, 0.02) init).
 * ``marian``: transformers' ``MarianMTModel`` (post-LN, biased linears, tied embeddings: its defaults) at
   the same size, trained by a minimal loop with the same recipe: the same SentencePiece settings, the same
   token batches (this project's ``TokenBatchSampler``), AdamW (0.9, 0.98), the same lr, warmup, label
