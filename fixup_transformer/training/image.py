@@ -330,6 +330,8 @@ class ImageTrainer:
         return top1
 
     def _save_checkpoint(self) -> None:
+        if self.state.loss_count:
+            self._epoch_loss()  # never write a checkpoint after a non-finite loss (raises)
         save_training_checkpoint(
             self.accelerator,
             self.out / "checkpoints",
