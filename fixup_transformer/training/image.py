@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..errors import ImageDataError, NonFiniteLossError
 from ..hub import add_remote_code
 from ..paths import shared_data_dir
-from ..vision.augment import draw_mixup, normalize, random_crop_flip
+from ..vision.augment import draw_mixup, mix, normalize, random_crop_flip
 from ..vision.data import ImageArrays, load_images
 from ..vision.image_processing_fixup_resnet import FixupResNetImageProcessor
 from ..vision.modeling_fixup_resnet import FixupResNetForImageClassification
@@ -249,10 +249,10 @@ class ImageTrainer:
         x, y = self._to_device(images[share]), labels[share].to(acc.device)
         if cfg.mixup_alpha > 0:
             lam, partner = draw_mixup(len(idx), cfg.mixup_alpha, gen)
-            x = lam * x + (1 - lam) * self._to_device(images[partner][share])
+            x = mix(lam, x, self._to_device(images[partner][share]))
             targets = F.one_hot(y, self.num_labels).float()
             partner_targets = F.one_hot(labels[partner][share].to(acc.device), self.num_labels).float()
-            y = lam * targets + (1 - lam) * partner_targets
+            y = mix(lam, targets, partner_targets)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
@@ -291,9 +291,7 @@ class ImageTrainer:
             return None  # the last update: the epochs are done, not a budget
         if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
             return "stop_after_steps"
-        if (agree or self.accelerator.num_processes == 1) and out_of_time(
-            self.accelerator, self.state.train_seconds, cfg.max_minutes
-        ):
+        if out_of_time(self.accelerator, self.state.train_seconds, cfg.max_minutes, agree):
             return "max_minutes"
         return None
 

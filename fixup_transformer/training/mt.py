@@ -593,9 +593,7 @@ class MTTrainer:
         t = self.cfg.train
         if t.max_updates is not None and self.state.step >= t.max_updates:
             return "max_updates"  # the same on every process
-        if not agree and self.accelerator.num_processes > 1:
-            return None
-        return "max_minutes" if out_of_time(self.accelerator, elapsed, t.max_minutes) else None
+        return "max_minutes" if out_of_time(self.accelerator, elapsed, t.max_minutes, agree) else None
 
     def _save(self) -> None:
         with self.clock.section("checkpoints"):

@@ -33,16 +33,21 @@ class TrainerState:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def out_of_time(accelerator: Accelerator, elapsed_seconds: float, max_minutes: float | None) -> bool:
+def out_of_time(
+    accelerator: Accelerator, elapsed_seconds: float, max_minutes: float | None, agree: bool = True
+) -> bool:
     """Whether the time budget is spent, decided *together* by all processes.
 
     Clocks differ between processes, so each one deciding alone could stop them at different updates (and
-    hang the next collective). With several processes this is a max-reduce, i.e. a host read: call it at
-    log boundaries, not every step.
+    hang the next collective). With several processes this is a max-reduce, i.e. a host read, made only
+    where ``agree`` (the loops pass their log boundaries); elsewhere the answer is "not yet". One process
+    decides alone at every call.
     """
     spent = max_minutes is not None and elapsed_seconds >= 60 * max_minutes
     if accelerator.num_processes == 1:
         return spent
+    if not agree:
+        return False
     flag = torch.full((1,), 1.0 if spent else 0.0, device=accelerator.device)
     return accelerator.reduce(flag, "max").item() > 0
 

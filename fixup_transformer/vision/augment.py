@@ -56,7 +56,12 @@ def mixup(
         return images, targets
     lam, perm = draw_mixup(images.shape[0], alpha, generator)
     perm = perm.to(images.device)
-    return lam * images + (1 - lam) * images[perm], lam * targets + (1 - lam) * targets[perm]
+    return mix(lam, images, images[perm]), mix(lam, targets, targets[perm])
+
+
+def mix(lam: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mixup's convex combination ``lam * a + (1 - lam) * b`` (images, or soft targets)."""
+    return lam * a + (1 - lam) * b
 
 
 def draw_mixup(batch_size: int, alpha: float, generator: torch.Generator) -> tuple[float, torch.Tensor]:
@@ -71,4 +76,4 @@ def draw_mixup(batch_size: int, alpha: float, generator: torch.Generator) -> tup
     return lam, torch.randperm(batch_size, generator=generator)
 
 
-__all__ = ["normalize", "random_crop_flip", "mixup", "draw_mixup"]
+__all__ = ["normalize", "random_crop_flip", "mixup", "draw_mixup", "mix"]
