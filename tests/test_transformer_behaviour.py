@@ -93,6 +93,42 @@ def test_greedy_with_and_without_cache_gives_the_same_tokens():
     assert torch.equal(with_cache, without)
 
 
+def test_static_cache_decoding_gives_the_dynamic_cache_tokens():
+    """``cache_implementation="static"`` (what ``generate`` compiles on a GPU): the same greedy and beam
+    tokens as the default dynamic cache, with a left-padded source."""
+    model = trained()
+    source = random_batch(3, 9)
+    mask = torch.ones_like(source)
+    mask[0, :3] = 0
+    for beams in (1, 3):
+        kwargs = dict(
+            attention_mask=mask, num_beams=beams, max_new_tokens=10, min_new_tokens=10, do_sample=False
+        )
+        dynamic = model.generate(source, **kwargs)
+        static = model.generate(source, cache_implementation="static", **kwargs)
+        assert torch.equal(static, dynamic), f"num_beams={beams}"
+
+
+def test_compiled_static_cache_decoding_gives_the_eager_tokens():
+    """The decoding step compiled as transformers does it for static caches (fullgraph, static shapes; on
+    CPU only when asked with ``_compile_all_devices``): the eager tokens, and no recompile on a second call."""
+    from transformers import CompileConfig
+
+    torch._dynamo.reset()
+    model = trained()
+    source = random_batch(2, 6)
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    eager = model.generate(source, **kwargs)
+    compile_config = CompileConfig(fullgraph=True, dynamic=False, mode="default")  # no CUDA graphs on CPU
+    compile_config._compile_all_devices = True  # transformers' switch for compiling on CPU (testing)
+    with torch._dynamo.config.patch(error_on_recompile=False):
+        first = model.generate(source, cache_implementation="static", compile_config=compile_config, **kwargs)
+    assert torch.equal(first, eager)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = model.generate(source, cache_implementation="static", compile_config=compile_config, **kwargs)
+    assert torch.equal(again, eager)
+
+
 def test_beam_search_and_sampling_run():
     model = trained()
     source = random_batch(2, 7)

@@ -560,6 +560,7 @@ class FixupTransformerPreTrainedModel(InitsOwnedModules, PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
+    _can_compile_fullgraph = True  # decoding with a static cache compiles with fullgraph=True (tested)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -759,12 +760,14 @@ class FixupTransformerDecoder(FixupTransformerStack):
 def _positions(
     length: int, offset: int, device: torch.device, config: FixupTransformerConfig
 ) -> torch.Tensor:
-    if config.position_offset + offset + length > config.max_position_embeddings:
+    # Skipped under torch.compile: there a static cache's length is a tensor, and the check a graph break.
+    too_long = config.position_offset + offset + length > config.max_position_embeddings
+    if not is_torchdynamo_compiling() and too_long:
         raise ValueError(
             f"Sequence of {offset + length} positions is longer than `max_position_embeddings` "
             f"({config.max_position_embeddings}) of this model; truncate the input or raise that config field."
         )
-    return torch.arange(offset, offset + length, device=device)
+    return torch.arange(length, device=device) + offset  # a static length, even when offset is a tensor
 
 
 class FixupTransformerModel(FixupTransformerPreTrainedModel):
