@@ -129,6 +129,50 @@ def test_compiled_static_cache_decoding_gives_the_eager_tokens():
     assert torch.equal(again, eager)
 
 
+@pytest.mark.parametrize("cache_implementation", [None, "static"])
+def test_beam_search_reorders_only_the_self_attention_cache(monkeypatch, cache_implementation):
+    """Beam search keeps the cross-attention keys/values in place (they are equal within a sentence) and
+    gives the tokens and scores of transformers' full reorder."""
+    from transformers.cache_utils import EncoderDecoderCache
+
+    model = trained()
+    source = random_batch(3, 9)
+    mask = torch.ones_like(source)
+    mask[1, :4] = 0
+    kwargs = dict(
+        attention_mask=mask,
+        num_beams=4,
+        num_return_sequences=2,
+        max_new_tokens=10,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+        cache_implementation=cache_implementation,
+    )
+    cross_reorders = []
+    real_reorder = EncoderDecoderCache.reorder_cache
+
+    def counting_reorder(self, beam_idx):
+        cross_reorders.append(1)
+        real_reorder(self, beam_idx)
+
+    monkeypatch.setattr(EncoderDecoderCache, "reorder_cache", counting_reorder)
+    ours = model.generate(source, **kwargs)
+    assert cross_reorders == []
+
+    def full_reorder(cache, beam_idx):  # transformers' default: both caches, every step
+        cache.reorder_cache(beam_idx)
+        return cache
+
+    monkeypatch.setattr(
+        FixupTransformerForConditionalGeneration, "_reorder_cache", staticmethod(full_reorder)
+    )
+    full = model.generate(source, **kwargs)
+    assert cross_reorders, "the reference run did not take the full reorder path"
+    assert torch.equal(ours.sequences, full.sequences)
+    torch.testing.assert_close(ours.sequences_scores, full.sequences_scores)
+
+
 def test_beam_search_and_sampling_run():
     model = trained()
     source = random_batch(2, 7)

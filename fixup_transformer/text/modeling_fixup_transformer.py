@@ -947,6 +947,21 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    @staticmethod
+    def _reorder_cache(cache: Cache, beam_idx: torch.LongTensor) -> Cache:
+        """Beam search's cache reorder (``generate`` calls this hook when a model has it).
+
+        Only the self-attention keys/values differ between beams. Beam search picks each sentence's new
+        beams among that sentence's old ones, and the cross-attention keys/values of one sentence's beams
+        are copies of one encoder output, so transformers' ``index_select`` of them at every step would
+        rebuild the same tensors.
+        """
+        if isinstance(cache, EncoderDecoderCache):
+            cache.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            cache.reorder_cache(beam_idx)
+        return cache
+
     @torch.no_grad()
     def fold_scalars(self) -> FixupTransformerForConditionalGeneration:
         """Fold the scalar biases and multipliers of every layer into linear weights and biases, in place.
