@@ -47,7 +47,7 @@ from fixup_transformer.evaluation.bleu import corpus_scores, scores_to_json  # n
 from fixup_transformer.evaluation.translate import translate_corpus  # noqa: E402
 from fixup_transformer.hardware import resolve_mixed_precision  # noqa: E402
 from fixup_transformer.text.modeling_fixup_transformer import IGNORE_INDEX, shift_tokens_right  # noqa: E402
-from fixup_transformer.training import mt  # noqa: E402
+from fixup_transformer.training import mt_data, mt_validation  # noqa: E402
 from fixup_transformer.training.checkpoint import atomic_write_json, atomic_write_text, list_checkpoints  # noqa: E402
 from fixup_transformer.training.config import load_config  # noqa: E402
 from fixup_transformer.training.losses import label_smoothed_nll_loss  # noqa: E402
@@ -152,7 +152,7 @@ def _accelerator() -> Accelerator:
 
 def _batches_per_epoch(cfg: MTConfig, out: Path) -> int:
     cfg.output_dir = str(out)  # its tokenizer is reused
-    data = mt.prepare_data(cfg, _accelerator(), resuming=True)
+    data = mt_data.prepare_data(cfg, _accelerator(), resuming=True)
     return _sampler(cfg, data).batches_per_rank
 
 
@@ -207,7 +207,7 @@ def run_marian(args: argparse.Namespace) -> dict:
     cfg = load_config(MTConfig, REPO / "configs" / CONFIGS["fixup"], overrides)
     accelerator = _accelerator()
     device = accelerator.device
-    data = mt.prepare_data(cfg, accelerator)
+    data = mt_data.prepare_data(cfg, accelerator)
     pad, eos = data.tokenizer.pad_token_id, data.tokenizer.eos_token_id
     model = marian_twin(cfg, data.tokenizer).to(device)
     o = cfg.optim
@@ -258,9 +258,9 @@ def run_marian(args: argparse.Namespace) -> dict:
             epoch, batches_done = epoch + 1, 0
     train_seconds = time.monotonic() - start
     bar.close()
-    valid = mt.validation_loss(model, accelerator, data.valid, cfg, (pad, eos))
+    valid = mt_validation.validation_loss(model, accelerator, data.valid, cfg, (pad, eos))
     pairs = data.test_pairs
-    settings = mt._generation(cfg, cfg.eval.beam)
+    settings = mt_validation.generation_settings(cfg, cfg.eval.beam)
     hyps = translate_corpus(model, data.tokenizer, [s for s, _ in pairs], settings, accelerator, desc="test")
     atomic_write_text(out / f"test.hyp.{cfg.data.tgt_lang}", "\n".join(hyps) + "\n")
     return summarize(

@@ -30,7 +30,7 @@ from fixup_transformer.errors import (
     ResumeMismatchError,
     RunLockedError,
 )
-from fixup_transformer.training import mt
+from fixup_transformer.training import mt, mt_data, mt_step
 from fixup_transformer.training.checkpoint import checkpoint_problem, list_checkpoints
 from fixup_transformer.training.metrics import read_metrics
 from fixup_transformer.training.runlock import LOCK_FILE, RunLock
@@ -91,7 +91,7 @@ def test_diverging_run_saves_no_nan_checkpoint_and_names_a_finite_one(multi30k, 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_finite_loss_with_nan_gradient_is_not_applied(multi30k, tmp_path, monkeypatch, precision):
-    real_loss = mt.label_smoothed_nll_loss
+    real_loss = mt_step.label_smoothed_nll_loss
     calls = {"n": 0}
 
     def nan_gradient(logits, labels, epsilon):
@@ -101,7 +101,7 @@ def test_finite_loss_with_nan_gradient_is_not_applied(multi30k, tmp_path, monkey
             loss = loss + (logits.float().sum() * 0).sqrt()
         return loss, nll, ntok
 
-    monkeypatch.setattr(mt, "label_smoothed_nll_loss", nan_gradient)
+    monkeypatch.setattr(mt_step, "label_smoothed_nll_loss", nan_gradient)
     run = tmp_path / "run"
     cfg = tiny_config(
         multi30k, run, train__mixed_precision=precision, checkpoint__save_interval_updates=2, **no_test()
@@ -286,16 +286,16 @@ def test_resume_applies_a_new_lr_schedule_and_refuses_shape_changes(multi30k, tm
 def test_a_tokenizer_is_reused_only_if_built_from_the_same_data_settings(multi30k, tmp_path, capsys):
     run = tmp_path / "run"
     accelerator = Accelerator(cpu=True)
-    first = mt.prepare_data(tiny_config(multi30k, run), accelerator)  # a run that failed after this
+    first = mt_data.prepare_data(tiny_config(multi30k, run), accelerator)  # a run that failed after this
     assert len(first.tokenizer) == 200
-    settings = json.loads((run / "tokenizer" / mt.TOKENIZER_SETTINGS_FILE).read_text())
+    settings = json.loads((run / "tokenizer" / mt_data.TOKENIZER_SETTINGS_FILE).read_text())
     assert settings["data.vocab_size"] == 200
 
     smaller = tiny_config(multi30k, run, data__vocab_size=100)
     with pytest.raises(ResumeMismatchError, match=r"data.vocab_size 200 -> 100"):
-        mt.prepare_data(smaller, accelerator, resuming=True)  # a resumed run must not get another one
+        mt_data.prepare_data(smaller, accelerator, resuming=True)  # a resumed run must not get another one
     capsys.readouterr()
-    assert len(mt.prepare_data(smaller, accelerator).tokenizer) == 100  # a fresh run retrains
+    assert len(mt_data.prepare_data(smaller, accelerator).tokenizer) == 100  # a fresh run retrains
     assert (
         "other data settings (data.vocab_size 200 -> 100); training a new tokenizer"
         in capsys.readouterr().out

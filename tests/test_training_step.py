@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from transformer_helpers import EOS, PAD, random_batch, tiny_config
 
 from fixup_transformer.text import FixupTransformerForConditionalGeneration
-from fixup_transformer.training import mt
+from fixup_transformer.training import mt_step
 from fixup_transformer.training.mt_config import MTConfig
 from fixup_transformer.training.optim import OptimConfig, build_optimizer
 from fixup_transformer.training.step_guard import StepAccumulator, uses_device_skip
@@ -70,7 +70,7 @@ def test_training_steps_read_nothing_back_to_the_host(monkeypatch):
     reads = _count_host_reads(monkeypatch)
     for update in (1, 2, 3):
         micro = [_batch(2 * update), _batch(2 * update + 1)]  # update_freq 2
-        outcome = mt.train_step(model, optimizer, accelerator, micro, cfg, (PAD, EOS), steps.halted)
+        outcome = mt_step.train_step(model, optimizer, accelerator, micro, cfg, (PAD, EOS), steps.halted)
         steps.add(outcome.sums, outcome.grad_norm, outcome.not_finite, update)
     monkeypatch.undo()
     assert reads == []
@@ -88,7 +88,7 @@ def test_a_non_finite_step_and_every_later_one_change_nothing(monkeypatch):
     model.train()
 
     def step(update: int):
-        outcome = mt.train_step(
+        outcome = mt_step.train_step(
             model, optimizer, accelerator, [_batch(update)], cfg, (PAD, EOS), steps.halted
         )
         steps.add(outcome.sums, outcome.grad_norm, outcome.not_finite, update)
@@ -96,13 +96,13 @@ def test_a_non_finite_step_and_every_later_one_change_nothing(monkeypatch):
     step(1)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     moments = [s["exp_avg"].clone() for s in optimizer.optimizer.state.values()]
-    real_loss = mt.label_smoothed_nll_loss
+    real_loss = mt_step.label_smoothed_nll_loss
 
     def nan_gradient(logits, labels, epsilon):  # the value stays finite, its gradient is NaN
         loss, nll, ntok = real_loss(logits, labels, epsilon)
         return loss + (logits.float().sum() * 0).sqrt(), nll, ntok
 
-    monkeypatch.setattr(mt, "label_smoothed_nll_loss", nan_gradient)
+    monkeypatch.setattr(mt_step, "label_smoothed_nll_loss", nan_gradient)
     step(2)
     monkeypatch.undo()
     step(3)  # finite again, but the run is halted: it must not apply either
@@ -163,13 +163,13 @@ def test_compiled_training_steps_match_eager_ones_over_changing_lengths():
     per batch shape (dynamic shapes)."""
     cfg = MTConfig()
     runs = {}
-    for name, forward_loss in (("eager", None), ("compiled", mt.compiled_forward_loss())):
+    for name, forward_loss in (("eager", None), ("compiled", mt_step.compiled_forward_loss())):
         model, optimizer, accelerator = _setup()
         model.train()
         steps, sums = StepAccumulator(accelerator.device), []
         for update, length in enumerate((7, 9, 12, 8), start=1):
             batch = [_batch_of_length(update, length)]
-            outcome = mt.train_step(
+            outcome = mt_step.train_step(
                 model, optimizer, accelerator, batch, cfg, (PAD, EOS), steps.halted, forward_loss
             )
             sums.append(outcome.sums.clone())

@@ -41,14 +41,13 @@ Design choices (and why):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import time
 from itertools import islice
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -56,28 +55,17 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..data import (
-    CorpusConfig,
-    SortedBatchSampler,
     TokenBatchSampler,
     TranslationCollator,
-    encode_pairs,
-    load_parallel,
-    load_tokenizer,
-    load_training_pairs,
-    save_tokenizer,
-    train_tokenizer,
 )
-from ..errors import NonFiniteLossError, ResumeMismatchError
-from ..evaluation.bleu import corpus_scores, format_scores, sacrebleu_score, scores_to_json
-from ..evaluation.translate import GenerationSettings, translate_corpus
+from ..errors import NonFiniteLossError
+from ..evaluation.bleu import corpus_scores, format_scores, scores_to_json
+from ..evaluation.translate import translate_corpus
 from ..hardware import resolve_mixed_precision
-from ..paths import resolve_path
 from ..text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
-from ..text.modeling_fixup_transformer import IGNORE_INDEX, shift_tokens_right
 from .checkpoint import (
     TRAINING_CONFIG_FILE,
     WEIGHTS_FILE,
-    atomic_directory,
     atomic_write_json,
     atomic_write_text,
     checkpoint_problem,
@@ -91,9 +79,11 @@ from .checkpoint import (
 )
 from .config import ConfigError, dump_yaml, to_dict
 from .hub_export import complete_mt_export, push_best_export, record_test_scores
-from .losses import label_smoothed_nll_loss
 from .metrics import MetricsWriter, available_trackers, tracker_config
 from .mt_config import CHANGEABLE_ON_RESUME, FIXED_ON_RESUME, ModelConfig, MTConfig
+from .mt_data import prepare_data
+from .mt_step import compiled_forward_loss, forward_loss_sums, train_step
+from .mt_validation import best_metric_value, generation_settings, validate
 from .optim import build_optimizer
 from .plots import try_write_curves
 from .process import keep_alive
@@ -101,7 +91,7 @@ from .resume import check_resume_config, format_changes
 from .runlock import lock_run_dir
 from .schedules import build_scheduler
 from .state import TrainerState, improves, out_of_time
-from .step_guard import StepAccumulator, optimizer_step_unless
+from .step_guard import StepAccumulator
 from .wallclock import WallClock
 
 
@@ -114,15 +104,6 @@ class MTTrainerState(TrainerState):
     best_metric: float | None = None
     best_step: int | None = None
     last_valid_step: int | None = None
-
-
-@dataclasses.dataclass
-class MTData:
-    tokenizer: Any
-    train: Any  # TranslationDataset
-    valid: Any
-    valid_pairs: list[tuple[str, str]]
-    test_pairs: list[tuple[str, str]] | None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -148,122 +129,6 @@ def build_accelerator(cfg: MTConfig) -> Accelerator:
     return accelerator
 
 
-def _corpus(cfg: MTConfig) -> CorpusConfig:
-    d = cfg.data
-    data_dir = resolve_path(d.data_dir) if d.data_dir else None
-    return CorpusConfig(d.corpus, d.src_lang, d.tgt_lang, data_dir=data_dir, split_files=dict(d.split_files))
-
-
-def _limit(pairs: list, limit: int | None) -> list:
-    return pairs if limit is None else pairs[:limit]
-
-
-TOKENIZER_SETTINGS_FILE = "data_settings.json"
-# What a tokenizer trained by the loop depends on (data_dir is where the data is, not what it is).
-_TOKENIZER_DATA_KEYS = (
-    "corpus",
-    "src_lang",
-    "tgt_lang",
-    "split_files",
-    "train_limit",
-    "max_len",
-    "max_ratio",
-    "vocab_size",
-    "spm_model_type",
-    "spm_max_sentences",
-)
-
-
-def tokenizer_settings(cfg: MTConfig) -> dict[str, Any]:
-    """The settings recorded beside ``<output_dir>/tokenizer`` (as JSON would read them back)."""
-    settings = {f"data.{key}": getattr(cfg.data, key) for key in _TOKENIZER_DATA_KEYS}
-    return json.loads(json.dumps({**settings, "seed": cfg.seed}))
-
-
-def _recorded_tokenizer_settings(tokenizer_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((tokenizer_dir / TOKENIZER_SETTINGS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _needs_new_tokenizer(tokenizer_dir: Path, cfg: MTConfig, resuming: bool, log) -> bool:
-    """Whether to (re)train ``<output_dir>/tokenizer``: it is reused only if built from these settings.
-
-    A fresh run retrains one left by an earlier attempt that saved no checkpoint; a resumed run must find
-    the one its checkpoint was trained with (one saved before settings were recorded is trusted, since
-    the checkpoint's config has been compared already).
-    """
-    if not (tokenizer_dir / "tokenizer.json").exists():
-        return True
-    recorded, wanted = _recorded_tokenizer_settings(tokenizer_dir), tokenizer_settings(cfg)
-    if recorded == wanted or (resuming and recorded is None):
-        return False
-    changed = ", ".join(
-        f"{k} {recorded.get(k)!r} -> {v!r}" for k, v in wanted.items() if recorded and recorded.get(k) != v
-    )
-    if resuming:
-        raise ResumeMismatchError(
-            f"the tokenizer in {tokenizer_dir} was built with other data settings ({changed}) than this "
-            "resumed run; set them back or use a new output_dir"
-        )
-    why = f"other data settings ({changed})" if recorded else "no record of its data settings"
-    log(f"{tokenizer_dir} was left by an earlier attempt with {why}; training a new tokenizer")
-    return True
-
-
-def _build_tokenizer(train_pairs: list, tokenizer_dir: Path, cfg: MTConfig, log) -> None:
-    log(f"training a {cfg.data.vocab_size}-piece joint SentencePiece model -> {tokenizer_dir}")
-    try:
-        tokenizer = train_tokenizer(
-            train_pairs,
-            cfg.data.vocab_size,
-            cfg.data.spm_model_type,
-            max_sentences=cfg.data.spm_max_sentences,
-            seed=cfg.seed,
-        )
-    except RuntimeError as err:  # SentencePiece: "INTERNAL: file.cc(744) [check] Vocabulary size too high..."
-        reason = str(err).split("] ", 1)[-1].strip()
-        raise ConfigError(
-            f"data.vocab_size={cfg.data.vocab_size}: SentencePiece cannot build this vocabulary from the "
-            f"{len(train_pairs)} training pairs: {reason}"
-        ) from None
-    # Tokenizer and settings appear together or not at all: a kill mid-save leaves no half tokenizer.
-    with atomic_directory(tokenizer_dir) as tmp:
-        save_tokenizer(tokenizer, tmp)
-        atomic_write_json(tmp / TOKENIZER_SETTINGS_FILE, tokenizer_settings(cfg))
-
-
-def prepare_data(cfg: MTConfig, accelerator: Accelerator, resuming: bool = False) -> MTData:
-    """Load, clean, tokenize (training the tokenizer once, on the main process) and encode."""
-    corpus = _corpus(cfg)
-    log = accelerator.print
-    d = cfg.data
-    train_pairs, stats = load_training_pairs(corpus, d.max_len, d.max_ratio, limit=d.train_limit)
-    log(f"train: {stats}")
-    valid_pairs = _limit(load_parallel(corpus, "validation"), cfg.data.valid_limit)
-    test_pairs = None
-    if cfg.eval.test_split:
-        test_pairs = _limit(load_parallel(corpus, cfg.eval.test_split), cfg.data.test_limit)
-
-    tokenizer_dir = Path(cfg.data.tokenizer_dir or Path(cfg.output_dir) / "tokenizer")
-    with accelerator.main_process_first():
-        if accelerator.is_main_process:
-            if cfg.data.tokenizer_dir:  # the user's tokenizer, used as given
-                if not (tokenizer_dir / "tokenizer.json").exists():
-                    raise ConfigError(f"data.tokenizer_dir={tokenizer_dir} has no tokenizer.json")
-            elif _needs_new_tokenizer(tokenizer_dir, cfg, resuming, log):
-                _build_tokenizer(train_pairs, tokenizer_dir, cfg, log)
-        tokenizer = load_tokenizer(tokenizer_dir)
-    return MTData(
-        tokenizer=tokenizer,
-        train=encode_pairs(train_pairs, tokenizer),
-        valid=encode_pairs(valid_pairs, tokenizer),
-        valid_pairs=valid_pairs,
-        test_pairs=test_pairs,
-    )
-
-
 def build_model(
     model_cfg: ModelConfig, tokenizer, label_smoothing: float
 ) -> FixupTransformerForConditionalGeneration:
@@ -277,162 +142,6 @@ def build_model(
         **to_dict(model_cfg),
     )
     return FixupTransformerForConditionalGeneration(config)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# One update, validation
-
-
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def _forward_loss(model, batch, pad_id: int, start_id: int, epsilon: float):
-    decoder_input_ids = shift_tokens_right(batch["labels"], pad_id, start_id)
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        decoder_input_ids=decoder_input_ids,
-        use_cache=False,  # a training step needs no KV cache; building one copies every layer's K/V
-    ).logits
-    return label_smoothed_nll_loss(logits, batch["labels"], epsilon)
-
-
-def compiled_forward_loss():
-    """``_forward_loss`` under ``torch.compile``: the model's forward and the fp32 label-smoothed loss in
-    one graph. Dynamic shapes, because every batch has other lengths; validation and generation keep the
-    eager model (they are other graphs, and run rarely)."""
-    return torch.compile(_forward_loss, dynamic=True)
-
-
-class StepOutcome(NamedTuple):
-    """One update's result; every tensor stays on the device (``step_guard``)."""
-
-    sums: torch.Tensor  # [loss, nll, target tokens] summed over micro-batches and processes
-    grad_norm: torch.Tensor | None  # of the all-reduced gradients; None if no norm was taken
-    not_finite: torch.Tensor  # 0-dim bool: loss or norm not finite, the update was not applied
-    skipped: bool  # the fp16 GradScaler skipped the update (overflow); known on the host
-
-
-def train_step(
-    model,
-    optimizer,
-    accelerator: Accelerator,
-    batches: list[dict],
-    cfg: MTConfig,
-    ids: tuple[int, int],
-    halted: torch.Tensor,
-    forward_loss=None,
-) -> StepOutcome:
-    """Forward/backward over the micro-batches of one update, then step unless something is not finite.
-
-    Without a GradScaler (fp32/bf16) nothing here reads a device value: the update is skipped on the device
-    when the loss or the gradient norm is not finite, or when ``halted`` (an earlier step was not finite).
-    With fp16's GradScaler, which reads the host anyway, an overflow is its usual skip and a non-finite
-    loss is caught before stepping. ``forward_loss`` replaces the eager model-plus-loss call (the compiled
-    one of ``train.compile``).
-    """
-    forward_loss = forward_loss or _forward_loss
-    device = accelerator.device
-    batches = [_to_device(batch, device) for batch in batches]
-    local_tokens = sum((b["labels"] != IGNORE_INDEX).sum(dtype=torch.float32) for b in batches)
-    total_tokens = accelerator.reduce(local_tokens, "sum")
-    # DDP averages gradients over processes, hence the factor num_processes: the result is d(sum)/d(total).
-    scale = accelerator.num_processes / total_tokens.clamp(min=1.0)
-    sums = torch.zeros(3, device=device, dtype=torch.float64)
-    for k, batch in enumerate(batches):
-        sync = k == len(batches) - 1
-        with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
-            loss, nll, ntok = forward_loss(model, batch, *ids, cfg.train.label_smoothing)
-            accelerator.backward(loss * scale)
-        sums += torch.stack([loss.detach().double(), nll.detach().double(), ntok.double()])
-    sums = accelerator.reduce(sums, "sum")
-    max_norm = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
-    if getattr(accelerator, "scaler", None) is not None:
-        if not bool(torch.isfinite(sums[0])):
-            optimizer.zero_grad(set_to_none=True)
-            return StepOutcome(sums, None, torch.ones((), dtype=torch.bool, device=device), False)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-        optimizer.step()
-        skipped = accelerator.optimizer_step_was_skipped
-        optimizer.zero_grad(set_to_none=True)
-        return StepOutcome(sums, grad_norm, torch.zeros((), dtype=torch.bool, device=device), skipped)
-    # A finite loss can still give inf/NaN gradients (huge lr); one such step would make every weight NaN.
-    # The loss is reduced over processes and the norm is of the all-reduced gradients, so every rank
-    # reaches the same verdict.
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-    not_finite = ~(torch.isfinite(sums[0]) & torch.isfinite(grad_norm))
-    optimizer_step_unless(optimizer, not_finite | halted)
-    skipped = accelerator.optimizer_step_was_skipped  # a host flag (False here: only GradScaler skips)
-    optimizer.zero_grad(set_to_none=True)
-    return StepOutcome(sums, grad_norm, not_finite, skipped)
-
-
-@torch.no_grad()
-def validation_loss(model, accelerator: Accelerator, dataset, cfg: MTConfig, ids: tuple[int, int]) -> dict:
-    """Teacher-forced loss/nll per target token over the whole validation set (sharded over processes)."""
-    model = accelerator.unwrap_model(model)
-    was_training = model.training
-    model.eval()
-    collate = TranslationCollator()
-    sampler = SortedBatchSampler(
-        dataset.num_tokens,
-        cfg.data.max_tokens,
-        num_replicas=accelerator.num_processes,
-        rank=accelerator.process_index,
-    )
-    sums = torch.zeros(3, device=accelerator.device, dtype=torch.float64)
-    try:
-        for batch_ids in sampler:
-            batch = _to_device(collate([dataset[i] for i in batch_ids]), accelerator.device)
-            with accelerator.autocast():
-                loss, nll, ntok = _forward_loss(model, batch, *ids, cfg.train.label_smoothing)
-            sums += torch.stack([loss.double(), nll.double(), ntok.double()])
-    finally:
-        model.train(was_training)
-    loss, nll, ntok = accelerator.reduce(sums, "sum").tolist()
-    return {
-        "valid_loss": loss / max(ntok, 1),
-        "valid_nll_loss": nll / max(ntok, 1),
-        "valid_ppl": math.exp(nll / max(ntok, 1)),
-    }
-
-
-def validate(model, accelerator: Accelerator, data: MTData, cfg: MTConfig, ids: tuple[int, int]) -> dict:
-    result = validation_loss(model, accelerator, data.valid, cfg, ids)
-    n = min(cfg.eval.bleu_sentences, len(data.valid_pairs))
-    if n > 0:
-        pairs = data.valid_pairs[:n]
-        hyps = translate_corpus(
-            model,
-            data.tokenizer,
-            [s for s, _ in pairs],
-            _generation(cfg, beam=cfg.eval.valid_beam),
-            accelerator=accelerator,
-            desc="valid BLEU",
-        )
-        bleu = sacrebleu_score(hyps, [t for _, t in pairs])
-        result["valid_bleu"], result["valid_bleu_signature"] = bleu.score, bleu.signature
-        result["valid_bleu_sentences"] = n
-    return result
-
-
-def _generation(cfg: MTConfig, beam: int) -> GenerationSettings:
-    e = cfg.eval
-    return GenerationSettings(
-        num_beams=beam,
-        length_penalty=e.lenpen,
-        max_len_a=e.max_len_a,
-        max_len_b=e.max_len_b,
-        batch_tokens=e.batch_tokens,
-    )
-
-
-def _metric(cfg: MTConfig, result: dict) -> tuple[float, bool]:
-    """(value, higher_is_better) of the best-model metric."""
-    if cfg.eval.best_metric == "bleu" and "valid_bleu" in result:
-        return result["valid_bleu"], True
-    return result["valid_loss"], False
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -465,7 +174,7 @@ class MTTrainer:
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.max_updates)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
-        self.forward_loss = compiled_forward_loss() if cfg.train.compile else _forward_loss
+        self.forward_loss = compiled_forward_loss() if cfg.train.compile else forward_loss_sums
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=accelerator.is_main_process)
         self.state = MTTrainerState()
         self._saved_step: int | None = None  # update of the checkpoint this process saved or resumed last
@@ -645,7 +354,7 @@ class MTTrainer:
         result = validate(self.model, self.accelerator, self.data, self.cfg, self.ids)
         self.state.last_valid_step = self.state.step
         self._last_valid = (self.state.step, result)  # for the model card of an export at this step
-        value, higher = _metric(self.cfg, result)
+        value, higher = best_metric_value(self.cfg, result)
         improved = improves(value, self.state.best_metric, higher)
         if improved:
             self.state.best_metric, self.state.best_step = value, self.state.step
@@ -863,7 +572,7 @@ class MTTrainer:
             )
             summary["averaged_valid"] = result
             self._export("averaged", {"averaged": [p.name for p in paths], **result})
-            value, higher = _metric(cfg, result)
+            value, higher = best_metric_value(cfg, result)
             averaged_better = improves(value, self.state.best_metric, higher)
         test_model = cfg.eval.test_model
         if test_model == "auto":  # chosen on validation, never on test
@@ -879,7 +588,7 @@ class MTTrainer:
                 model,
                 self.data.tokenizer,
                 [s for s, _ in pairs],
-                _generation(cfg, cfg.eval.beam),
+                generation_settings(cfg, cfg.eval.beam),
                 accelerator=acc,
                 desc="test",
             )

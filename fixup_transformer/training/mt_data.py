@@ -1,0 +1,155 @@
+"""The MT loop's data: load and clean the corpus, train (or reuse) the joint SentencePiece tokenizer, encode.
+
+The tokenizer in ``<output_dir>/tokenizer`` records the data settings it was built from
+(``data_settings.json``), so a rerun reuses it only when those settings are unchanged, and a resumed run
+refuses a tokenizer built from other settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from ..data import (
+    CorpusConfig,
+    encode_pairs,
+    load_parallel,
+    load_tokenizer,
+    load_training_pairs,
+    save_tokenizer,
+    train_tokenizer,
+)
+from ..errors import ResumeMismatchError
+from ..paths import resolve_path
+from .checkpoint import atomic_directory, atomic_write_json
+from .config import ConfigError
+from .mt_config import MTConfig
+
+
+@dataclasses.dataclass
+class MTData:
+    tokenizer: Any
+    train: Any  # TranslationDataset
+    valid: Any
+    valid_pairs: list[tuple[str, str]]
+    test_pairs: list[tuple[str, str]] | None
+
+
+def _corpus(cfg: MTConfig) -> CorpusConfig:
+    d = cfg.data
+    data_dir = resolve_path(d.data_dir) if d.data_dir else None
+    return CorpusConfig(d.corpus, d.src_lang, d.tgt_lang, data_dir=data_dir, split_files=dict(d.split_files))
+
+
+def _limit(pairs: list, limit: int | None) -> list:
+    return pairs if limit is None else pairs[:limit]
+
+
+TOKENIZER_SETTINGS_FILE = "data_settings.json"
+# What a tokenizer trained by the loop depends on (data_dir is where the data is, not what it is).
+_TOKENIZER_DATA_KEYS = (
+    "corpus",
+    "src_lang",
+    "tgt_lang",
+    "split_files",
+    "train_limit",
+    "max_len",
+    "max_ratio",
+    "vocab_size",
+    "spm_model_type",
+    "spm_max_sentences",
+)
+
+
+def tokenizer_settings(cfg: MTConfig) -> dict[str, Any]:
+    """The settings recorded beside ``<output_dir>/tokenizer`` (as JSON would read them back)."""
+    settings = {f"data.{key}": getattr(cfg.data, key) for key in _TOKENIZER_DATA_KEYS}
+    return json.loads(json.dumps({**settings, "seed": cfg.seed}))
+
+
+def _recorded_tokenizer_settings(tokenizer_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((tokenizer_dir / TOKENIZER_SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _needs_new_tokenizer(tokenizer_dir: Path, cfg: MTConfig, resuming: bool, log) -> bool:
+    """Whether to (re)train ``<output_dir>/tokenizer``: it is reused only if built from these settings.
+
+    A fresh run retrains one left by an earlier attempt that saved no checkpoint; a resumed run must find
+    the one its checkpoint was trained with (one saved before settings were recorded is trusted, since
+    the checkpoint's config has been compared already).
+    """
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        return True
+    recorded, wanted = _recorded_tokenizer_settings(tokenizer_dir), tokenizer_settings(cfg)
+    if recorded == wanted or (resuming and recorded is None):
+        return False
+    changed = ", ".join(
+        f"{k} {recorded.get(k)!r} -> {v!r}" for k, v in wanted.items() if recorded and recorded.get(k) != v
+    )
+    if resuming:
+        raise ResumeMismatchError(
+            f"the tokenizer in {tokenizer_dir} was built with other data settings ({changed}) than this "
+            "resumed run; set them back or use a new output_dir"
+        )
+    why = f"other data settings ({changed})" if recorded else "no record of its data settings"
+    log(f"{tokenizer_dir} was left by an earlier attempt with {why}; training a new tokenizer")
+    return True
+
+
+def _build_tokenizer(train_pairs: list, tokenizer_dir: Path, cfg: MTConfig, log) -> None:
+    log(f"training a {cfg.data.vocab_size}-piece joint SentencePiece model -> {tokenizer_dir}")
+    try:
+        tokenizer = train_tokenizer(
+            train_pairs,
+            cfg.data.vocab_size,
+            cfg.data.spm_model_type,
+            max_sentences=cfg.data.spm_max_sentences,
+            seed=cfg.seed,
+        )
+    except RuntimeError as err:  # SentencePiece: "INTERNAL: file.cc(744) [check] Vocabulary size too high..."
+        reason = str(err).split("] ", 1)[-1].strip()
+        raise ConfigError(
+            f"data.vocab_size={cfg.data.vocab_size}: SentencePiece cannot build this vocabulary from the "
+            f"{len(train_pairs)} training pairs: {reason}"
+        ) from None
+    # Tokenizer and settings appear together or not at all: a kill mid-save leaves no half tokenizer.
+    with atomic_directory(tokenizer_dir) as tmp:
+        save_tokenizer(tokenizer, tmp)
+        atomic_write_json(tmp / TOKENIZER_SETTINGS_FILE, tokenizer_settings(cfg))
+
+
+def prepare_data(cfg: MTConfig, accelerator: Accelerator, resuming: bool = False) -> MTData:
+    """Load, clean, tokenize (training the tokenizer once, on the main process) and encode."""
+    corpus = _corpus(cfg)
+    log = accelerator.print
+    d = cfg.data
+    train_pairs, stats = load_training_pairs(corpus, d.max_len, d.max_ratio, limit=d.train_limit)
+    log(f"train: {stats}")
+    valid_pairs = _limit(load_parallel(corpus, "validation"), cfg.data.valid_limit)
+    test_pairs = None
+    if cfg.eval.test_split:
+        test_pairs = _limit(load_parallel(corpus, cfg.eval.test_split), cfg.data.test_limit)
+
+    tokenizer_dir = Path(cfg.data.tokenizer_dir or Path(cfg.output_dir) / "tokenizer")
+    with accelerator.main_process_first():
+        if accelerator.is_main_process:
+            if cfg.data.tokenizer_dir:  # the user's tokenizer, used as given
+                if not (tokenizer_dir / "tokenizer.json").exists():
+                    raise ConfigError(f"data.tokenizer_dir={tokenizer_dir} has no tokenizer.json")
+            elif _needs_new_tokenizer(tokenizer_dir, cfg, resuming, log):
+                _build_tokenizer(train_pairs, tokenizer_dir, cfg, log)
+        tokenizer = load_tokenizer(tokenizer_dir)
+    return MTData(
+        tokenizer=tokenizer,
+        train=encode_pairs(train_pairs, tokenizer),
+        valid=encode_pairs(valid_pairs, tokenizer),
+        valid_pairs=valid_pairs,
+        test_pairs=test_pairs,
+    )

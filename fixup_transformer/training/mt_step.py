@@ -1,0 +1,104 @@
+"""One MT training update: forward and backward over its micro-batches, then the optimizer step.
+
+fairseq's normalization: the summed label-smoothed loss of all micro-batches on all processes, divided by
+their number of target tokens. Nothing here reads a device value back to the host in fp32/bf16
+(``step_guard.py``): a non-finite update is skipped on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
+
+import torch
+from accelerate import Accelerator
+
+from ..text.modeling_fixup_transformer import IGNORE_INDEX, shift_tokens_right
+from .losses import label_smoothed_nll_loss
+from .mt_config import MTConfig
+from .step_guard import optimizer_step_unless
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def forward_loss_sums(model, batch, pad_id: int, start_id: int, epsilon: float):
+    decoder_input_ids = shift_tokens_right(batch["labels"], pad_id, start_id)
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=decoder_input_ids,
+        use_cache=False,  # a training step needs no KV cache; building one copies every layer's K/V
+    ).logits
+    return label_smoothed_nll_loss(logits, batch["labels"], epsilon)
+
+
+def compiled_forward_loss():
+    """``forward_loss_sums`` under ``torch.compile``: the model's forward and the fp32 label-smoothed loss in
+    one graph. Dynamic shapes, because every batch has other lengths; validation and generation keep the
+    eager model (they are other graphs, and run rarely)."""
+    return torch.compile(forward_loss_sums, dynamic=True)
+
+
+class StepOutcome(NamedTuple):
+    """One update's result; every tensor stays on the device (``step_guard``)."""
+
+    sums: torch.Tensor  # [loss, nll, target tokens] summed over micro-batches and processes
+    grad_norm: torch.Tensor | None  # of the all-reduced gradients; None if no norm was taken
+    not_finite: torch.Tensor  # 0-dim bool: loss or norm not finite, the update was not applied
+    skipped: bool  # the fp16 GradScaler skipped the update (overflow); known on the host
+
+
+def train_step(
+    model,
+    optimizer,
+    accelerator: Accelerator,
+    batches: list[dict],
+    cfg: MTConfig,
+    ids: tuple[int, int],
+    halted: torch.Tensor,
+    forward_loss=None,
+) -> StepOutcome:
+    """Forward/backward over the micro-batches of one update, then step unless something is not finite.
+
+    Without a GradScaler (fp32/bf16) nothing here reads a device value: the update is skipped on the device
+    when the loss or the gradient norm is not finite, or when ``halted`` (an earlier step was not finite).
+    With fp16's GradScaler, which reads the host anyway, an overflow is its usual skip and a non-finite
+    loss is caught before stepping. ``forward_loss`` replaces the eager model-plus-loss call (the compiled
+    one of ``train.compile``).
+    """
+    forward_loss = forward_loss or forward_loss_sums
+    device = accelerator.device
+    batches = [to_device(batch, device) for batch in batches]
+    local_tokens = sum((b["labels"] != IGNORE_INDEX).sum(dtype=torch.float32) for b in batches)
+    total_tokens = accelerator.reduce(local_tokens, "sum")
+    # DDP averages gradients over processes, hence the factor num_processes: the result is d(sum)/d(total).
+    scale = accelerator.num_processes / total_tokens.clamp(min=1.0)
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    for k, batch in enumerate(batches):
+        sync = k == len(batches) - 1
+        with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
+            loss, nll, ntok = forward_loss(model, batch, *ids, cfg.train.label_smoothing)
+            accelerator.backward(loss * scale)
+        sums += torch.stack([loss.detach().double(), nll.detach().double(), ntok.double()])
+    sums = accelerator.reduce(sums, "sum")
+    max_norm = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
+    if getattr(accelerator, "scaler", None) is not None:
+        if not bool(torch.isfinite(sums[0])):
+            optimizer.zero_grad(set_to_none=True)
+            return StepOutcome(sums, None, torch.ones((), dtype=torch.bool, device=device), False)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+        optimizer.step()
+        skipped = accelerator.optimizer_step_was_skipped
+        optimizer.zero_grad(set_to_none=True)
+        return StepOutcome(sums, grad_norm, torch.zeros((), dtype=torch.bool, device=device), skipped)
+    # A finite loss can still give inf/NaN gradients (huge lr); one such step would make every weight NaN.
+    # The loss is reduced over processes and the norm is of the all-reduced gradients, so every rank
+    # reaches the same verdict.
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    not_finite = ~(torch.isfinite(sums[0]) & torch.isfinite(grad_norm))
+    optimizer_step_unless(optimizer, not_finite | halted)
+    skipped = accelerator.optimizer_step_was_skipped  # a host flag (False here: only GradScaler skips)
+    optimizer.zero_grad(set_to_none=True)
+    return StepOutcome(sums, grad_norm, not_finite, skipped)
