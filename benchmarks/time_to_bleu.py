@@ -17,6 +17,13 @@ the job's end-of-training validation, checkpoint and export; test decoding exclu
 ``<output-dir>/<system>.json`` as each system ends, so systems can also run as separate invocations (for
 example side by side with ``--threads 1``); ``--report-only`` prints the table from what is there.
 
+One run's test score depends on where the clock happens to stop (13 updates apart, two runs of the main
+job differed by 0.8 BLEU; docs/benchmarks.md). ``--late-stops K`` therefore also scores, for each system,
+the weights at its last K stopping points (every ``checkpoint.save_interval_updates`` updates, and the last
+update) and reports their mean and spread. These are raw weights, without the job's choice of the best or
+averaged model on validation, so every system is scored the same way. The job keeps
+``checkpoint.keep_last`` checkpoints, so K is at most that.
+
     python benchmarks/time_to_bleu.py --minutes 30 --output-dir runs/time_to_bleu
     python benchmarks/time_to_bleu.py --minutes 1 --test-limit 50 --output-dir /tmp/ttb   # smoke run
 """
@@ -27,9 +34,11 @@ import argparse
 import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,7 +57,13 @@ from fixup_transformer.evaluation.translate import translate_corpus  # noqa: E40
 from fixup_transformer.hardware import resolve_mixed_precision  # noqa: E402
 from fixup_transformer.text.modeling_fixup_transformer import IGNORE_INDEX, shift_tokens_right  # noqa: E402
 from fixup_transformer.training import mt_data, mt_validation  # noqa: E402
-from fixup_transformer.training.checkpoint import atomic_write_json, atomic_write_text, list_checkpoints  # noqa: E402
+from fixup_transformer.training.checkpoint import (  # noqa: E402
+    WEIGHTS_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    list_checkpoints,
+    load_averaged_weights,
+)
 from fixup_transformer.training.config import load_config  # noqa: E402
 from fixup_transformer.training.losses import label_smoothed_nll_loss  # noqa: E402
 from fixup_transformer.training.metrics import read_metrics  # noqa: E402
@@ -78,11 +93,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="change the recipe of every system alike, e.g. --set optim.lr=2e-3 (repeatable)",
     )
+    p.add_argument(
+        "--late-stops",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also score the weights at each system's last K stopping points (mean and spread; 0: off)",
+    )
     p.add_argument("--report-only", action="store_true", help="train nothing; print the table")
     args = p.parse_args(argv)
     for item in args.overrides:
         if "=" not in item:
             p.error(f"--set expects KEY=VALUE, got {item!r}")
+    if args.late_stops < 0:
+        p.error("--late-stops must be >= 0")
     return args
 
 
@@ -118,8 +142,11 @@ def run_job(system: str, args: argparse.Namespace) -> dict:
     subprocess.run(command, check=True, cwd=REPO)
     wall = time.monotonic() - start
     results = json.loads((out / "results.json").read_text())
-    state = json.loads((list_checkpoints(out / "checkpoints")[-1] / "trainer_state.json").read_text())
-    batches_per_epoch = _batches_per_epoch(load_config(MTConfig, out / "config.yaml"), out)
+    checkpoints = list_checkpoints(out / "checkpoints")
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    cfg = load_config(MTConfig, out / "config.yaml")
+    batches_per_epoch = _batches_per_epoch(cfg, out)
+    late = _job_late_scores(cfg, out, checkpoints[-args.late_stops :]) if args.late_stops else None
     return summarize(
         system,
         updates=results["step"],
@@ -132,7 +159,40 @@ def run_job(system: str, args: argparse.Namespace) -> dict:
         note=f"test model: {results.get('test_model')}",
         valid_loss=_last_valid_loss(out),
         train_curve=[[r["step"], r["loss"]] for r in read_metrics(out / "metrics.jsonl", "train")],
+        late_stops=late,
     )
+
+
+def _job_late_scores(cfg: MTConfig, out: Path, checkpoints: list[Path]) -> list[dict]:
+    """Test scores of the job's weights at each of ``checkpoints`` (its last stopping points)."""
+    from fixup_transformer.text import FixupTransformerForConditionalGeneration
+
+    data = mt_data.prepare_data(cfg, _accelerator(), resuming=True)
+    model = FixupTransformerForConditionalGeneration.from_pretrained(out / "last").to(_accelerator().device)
+    stops = [
+        (_checkpoint_update(path), lambda m, path=path: load_averaged_weights(m, [path / WEIGHTS_FILE]))
+        for path in checkpoints
+    ]
+    return late_test_scores(model, data, cfg, stops)
+
+
+def _checkpoint_update(path: Path) -> int:
+    return json.loads((path / "trainer_state.json").read_text())["step"]
+
+
+def late_test_scores(model, data, cfg: MTConfig, stops: list[tuple[int, Callable]]) -> list[dict]:
+    """For each ``(update, load)``: ``load(model)``, then score the test set (the config's beam)."""
+    pairs = data.test_pairs
+    settings = mt_validation.generation_settings(cfg, cfg.eval.beam)
+    scores = []
+    for update, load in stops:
+        load(model)
+        hyps = translate_corpus(
+            model, data.tokenizer, [s for s, _ in pairs], settings, _accelerator(), desc=f"test @{update}"
+        )
+        result = corpus_scores(hyps, [t for _, t in pairs])
+        scores.append({"update": update, "bleu": result["bleu"].score, "chrf": result["chrf"].score})
+    return scores
 
 
 def _last_valid_loss(out: Path) -> float | None:
@@ -218,6 +278,8 @@ def run_marian(args: argparse.Namespace) -> dict:
     sampler, collate = _sampler(cfg, data), TranslationCollator(pad_id=pad)
     clock, updates, epoch, batches_done, tokens = WallClock(), 0, 0, 0, 0
     window, curve = torch.zeros(2, dtype=torch.float64), []  # train loss per token every 25 updates
+    # (update, weights) at the updates where the job saves checkpoints, for --late-stops
+    snapshots: list[tuple[int, dict]] = []
     start = time.monotonic()
 
     def out_of_time() -> bool:
@@ -253,6 +315,8 @@ def run_marian(args: argparse.Namespace) -> dict:
             if updates % 25 == 0:
                 curve.append([updates, float(window[0] / window[1])])
                 window.zero_()
+            if args.late_stops > 1 and updates % cfg.checkpoint.save_interval_updates == 0:
+                snapshots = [*snapshots, (updates, _weights_copy(model))][-(args.late_stops - 1) :]
             bar.update(1)
         if batches_done == sampler.batches_per_rank:
             epoch, batches_done = epoch + 1, 0
@@ -263,6 +327,11 @@ def run_marian(args: argparse.Namespace) -> dict:
     settings = mt_validation.generation_settings(cfg, cfg.eval.beam)
     hyps = translate_corpus(model, data.tokenizer, [s for s, _ in pairs], settings, accelerator, desc="test")
     atomic_write_text(out / f"test.hyp.{cfg.data.tgt_lang}", "\n".join(hyps) + "\n")
+    late = None
+    if args.late_stops:
+        states = [s for s in snapshots if s[0] != updates] + [(updates, _weights_copy(model))]
+        stops = [(update, lambda m, state=state: m.load_state_dict(state)) for update, state in states]
+        late = late_test_scores(model, data, cfg, stops[-args.late_stops :])
     return summarize(
         "marian",
         updates=updates,
@@ -275,7 +344,12 @@ def run_marian(args: argparse.Namespace) -> dict:
         note="last update, no validation during training",
         valid_loss=valid["valid_loss"],
         train_curve=curve,
+        late_stops=late,
     )
+
+
+def _weights_copy(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -287,6 +361,10 @@ def summarize(system: str, **fields) -> dict:
     fields["tokens_per_s_end_to_end"] = fields["target_tokens"] / max(fields["train_seconds"], 1e-9)
     fields["tokens_per_s_steps"] = fields["target_tokens"] / max(steps, 1e-9)
     fields["test_bleu"] = fields["test"]["bleu"]["score"]
+    late = [s["bleu"] for s in fields.get("late_stops") or []]
+    if late:
+        fields["late_test_bleu_mean"] = statistics.mean(late)
+        fields["late_test_bleu_sd"] = statistics.stdev(late) if len(late) > 1 else 0.0
     return {"system": system, **fields}
 
 
@@ -307,7 +385,14 @@ def table(results: list[dict]) -> str:
             f"{r['test']['chrf']['score']:.2f} |"
         )
     signature = results[0]["test"]["bleu"]["signature"] if results else ""
-    return "\n".join(lines) + f"\n\nsacreBLEU signature: `{signature}`\n"
+    text = "\n".join(lines) + f"\n\nsacreBLEU signature: `{signature}`\n"
+    late = [r for r in results if r.get("late_stops")]
+    if late:
+        text += "\n| system | test sacreBLEU at the last stopping points (update: BLEU) | mean ± sd |\n|---|---|---|\n"
+        for r in late:
+            each = ", ".join(f"{s['update']}: {s['bleu']:.2f}" for s in r["late_stops"])
+            text += f"| {r['system']} | {each} | {r['late_test_bleu_mean']:.2f} ± {r['late_test_bleu_sd']:.2f} |\n"
+    return text
 
 
 def _fmt(value) -> str:
