@@ -761,8 +761,10 @@ def _positions(
     length: int, offset: int, device: torch.device, config: FixupTransformerConfig
 ) -> torch.Tensor:
     # Skipped under torch.compile: there a static cache's length is a tensor, and the check a graph break.
-    too_long = config.position_offset + offset + length > config.max_position_embeddings
-    if not is_torchdynamo_compiling() and too_long:
+    if (
+        not is_torchdynamo_compiling()
+        and config.position_offset + offset + length > config.max_position_embeddings
+    ):
         raise ValueError(
             f"Sequence of {offset + length} positions is longer than `max_position_embeddings` "
             f"({config.max_position_embeddings}) of this model; truncate the input or raise that config field."
