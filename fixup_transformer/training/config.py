@@ -126,114 +126,144 @@ def _is_union(tp: Any) -> bool:
     return origin is Union or origin is types.UnionType
 
 
+class _Mismatch(Exception):
+    """A value that does not fit its type; :func:`coerce` turns it into a ConfigError naming the field."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Convert ``value`` (from YAML or a command-line string) to the declared type ``tp``.
 
     Raises ConfigError naming the field, the expected type, the bad value and its source.
     """
+    try:
+        return _coerce(value, tp, key, source)
+    except _Mismatch as bad:
+        detail = f": {bad.detail}" if bad.detail else ""
+        raise ConfigError(
+            f"field '{key}' (from {source}) expects {_type_name(tp)}, got {value!r}{detail}"
+        ) from None
 
-    def fail(extra: str = "") -> ConfigError:
-        return ConfigError(
-            f"field '{key}' (from {source}) expects {_type_name(tp)}, got {value!r}{': ' + extra if extra else ''}"
-        )
 
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is Any:
         return value
     if _is_union(tp):
-        options = get_args(tp)
-        if type(None) in options and (value is None or (isinstance(value, str) and value.lower() in _NONE)):
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return coerce(value, option, key, source)
-            except ConfigError:
-                pass
-        raise fail()
+        return _to_union(value, get_args(tp), key, source)
     origin = get_origin(tp)
     if origin is Literal:
-        choices = get_args(tp)
-        for choice in choices:
-            if value == choice or (isinstance(value, str) and str(choice) == value):
-                return choice
-        raise fail(f"choose one of {list(choices)}")
+        return _to_literal(value, get_args(tp))
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        if isinstance(value, str):
-            # Command line: "[0.9, 0.98]" (YAML flow syntax) or "0.9,0.98".
-            text = value.strip()
-            try:
-                parsed = (
-                    yaml.safe_load(text)
-                    if text.startswith("[")
-                    else [v for v in text.split(",") if v.strip()]
-                )
-            except yaml.YAMLError as err:
-                raise fail(_yaml_problem(err)) from None
-            value_list = parsed
-        else:
-            value_list = value
-        if not isinstance(value_list, list | tuple):
-            raise fail("expected a list")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value_list):
-                raise fail(f"expected {len(args)} items")
-            items = [coerce(v, a, key, source) for v, a in zip(value_list, args, strict=True)]
-        else:
-            item_type = args[0] if args else Any
-            items = [coerce(v, item_type, key, source) for v in value_list]
-        return tuple(items) if origin is tuple or tp is tuple else items
+        return _to_sequence(value, tp, key, source)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise fail("expected a mapping")
+            raise _Mismatch("expected a mapping")
         return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise fail("use true/false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                number = float(value) if any(c in value for c in ".eE") else int(value)
-            except ValueError:
-                raise fail() from None
-            if isinstance(number, float) and not number.is_integer():
-                raise fail()
-            return int(number)
-        raise fail()
-    if tp is float:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise fail() from None
-        raise fail()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise fail()
+    if tp in _SCALAR_PARSERS:
+        return _SCALAR_PARSERS[tp](value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise fail("expected a mapping of sub-fields")
+            raise _Mismatch("expected a mapping of sub-fields")
         return from_dict(tp, value, source, prefix=f"{key}.")
     raise ConfigError(f"field '{key}' has unsupported type {_type_name(tp)} in the config dataclass")
+
+
+def _to_union(value: Any, options: tuple, key: str, source: str) -> Any:
+    if type(None) in options and (value is None or (isinstance(value, str) and value.lower() in _NONE)):
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return coerce(value, option, key, source)
+        except ConfigError:
+            pass
+    raise _Mismatch()
+
+
+def _to_literal(value: Any, choices: tuple) -> Any:
+    for choice in choices:
+        if value == choice or (isinstance(value, str) and str(choice) == value):
+            return choice
+    raise _Mismatch(f"choose one of {list(choices)}")
+
+
+def _to_sequence(value: Any, tp: Any, key: str, source: str) -> list | tuple:
+    if isinstance(value, str):
+        # Command line: "[0.9, 0.98]" (YAML flow syntax) or "0.9,0.98".
+        text = value.strip()
+        try:
+            value = (
+                yaml.safe_load(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+            )
+        except yaml.YAMLError as err:
+            raise _Mismatch(_yaml_problem(err)) from None
+    if not isinstance(value, list | tuple):
+        raise _Mismatch("expected a list")
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise _Mismatch(f"expected {len(args)} items")
+        items = [coerce(v, a, key, source) for v, a in zip(value, args, strict=True)]
+    else:
+        item_type = args[0] if args else Any
+        items = [coerce(v, item_type, key, source) for v in value]
+    return tuple(items) if origin is tuple or tp is tuple else items
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise _Mismatch("use true/false")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise _Mismatch()
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            number = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            raise _Mismatch() from None
+        if isinstance(number, float) and not number.is_integer():
+            raise _Mismatch()
+        return int(number)
+    raise _Mismatch()
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise _Mismatch()
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise _Mismatch() from None
+    raise _Mismatch()
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise _Mismatch()
+
+
+_SCALAR_PARSERS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 def _hints(cls: type) -> dict[str, Any]:
