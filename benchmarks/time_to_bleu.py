@@ -145,8 +145,10 @@ def run_job(system: str, args: argparse.Namespace) -> dict:
     checkpoints = list_checkpoints(out / "checkpoints")
     state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
     cfg = load_config(MTConfig, out / "config.yaml")
-    batches_per_epoch = _batches_per_epoch(cfg, out)
-    late = _job_late_scores(cfg, out, checkpoints[-args.late_stops :]) if args.late_stops else None
+    cfg.output_dir = str(out)  # as seen from here: its tokenizer is reused
+    data = mt_data.prepare_data(cfg, _accelerator(), resuming=True)
+    batches_per_epoch = _sampler(cfg, data).batches_per_rank
+    late = _job_late_scores(cfg, data, out, checkpoints[-args.late_stops :]) if args.late_stops else None
     return summarize(
         system,
         updates=results["step"],
@@ -163,11 +165,10 @@ def run_job(system: str, args: argparse.Namespace) -> dict:
     )
 
 
-def _job_late_scores(cfg: MTConfig, out: Path, checkpoints: list[Path]) -> list[dict]:
+def _job_late_scores(cfg: MTConfig, data, out: Path, checkpoints: list[Path]) -> list[dict]:
     """Test scores of the job's weights at each of ``checkpoints`` (its last stopping points)."""
     from fixup_transformer.text import FixupTransformerForConditionalGeneration
 
-    data = mt_data.prepare_data(cfg, _accelerator(), resuming=True)
     model = FixupTransformerForConditionalGeneration.from_pretrained(out / "last").to(_accelerator().device)
     stops = [
         (_checkpoint_update(path), lambda m, path=path: load_averaged_weights(m, [path / WEIGHTS_FILE]))
@@ -208,12 +209,6 @@ def _accelerator() -> Accelerator:
     cpu = not torch.cuda.is_available()
     bf16 = resolve_mixed_precision(cfg.train.mixed_precision, cpu=cpu) == "bf16"
     return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
-
-
-def _batches_per_epoch(cfg: MTConfig, out: Path) -> int:
-    cfg.output_dir = str(out)  # its tokenizer is reused
-    data = mt_data.prepare_data(cfg, _accelerator(), resuming=True)
-    return _sampler(cfg, data).batches_per_rank
 
 
 def _sampler(cfg: MTConfig, data) -> TokenBatchSampler:
@@ -327,11 +322,15 @@ def run_marian(args: argparse.Namespace) -> dict:
     settings = mt_validation.generation_settings(cfg, cfg.eval.beam)
     hyps = translate_corpus(model, data.tokenizer, [s for s, _ in pairs], settings, accelerator, desc="test")
     atomic_write_text(out / f"test.hyp.{cfg.data.tgt_lang}", "\n".join(hyps) + "\n")
+    test = corpus_scores(hyps, [t for _, t in pairs])
     late = None
     if args.late_stops:
-        states = [s for s in snapshots if s[0] != updates] + [(updates, _weights_copy(model))]
-        stops = [(update, lambda m, state=state: m.load_state_dict(state)) for update, state in states]
-        late = late_test_scores(model, data, cfg, stops[-args.late_stops :])
+        # The last update is scored above; the earlier stops are loaded and decoded in turn.
+        earlier = [s for s in snapshots if s[0] != updates]
+        earlier = earlier[max(0, len(earlier) - (args.late_stops - 1)) :]
+        stops = [(update, lambda m, state=state: m.load_state_dict(state)) for update, state in earlier]
+        final = {"update": updates, "bleu": test["bleu"].score, "chrf": test["chrf"].score}
+        late = [*late_test_scores(model, data, cfg, stops), final]
     return summarize(
         "marian",
         updates=updates,
@@ -339,7 +338,7 @@ def run_marian(args: argparse.Namespace) -> dict:
         target_tokens=tokens,
         train_seconds=train_seconds,
         time_breakdown=clock.rounded(),
-        test=scores_to_json(corpus_scores(hyps, [t for _, t in pairs])),
+        test=scores_to_json(test),
         wall_seconds=None,
         note="last update, no validation during training",
         valid_loss=valid["valid_loss"],
