@@ -12,6 +12,7 @@ are rebuilt. A CPU run of one 12+12 cell takes ~30 s on a quiet 2-core machine; 
 
     python benchmarks/stability.py --layers 6 18 --lrs 5e-4 1e-3 --warmups 0 --precisions fp32 fp16
     python benchmarks/stability.py --report-only
+    python benchmarks/stability.py --device cuda --output-dir runs/stability_gpu   # on a GPU
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--ffn-dim", type=int, default=2048)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (fp16 then uses a CUDA GradScaler)")
     p.add_argument("--output-dir", type=Path, default=Path("runs/stability"))
     p.add_argument("--report-only", action="store_true", help="run nothing; rebuild table and plot")
     p.add_argument(
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             cell = Cell(variant, layers, lr, warmup, precision)
             if (task, variant, layers, lr, warmup, precision) in done:
                 continue
-            result = {"task": task, **run_cell(cell, batches, args.steps, vocab, width)}
+            result = {"task": task, **run_cell(cell, batches, args.steps, vocab, width, device=args.device)}
             results.append(result)
             atomic_write_json(results_path, {"width": vars(width), "steps": args.steps, "cells": results})
             print(markdown_table([result]).splitlines()[-1], flush=True)

@@ -93,11 +93,11 @@ def copy_task_batches(
     return batches
 
 
-def _autocast(precision: str):
+def _autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast("cpu", dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def run_cell(
@@ -107,18 +107,25 @@ def run_cell(
     vocab_size: int,
     width: Width = Width(),
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> dict:
-    """Train one cell for ``steps`` updates (cycling through ``batches``) and summarise its losses."""
-    model = build_model(cell, vocab_size, width, seed).train()
+    """Train one cell for ``steps`` updates (cycling through ``batches``) and summarise its losses.
+
+    The model is initialised on the CPU (the same weights on every device for a seed), then moved to
+    ``device``; fp32 on CUDA keeps TF32 off unless the caller turned it on.
+    """
+    device = torch.device(device)
+    model = build_model(cell, vocab_size, width, seed).to(device).train()
+    batches = [{name: tensor.to(device) for name, tensor in batch.items()} for batch in batches]
     optimizer = torch.optim.Adam(model.parameters(), lr=cell.lr, betas=(0.9, 0.98))
-    scaler = torch.amp.GradScaler("cpu") if cell.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if cell.precision == "fp16" else None
     losses, skipped, settled, skipped_after_settling = [], 0, False, 0
     started = time.perf_counter()
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = cell.lr * min(1.0, (step + 1) / cell.warmup) if cell.warmup else cell.lr
         batch = batches[step % len(batches)]
-        with _autocast(cell.precision):
+        with _autocast(cell.precision, device):
             loss = model(**batch).loss
         if scaler is None:
             loss.backward()
@@ -136,7 +143,10 @@ def run_cell(
         losses.append(float(loss.detach()))
         if not math.isfinite(losses[-1]):
             break  # a NaN model only produces NaN from here on
-    return summarize(cell, losses, skipped, skipped_after_settling, time.perf_counter() - started)
+    return {
+        **summarize(cell, losses, skipped, skipped_after_settling, time.perf_counter() - started),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
 
 
 def summarize(cell: Cell, losses: list[float], skipped: int, skipped_after_settling: int, seconds: float):

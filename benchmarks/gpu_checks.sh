@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The GPU checks of one lent-GPU session, in one script that fits about 9 minutes on an H100/H200:
+#   1. host-device syncs of the training step, a decoding step and generate (benchmarks/cuda_syncs.py)
+#   2. the Fixup vs MarianMTModel table at the iwslt and base sizes in bf16, then base with torch.compile and
+#      32k-token batches for MFU (benchmarks/bench_vs_marian.py --device cuda); alone on the GPU, as timed
+#   3. then, side by side (nothing timed): the d512 stability grid in fp16 and fp32 (benchmarks/stability.py,
+#      one process per task x variant) and the default Multi30k job trained for a fixed number of updates in
+#      fp32 and in bf16 (train.mixed_precision no vs auto), each printing test sacreBLEU
+# Every part has its own time limit inside BUDGET_S seconds in all (default 530; part 3 keeps at least
+# 200), so a slow part costs its own results only. Results go to $OUT (default runs/gpu_checks): the JSON
+# reports, log.txt, and a tarball of the stability and training outputs (no weights).
+#
+#   FIXUP_DATA_DIR=../shared/data bash benchmarks/gpu_checks.sh
+set -u
+START=$(date +%s)
+BUDGET=${BUDGET_S:-530}
+left() { echo $((START + BUDGET - $(date +%s))); }  # seconds left in the budget
+upto() { local t; t=$(($(left) - $2)); echo $((t < $1 ? (t > 5 ? t : 5) : $1)); }  # min(cap, left - reserve)
+OUT=${OUT:-runs/gpu_checks}
+DATA=${FIXUP_DATA_DIR:-../shared/data}
+UPDATES=${MT_UPDATES:-2000}
+WORK=runs/gpu_work
+mkdir -p "$OUT" "$WORK"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+exec > >(tee -a "$OUT/log.txt") 2>&1
+log() { echo "== $(date -u +%T) $*"; }
+
+log "environment"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+python3 -c 'import torch, transformers, accelerate; print("torch", torch.__version__, "transformers",
+transformers.__version__, "accelerate", accelerate.__version__, torch.cuda.get_device_name())'
+
+log "1. host-device syncs"
+timeout "$(upto 90 300)" python3 benchmarks/cuda_syncs.py --output "$OUT/cuda_syncs.json" || log "cuda_syncs failed: $?"
+
+log "2. Fixup vs Marian, bf16 (8k target tokens per batch, 32 + 32 tokens per pair)"
+for size in iwslt base; do
+    timeout "$(upto 110 240)" python3 benchmarks/bench_vs_marian.py --device cuda --precision bf16 \
+        --size "$size" --tokens 8192 --src-len 32 --tgt-len 32 --threads 8 --no-postln --output "$OUT/bench_${size}_bf16.json" \
+        || log "bench $size failed: $?"
+done
+log "2b. base, torch.compile, 32k-token batches (MFU)"
+timeout "$(upto 170 200)" python3 benchmarks/bench_vs_marian.py --device cuda --precision bf16 --size base --tokens 32768 \
+    --src-len 32 --tgt-len 32 --threads 8 --compile --no-postln --warmup 2 --repeats 3 --mem-repeats 1 \
+    --output "$OUT/bench_base_bf16_compile.json" || log "bench compile failed: $?"
+
+log "3. stability grid (fp16, fp32) and the Multi30k job in fp32 and bf16, side by side"
+export OMP_NUM_THREADS=1
+pids=()
+for task in copy multi30k; do
+    for variant in fixup fixup_paper t_fixup post_ln pre_ln; do
+        dir="$WORK/stability/$task-$variant"
+        mkdir -p "$dir"
+        (for precision in fp16 fp32; do
+            timeout "$(upto 600 25)" python3 benchmarks/stability.py --device cuda --tasks "$task" --variants "$variant" \
+                --layers 6 18 50 --lrs 5e-4 1e-3 --warmups 0 10 --precisions "$precision" \
+                --data-dir "$DATA" --output-dir "$dir" > "$dir/$precision.log" 2>&1
+        done) &
+        pids+=($!)
+    done
+done
+for precision in no auto; do
+    timeout "$(upto 600 25)" python3 -m accelerate.commands.launch --num_processes 1 scripts/train_mt.py \
+        --config configs/multi30k_de_en.yaml \
+        --output_dir "$WORK/mt_$precision" --data.data_dir "$DATA/multi30k" --train.max_minutes null \
+        --train.max_updates "$UPDATES" --train.mixed_precision "$precision" \
+        > "$WORK/mt_$precision.log" 2>&1 &
+    pids+=($!)
+done
+wait "${pids[@]}"
+log "stability grid merged"
+mkdir -p "$WORK/stability/all"
+python3 benchmarks/stability.py --report-only --output-dir "$WORK/stability/all" \
+    --merge "$WORK"/stability/*-*/results.json | tail -3
+for precision in no auto; do
+    log "mt $precision"; tr '\r' '\n' < "$WORK/mt_$precision.log" | grep -vE "it/s|upd/s|batch/s|^ *$" | tail -12
+done
+tar -czf "$OUT/gpu_work.tar.gz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.bin' \
+    --exclude='checkpoint*' --exclude='best' --exclude='last' -C "$WORK" .
+log "done"
