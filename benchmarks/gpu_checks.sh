@@ -45,6 +45,17 @@ timeout "$(upto 170 200)" python3 benchmarks/bench_vs_marian.py --device cuda --
     --src-len 32 --tgt-len 32 --threads 8 --compile --no-postln --warmup 2 --repeats 3 --mem-repeats 1 \
     --output "$OUT/bench_base_bf16_compile.json" || log "bench compile failed: $?"
 
+log "2c. the default Multi30k job alone, 400 updates in fp32 then in bf16 (train.mixed_precision auto)"
+for precision in no auto; do
+    timeout "$(upto 80 200)" python3 -m accelerate.commands.launch --num_processes 1 scripts/train_mt.py \
+        --config configs/multi30k_de_en.yaml --output_dir "$WORK/mt_speed_$precision" \
+        --data.data_dir "$DATA/multi30k" --train.max_minutes null --train.max_updates 400 \
+        --train.mixed_precision "$precision" --eval.valid_interval_updates 100000 --eval.test_split null \
+        --checkpoint.save_interval_updates 100000 --checkpoint.average_last 1 --eval.test_model best \
+        > "$WORK/mt_speed_$precision.log" 2>&1 || log "mt speed $precision failed: $?"
+    grep -h '"time_breakdown"' -A7 "$WORK/mt_speed_$precision/results.json" | tr -d '\n '; echo
+done
+
 log "3. stability grid (fp16, fp32) and the Multi30k job in fp32 and bf16, side by side"
 export OMP_NUM_THREADS=1
 pids=()

@@ -94,20 +94,43 @@ def fmt(value) -> str:
     return str(value)
 
 
+def verdict(r: dict) -> str:
+    if r["nonfinite_step"] is not None:
+        return f"NaN at step {r['nonfinite_step']}"
+    if r["spike_step"] is not None:
+        return f"spike at step {r['spike_step']}"
+    if not r["learned"]:
+        return "finite, not learning"
+    return "fp16 steps skipped after settling" if r["skipped_after_settling"] else "stable"
+
+
+def markdown_summary(results: list[dict]) -> str:
+    """Cells per variant and precision: stable / spiked / NaN, and cells with a skipped step once settled."""
+    header = "| variant | precision | cells | stable | spike | NaN | skipped steps after settling |"
+    lines = [header, "|" + "---|" * 7]
+    for variant in [v for v in VARIANTS if any(r["variant"] == v for r in results)]:
+        for precision in PRECISIONS:
+            cells = [r for r in results if r["variant"] == variant and r["precision"] == precision]
+            if not cells:
+                continue
+            nan = sum(r["nonfinite_step"] is not None for r in cells)
+            spike = sum(r["nonfinite_step"] is None and r["spike_step"] is not None for r in cells)
+            skipped = sum(r["skipped_after_settling"] > 0 for r in cells)
+            stable = sum(is_stable(r) for r in cells)
+            lines.append(
+                f"| {variant} | {precision} | {len(cells)} | {stable} | {spike} | {nan} | {skipped} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(results: list[dict]) -> str:
     header = "| task | N+N | lr | warmup | precision | variant | first / min / max / last loss | skipped (after settling) | verdict |"
     lines = [header, "|" + "---|" * 9]
     for r in sorted(results, key=lambda r: (r["task"], r["layers"], r["lr"], r["warmup"], r["precision"])):
         losses = " / ".join(fmt(r[k]) for k in ("first_loss", "min_loss", "max_loss", "last_loss"))
-        if r["nonfinite_step"] is not None:
-            verdict = f"NaN at step {r['nonfinite_step']}"
-        elif r["spike_step"] is not None:
-            verdict = f"spike at step {r['spike_step']}"
-        else:
-            verdict = "stable" if is_stable(r) else "finite, not learning"
         lines.append(
             f"| {r['task']} | {r['layers']}+{r['layers']} | {r['lr']:g} | {r['warmup']} | {r['precision']} | "
-            f"{r['variant']} | {losses} | {r['skipped_steps']} ({r['skipped_after_settling']}) | {verdict} |"
+            f"{r['variant']} | {losses} | {r['skipped_steps']} ({r['skipped_after_settling']}) | {verdict(r)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -159,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             print(markdown_table([result]).splitlines()[-1], flush=True)
     if args.merge:
         atomic_write_json(results_path, {"width": vars(width), "steps": args.steps, "cells": results})
-    atomic_write_text(args.output_dir / "stability.md", markdown_table(results))
+    atomic_write_text(
+        args.output_dir / "stability.md", markdown_summary(results) + "\n" + markdown_table(results)
+    )
     if results:
         plot(results, args.output_dir / "stability.png")
     print(markdown_table(results))

@@ -29,9 +29,12 @@ def describe(result: dict) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_fixup_without_warmup_is_stable_where_the_layernorm_twins_are(batches, precision):
-    if precision == "fp16" and not cpu_has_native_fp16():
+def test_fixup_without_warmup_is_stable_where_the_layernorm_twins_are(batches, precision, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device: this cell runs on CPU above (fp32; fp16 where the CPU has it)")
+    if device == "cpu" and precision == "fp16" and not cpu_has_native_fp16():
         pytest.skip(
             "this CPU has no native fp16 arithmetic (no avx512_fp16 / amx_fp16 flag): fp16 matmuls are emulated, "
             "~70x slower than fp32, so a d 512 fp16 cell would take hours; run benchmarks/stability.py "
@@ -41,7 +44,7 @@ def test_fixup_without_warmup_is_stable_where_the_layernorm_twins_are(batches, p
     torch.set_num_threads(min(2, previous))
     try:
         results = {
-            variant: run_cell(Cell(variant, LAYERS, LR, 0, precision), batches, STEPS, VOCAB)
+            variant: run_cell(Cell(variant, LAYERS, LR, 0, precision), batches, STEPS, VOCAB, device=device)
             for variant in ("post_ln", "pre_ln", "fixup")
         }
     finally:
