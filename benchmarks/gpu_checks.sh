@@ -59,13 +59,14 @@ done
 log "3. stability grid (fp16, fp32) and the Multi30k job in fp32 and bf16, side by side"
 export OMP_NUM_THREADS=1
 pids=()
-for task in copy multi30k; do
-    for variant in fixup fixup_paper t_fixup post_ln pre_ln; do
-        dir="$WORK/stability/$task-$variant"
+for task in copy multi30k; do  # one process per task and variant (+ optimizer: T-Fixup's reference RAdam)
+    for run in fixup:adam fixup_paper:adam t_fixup:adam t_fixup:radam post_ln:adam pre_ln:adam; do
+        variant=${run%:*} optimizer=${run#*:}
+        dir="$WORK/stability/$task-$variant-$optimizer"
         mkdir -p "$dir"
         (for precision in fp16 fp32; do
             timeout "$(upto 600 25)" python3 benchmarks/stability.py --device cuda --tasks "$task" --variants "$variant" \
-                --layers 6 18 50 --lrs 5e-4 1e-3 --warmups 0 10 --precisions "$precision" \
+                --optimizers "$optimizer" --layers 6 18 50 --lrs 5e-4 1e-3 --warmups 0 10 --precisions "$precision" \
                 --data-dir "$DATA" --output-dir "$dir" > "$dir/$precision.log" 2>&1
         done) &
         pids+=($!)
@@ -83,7 +84,7 @@ wait "${pids[@]}"
 log "stability grid merged"
 mkdir -p "$WORK/stability/all"
 python3 benchmarks/stability.py --report-only --output-dir "$WORK/stability/all" \
-    --merge "$WORK"/stability/*-*/results.json | tail -3
+    --merge "$WORK"/stability/*-*-*/results.json | tail -3
 for precision in no auto; do
     log "mt $precision"; tr '\r' '\n' < "$WORK/mt_$precision.log" | grep -vE "it/s|upd/s|batch/s|^ *$" | tail -12
 done

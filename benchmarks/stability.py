@@ -29,6 +29,7 @@ from fixup_transformer.diagnostics import atomic_write_json, atomic_write_text, 
 from fixup_transformer.paths import shared_data_dir
 from fixup_transformer.probe_data import multi30k_batches
 from fixup_transformer.stability import (
+    OPTIMIZERS,
     PRECISIONS,
     VARIANTS,
     Cell,
@@ -38,7 +39,7 @@ from fixup_transformer.stability import (
     run_cell,
 )
 
-KEY_FIELDS = ("task", "variant", "layers", "lr", "warmup", "precision")
+KEY_FIELDS = ("task", "variant", "layers", "lr", "warmup", "precision", "optimizer")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmups", type=int, nargs="+", default=[0], help="linear warmup updates")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32", "fp16"])
     p.add_argument("--tasks", nargs="+", choices=["copy", "multi30k"], default=["copy", "multi30k"])
+    p.add_argument(
+        "--optimizers",
+        nargs="+",
+        choices=sorted(OPTIMIZERS),
+        default=["adam"],
+        help="radam: T-Fixup's reference",
+    )
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--length", type=int, default=16, help="copy task: tokens per sequence")
@@ -79,7 +87,13 @@ def task_batches(task: str, args: argparse.Namespace) -> tuple[list[dict], int]:
 
 
 def cell_key(result: dict) -> tuple:
-    return tuple(result[k] for k in KEY_FIELDS)
+    return tuple(result.get(k, "adam") if k == "optimizer" else result[k] for k in KEY_FIELDS)
+
+
+def label(result: dict) -> str:
+    """The variant, and the optimizer where it is not the grid's plain Adam."""
+    optimizer = result.get("optimizer", "adam")  # results from before the optimizer axis: Adam
+    return result["variant"] if optimizer == "adam" else f"{result['variant']} + {optimizer}"
 
 
 def load_results(path: Path) -> list[dict]:
@@ -108,9 +122,12 @@ def markdown_summary(results: list[dict]) -> str:
     """Cells per variant and precision: stable / spiked / NaN, and cells with a skipped step once settled."""
     header = "| variant | precision | cells | stable | spike | NaN | skipped steps after settling |"
     lines = [header, "|" + "---|" * 7]
-    for variant in [v for v in VARIANTS if any(r["variant"] == v for r in results)]:
+    labels = sorted(
+        {label(r) for r in results}, key=lambda name: (list(VARIANTS).index(name.split()[0]), name)
+    )
+    for variant in labels:
         for precision in PRECISIONS:
-            cells = [r for r in results if r["variant"] == variant and r["precision"] == precision]
+            cells = [r for r in results if label(r) == variant and r["precision"] == precision]
             if not cells:
                 continue
             nan = sum(r["nonfinite_step"] is not None for r in cells)
@@ -130,7 +147,7 @@ def markdown_table(results: list[dict]) -> str:
         losses = " / ".join(fmt(r[k]) for k in ("first_loss", "min_loss", "max_loss", "last_loss"))
         lines.append(
             f"| {r['task']} | {r['layers']}+{r['layers']} | {r['lr']:g} | {r['warmup']} | {r['precision']} | "
-            f"{r['variant']} | {losses} | {r['skipped_steps']} ({r['skipped_after_settling']}) | {verdict(r)} |"
+            f"{label(r)} | {losses} | {r['skipped_steps']} ({r['skipped_after_settling']}) | {verdict(r)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -145,7 +162,7 @@ def plot(results: list[dict], path: Path) -> None:
         for r in results:
             if (r["task"], r["layers"], r["lr"], r["warmup"], r["precision"]) == panel:
                 ax.plot(
-                    [min(float(x), 30.0) for x in r["losses"]], label=r["variant"]
+                    [min(float(x), 30.0) for x in r["losses"]], label=label(r)
                 )  # "nan"/"inf": strict JSON
         task, layers, lr, warmup, precision = panel
         ax.set_title(f"{task} {layers}+{layers} lr {lr:g} wu {warmup} {precision}", fontsize=9)
@@ -171,10 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     width = Width(args.d_model, args.heads, args.ffn_dim)
     for task in [] if args.report_only else args.tasks:
         batches, vocab = task_batches(task, args)
-        grid = itertools.product(args.layers, args.lrs, args.warmups, args.precisions, args.variants)
-        for layers, lr, warmup, precision, variant in grid:
-            cell = Cell(variant, layers, lr, warmup, precision)
-            if (task, variant, layers, lr, warmup, precision) in done:
+        grid = itertools.product(
+            args.layers, args.lrs, args.warmups, args.precisions, args.variants, args.optimizers
+        )
+        for layers, lr, warmup, precision, variant, optimizer in grid:
+            cell = Cell(variant, layers, lr, warmup, precision, optimizer)
+            if (task, variant, layers, lr, warmup, precision, optimizer) in done:
                 continue
             result = {"task": task, **run_cell(cell, batches, args.steps, vocab, width, device=args.device)}
             results.append(result)

@@ -29,6 +29,9 @@ from .text import FixupTransformerConfig, FixupTransformerForConditionalGenerati
 
 SPIKE_NATS = 1.5
 PRECISIONS = ("fp32", "fp16", "bf16")
+# Plain torch optimizers, every parameter at the same lr. "radam" is what T-Fixup's reference code runs
+# (its fairseq fork's "adam" steps with RAdam, whose first updates are damped: a built-in warmup).
+OPTIMIZERS = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}
 
 # name -> config overrides; every variant is the same code path with a different normalization / init.
 VARIANTS: dict[str, dict] = {
@@ -49,12 +52,15 @@ class Cell:
     lr: float
     warmup: int = 0  # linear warmup updates (0: the full lr from the first step)
     precision: str = "fp32"
+    optimizer: str = "adam"
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +123,7 @@ def run_cell(
     device = torch.device(device)
     model = build_model(cell, vocab_size, width, seed).to(device).train()
     batches = [{name: tensor.to(device) for name, tensor in batch.items()} for batch in batches]
-    optimizer = torch.optim.Adam(model.parameters(), lr=cell.lr, betas=(0.9, 0.98))
+    optimizer = OPTIMIZERS[cell.optimizer](model.parameters(), lr=cell.lr, betas=(0.9, 0.98))
     scaler = torch.amp.GradScaler(device.type) if cell.precision == "fp16" else None
     losses, skipped, settled, skipped_after_settling = [], 0, False, 0
     started = time.perf_counter()
@@ -179,6 +185,7 @@ def is_stable(result: dict) -> bool:
 
 __all__ = [
     "Cell",
+    "OPTIMIZERS",
     "PRECISIONS",
     "SPIKE_NATS",
     "VARIANTS",

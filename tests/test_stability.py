@@ -4,7 +4,9 @@ A fast slice of ``benchmarks/stability.py`` (d_model 512, 8 heads, FFN 2048, 12+
 16 x 16 copy-task batch, 30 plain Adam steps at lr 1e-3 without warmup, fp32 and fp16 autocast with a
 GradScaler). It checks the default, ``fixup_zero="multiplier"``: the paper's placement of the zero
 (``fixup_zero="last_layer"``, which needs warmup) spiked to 3e5 and NaN in this cell while both LayerNorm
-twins stayed finite. Toy widths do not reproduce that failure (docs/depth.md has the grid).
+twins stayed finite. T-Fixup is checked with the optimizer its reference code runs, RAdam (with Adam it
+spikes on its first updates at this width). Toy widths do not reproduce these failures (docs/depth.md has
+the grid).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def batches():
 
 def describe(result: dict) -> str:
     losses = " ".join(f"{loss:.3g}" for loss in result["losses"])
-    return f"{result['variant']} {result['precision']}: skipped {result['skipped_steps']}; losses {losses}"
+    return f"{result['variant']} ({result['optimizer']}) {result['precision']}: skipped {result['skipped_steps']}; losses {losses}"
 
 
 @pytest.mark.slow
@@ -43,10 +45,14 @@ def test_fixup_without_warmup_is_stable_where_the_layernorm_twins_are(batches, p
     previous = torch.get_num_threads()
     torch.set_num_threads(min(2, previous))
     try:
-        results = {
-            variant: run_cell(Cell(variant, LAYERS, LR, 0, precision), batches, STEPS, VOCAB, device=device)
-            for variant in ("post_ln", "pre_ln", "fixup")
+        cells = {
+            "post_ln": Cell("post_ln", LAYERS, LR, 0, precision),
+            "pre_ln": Cell("pre_ln", LAYERS, LR, 0, precision),
+            "fixup": Cell("fixup", LAYERS, LR, 0, precision),
+            # T-Fixup with its reference code's optimizer (with plain Adam it spikes on its first updates)
+            "t_fixup": Cell("t_fixup", LAYERS, LR, 0, precision, optimizer="radam"),
         }
+        results = {name: run_cell(cell, batches, STEPS, VOCAB, device=device) for name, cell in cells.items()}
     finally:
         torch.set_num_threads(previous)
     fixup = results["fixup"]
@@ -55,3 +61,4 @@ def test_fixup_without_warmup_is_stable_where_the_layernorm_twins_are(batches, p
     assert not results["post_ln"]["diverged"] and not results["pre_ln"]["diverged"], report
     assert is_stable(fixup), report
     assert fixup["first_loss"] == pytest.approx(8.987, abs=0.01), report  # rule 1: ln V at init
+    assert is_stable(results["t_fixup"]), report

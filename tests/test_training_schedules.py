@@ -100,3 +100,26 @@ def test_zero_initialised_branch_multipliers_get_the_gate_learning_rate():
     assert [p is model.gate.weight for p in by_name["gates"]["params"]] == [True]
     assert by_name["gates"]["lr"] == pytest.approx(1e-2) and by_name["scalars"]["lr"] == pytest.approx(1e-4)
     assert all(p is not model.gate.weight for p in by_name["scalars"]["params"])
+
+
+def test_radam_is_t_fixups_reference_optimizer_with_damped_first_updates():
+    """T-Fixup's reference code steps with RAdam: its first updates are momentum steps lr * g (no division
+    by sqrt(v)), so a weight with a tiny gradient barely moves where Adam's first step moves it by lr."""
+    model = Tiny()
+    optimizer = build_optimizer(model, OptimConfig(name="radam", lr=1e-3, weight_decay=0.01))
+    assert isinstance(optimizer, torch.optim.RAdam)
+    assert optimizer.defaults["decoupled_weight_decay"]  # fairseq's adam decays like AdamW
+    assert [g["name"] for g in optimizer.param_groups] == ["main", "scalars"]
+    adam = build_optimizer(Tiny(), OptimConfig(name="adam", lr=1e-3, weight_decay=0.0))
+    radam = build_optimizer(Tiny(), OptimConfig(name="radam", lr=1e-3, weight_decay=0.0))
+    for opt in (adam, radam):
+        weight = opt.param_groups[0]["params"][0]
+        with torch.no_grad():
+            weight.zero_()  # so a step of 1e-7 is not lost to float32 rounding
+        before = weight.detach().clone()
+        for p in (q for g in opt.param_groups for q in g["params"]):
+            p.grad = torch.full_like(p, 1e-4)
+        opt.step()
+        moved = (weight.detach() - before).abs().max().item()
+        expected = 1e-3 if opt is adam else 1e-3 * 1e-4  # sign-like step vs momentum step lr * g
+        assert moved == pytest.approx(expected, rel=1e-3), type(opt).__name__

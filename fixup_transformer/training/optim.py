@@ -12,6 +12,9 @@ likewise passes all parameters to SGD with weight decay). ``decay_scalars: false
 
 ``adamw`` is the default because fairseq's ``adam`` optimizer implements *decoupled* weight decay
 (``p -= lr * wd * p``), which is exactly ``torch.optim.AdamW``; ``adam`` is torch's L2-coupled Adam.
+``radam`` is ``torch.optim.RAdam`` with decoupled weight decay: what T-Fixup's reference code runs when its
+command line says ``--optimizer adam`` (its fairseq fork's ``adam.py`` steps with RAdam), and what lets
+T-Fixup train without warmup (docs/depth.md).
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from .config import field_doc, require
 class OptimConfig:
     """Optimizer and gradient settings."""
 
-    name: Literal["adamw", "adam", "sgd"] = field_doc(
+    name: Literal["adamw", "adam", "radam", "sgd"] = field_doc(
         "adamw",
-        "adamw = fairseq's adam (decoupled weight decay); adam = torch L2-coupled Adam; sgd = momentum SGD.",
+        "adamw = fairseq's adam (decoupled weight decay); adam = torch L2-coupled Adam; radam = RAdam with "
+        "decoupled weight decay (T-Fixup's reference optimizer: no warmup needed); sgd = momentum SGD.",
     )
     lr: float = field_doc(5e-4, "Peak learning rate of the main parameter group (after warmup).")
     betas: tuple[float, float] = field_doc((0.9, 0.98), "Adam betas (fairseq Transformer: 0.9, 0.98).")
@@ -134,6 +138,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **fused)
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **fused)
+    if cfg.name == "radam":  # torch has no fused RAdam; step_guard then reads the skip verdict once per step
+        return torch.optim.RAdam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, decoupled_weight_decay=True)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fused)
     raise ValueError(f"unknown optim.name {cfg.name!r}")
