@@ -59,7 +59,10 @@ done
 log "3. stability grid (fp16, fp32) and the Multi30k job in fp32 and bf16, side by side"
 export OMP_NUM_THREADS=1
 pids=()
-for task in copy multi30k; do  # one process per task and variant (+ optimizer: T-Fixup's reference RAdam)
+# One process per task and variant (+ optimizer: T-Fixup's reference RAdam). A 50+50 cell holds ~6.5 GB
+# (fp32 weights, gradients, Adam moments): 12 processes fit an H200; on an 80 GB card they may not, if
+# all reach 50+50 at once.
+for task in copy multi30k; do
     for run in fixup:adam fixup_paper:adam t_fixup:adam t_fixup:radam post_ln:adam pre_ln:adam; do
         variant=${run%:*} optimizer=${run#*:}
         dir="$WORK/stability/$task-$variant-$optimizer"
