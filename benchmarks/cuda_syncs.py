@@ -20,17 +20,15 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from transformers import MarianConfig, MarianMTModel
+from bench_vs_marian import EOS, FIXUP, MARIAN, PAD, SIZES, build_model  # this folder's benchmark
 
 from fixup_transformer.diagnostics import atomic_write_json
-from fixup_transformer.text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 from fixup_transformer.training import mt_step
 from fixup_transformer.training.mt_config import MTConfig
 from fixup_transformer.training.optim import OptimConfig, build_optimizer
 from fixup_transformer.training.step_guard import StepAccumulator
 
-PAD, EOS, VOCAB = 0, 1, 10_000
-SIZE = dict(d_model=512, layers=6, heads=4, ffn=1024)  # the iwslt shape of bench_vs_marian.py
+VOCAB = SIZES["iwslt"]["vocab"]
 
 
 class SyncCounter:
@@ -59,30 +57,9 @@ class SyncCounter:
         self.where += sorted({f"{Path(r.filename).name}:{r.lineno}" for r in syncs})
 
 
-def fixup_model() -> FixupTransformerForConditionalGeneration:
-    config = FixupTransformerConfig.symmetric(
-        SIZE["layers"], SIZE["d_model"], SIZE["heads"], SIZE["ffn"], vocab_size=VOCAB, dropout=0.1
-    )
-    return FixupTransformerForConditionalGeneration(config)
-
-
-def marian_model() -> MarianMTModel:
-    config = MarianConfig(
-        vocab_size=VOCAB,
-        d_model=SIZE["d_model"],
-        encoder_layers=SIZE["layers"],
-        decoder_layers=SIZE["layers"],
-        encoder_attention_heads=SIZE["heads"],
-        decoder_attention_heads=SIZE["heads"],
-        encoder_ffn_dim=SIZE["ffn"],
-        decoder_ffn_dim=SIZE["ffn"],
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        decoder_start_token_id=EOS,
-        forced_eos_token_id=None,
-        max_position_embeddings=256,
-    )
-    return MarianMTModel(config)
+def model_size(device: torch.device) -> argparse.Namespace:
+    """bench_vs_marian.py's iwslt shape and settings, so the counts are of the models its table times."""
+    return argparse.Namespace(**SIZES["iwslt"], dropout=0.1, attn="sdpa", seed=0, device=device)
 
 
 def batch(rows: int, length: int, seed: int) -> dict[str, torch.Tensor]:
@@ -98,7 +75,7 @@ def training_step_syncs(device: torch.device, steps: int) -> dict:
     torch.manual_seed(0)
     on_cuda = device.type == "cuda"
     accelerator = Accelerator(cpu=not on_cuda, mixed_precision="bf16" if on_cuda else "no")
-    model = fixup_model()
+    model = build_model(FIXUP, model_size(device))
     optimizer = build_optimizer(model, OptimConfig(lr=1e-4))
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
@@ -175,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run)",
         "torch": torch.__version__,
         "training_step": training_step_syncs(device, args.steps),
-        "fixup": decoding_syncs(fixup_model(), device, args.new_tokens),
-        "marian": decoding_syncs(marian_model(), device, args.new_tokens),
+        "fixup": decoding_syncs(build_model(FIXUP, model_size(device)), device, args.new_tokens),
+        "marian": decoding_syncs(build_model(MARIAN, model_size(device)), device, args.new_tokens),
     }
     print(json.dumps(report, indent=1))
     if args.output:

@@ -87,17 +87,20 @@ def task_batches(task: str, args: argparse.Namespace) -> tuple[list[dict], int]:
 
 
 def cell_key(result: dict) -> tuple:
-    return tuple(result.get(k, "adam") if k == "optimizer" else result[k] for k in KEY_FIELDS)
+    return tuple(result[k] for k in KEY_FIELDS)
 
 
 def label(result: dict) -> str:
     """The variant, and the optimizer where it is not the grid's plain Adam."""
-    optimizer = result.get("optimizer", "adam")  # results from before the optimizer axis: Adam
+    optimizer = result["optimizer"]
     return result["variant"] if optimizer == "adam" else f"{result['variant']} + {optimizer}"
 
 
 def load_results(path: Path) -> list[dict]:
-    return json.loads(path.read_text())["cells"] if path.exists() else []
+    cells = json.loads(path.read_text())["cells"] if path.exists() else []
+    for cell in cells:
+        cell.setdefault("optimizer", "adam")  # results from before the optimizer axis ran plain Adam
+    return cells
 
 
 def fmt(value) -> str:
@@ -122,12 +125,16 @@ def markdown_summary(results: list[dict]) -> str:
     """Cells per variant and precision: stable / spiked / NaN, and cells with a skipped step once settled."""
     header = "| variant | precision | cells | stable | spike | NaN | skipped steps after settling |"
     lines = [header, "|" + "---|" * 7]
-    labels = sorted(
-        {label(r) for r in results}, key=lambda name: (list(VARIANTS).index(name.split()[0]), name)
+    runs = sorted(
+        {(r["variant"], r["optimizer"]) for r in results}, key=lambda vo: (list(VARIANTS).index(vo[0]), vo)
     )
-    for variant in labels:
+    for variant, optimizer in runs:
         for precision in PRECISIONS:
-            cells = [r for r in results if label(r) == variant and r["precision"] == precision]
+            cells = [
+                r
+                for r in results
+                if (r["variant"], r["optimizer"], r["precision"]) == (variant, optimizer, precision)
+            ]
             if not cells:
                 continue
             nan = sum(r["nonfinite_step"] is not None for r in cells)
@@ -135,7 +142,7 @@ def markdown_summary(results: list[dict]) -> str:
             skipped = sum(r["skipped_after_settling"] > 0 for r in cells)
             stable = sum(is_stable(r) for r in cells)
             lines.append(
-                f"| {variant} | {precision} | {len(cells)} | {stable} | {spike} | {nan} | {skipped} |"
+                f"| {label(cells[0])} | {precision} | {len(cells)} | {stable} | {spike} | {nan} | {skipped} |"
             )
     return "\n".join(lines) + "\n"
 
