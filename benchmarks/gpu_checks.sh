@@ -59,17 +59,17 @@ done
 log "3. stability grid (fp16, fp32) and the Multi30k job in fp32 and bf16, side by side"
 export OMP_NUM_THREADS=1
 pids=()
-# One process per task and variant (+ optimizer: T-Fixup's reference RAdam). A 50+50 cell holds ~6.5 GB
-# (fp32 weights, gradients, Adam moments): 12 processes fit an H200; on an 80 GB card they may not, if
-# all reach 50+50 at once.
+# One process per task and variant:optimizer:clip (T-Fixup also with its reference run's RAdam and
+# fairseq's old clip-norm default, 25). A 50+50 cell holds ~6.5 GB (fp32 weights, gradients, Adam moments):
+# 12 processes fit an H200; on an 80 GB card they may not, if all reach 50+50 at once.
 for task in copy multi30k; do
-    for run in fixup:adam fixup_paper:adam t_fixup:adam t_fixup:radam post_ln:adam pre_ln:adam; do
-        variant=${run%:*} optimizer=${run#*:}
-        dir="$WORK/stability/$task-$variant-$optimizer"
+    for run in fixup:adam:0 fixup_paper:adam:0 t_fixup:adam:0 t_fixup:radam:25 post_ln:adam:0 pre_ln:adam:0; do
+        IFS=: read -r variant optimizer clip <<< "$run"
+        dir="$WORK/stability/$task-$variant-$optimizer-clip$clip"
         mkdir -p "$dir"
         (for precision in fp16 fp32; do
             timeout "$(upto 600 25)" python3 benchmarks/stability.py --device cuda --tasks "$task" --variants "$variant" \
-                --optimizers "$optimizer" --layers 6 18 50 --lrs 5e-4 1e-3 --warmups 0 10 --precisions "$precision" \
+                --optimizers "$optimizer" --clip-norms "$clip" --layers 6 18 50 --lrs 5e-4 1e-3 --warmups 0 10 --precisions "$precision" \
                 --data-dir "$DATA" --output-dir "$dir" > "$dir/$precision.log" 2>&1
         done) &
         pids+=($!)
@@ -87,7 +87,7 @@ wait "${pids[@]}"
 log "stability grid merged"
 mkdir -p "$WORK/stability/all"
 python3 benchmarks/stability.py --report-only --output-dir "$WORK/stability/all" \
-    --merge "$WORK"/stability/*-*-*/results.json | tail -3
+    --merge "$WORK"/stability/*-clip*/results.json | tail -3
 for precision in no auto; do
     log "mt $precision"; tr '\r' '\n' < "$WORK/mt_$precision.log" | grep -vE "it/s|upd/s|batch/s|^ *$" | tail -12
 done

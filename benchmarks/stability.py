@@ -39,7 +39,7 @@ from fixup_transformer.stability import (
     run_cell,
 )
 
-KEY_FIELDS = ("task", "variant", "layers", "lr", "warmup", "precision", "optimizer")
+KEY_FIELDS = ("task", "variant", "layers", "lr", "warmup", "precision", "optimizer", "clip_norm")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=sorted(OPTIMIZERS),
         default=["adam"],
         help="radam: T-Fixup's reference",
+    )
+    p.add_argument(
+        "--clip-norms",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="total gradient norm clip (0: none; T-Fixup's reference run used fairseq's old default, 25)",
     )
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16)
@@ -91,15 +98,20 @@ def cell_key(result: dict) -> tuple:
 
 
 def label(result: dict) -> str:
-    """The variant, and the optimizer where it is not the grid's plain Adam."""
-    optimizer = result["optimizer"]
-    return result["variant"] if optimizer == "adam" else f"{result['variant']} + {optimizer}"
+    """The variant, with the optimizer and the clip where they are not the grid's plain, unclipped Adam."""
+    parts = [result["variant"]]
+    if result["optimizer"] != "adam":
+        parts.append(result["optimizer"])
+    if result["clip_norm"]:
+        parts.append(f"clip {result['clip_norm']:g}")
+    return " + ".join(parts)
 
 
 def load_results(path: Path) -> list[dict]:
     cells = json.loads(path.read_text())["cells"] if path.exists() else []
     for cell in cells:
         cell.setdefault("optimizer", "adam")  # results from before the optimizer axis ran plain Adam
+        cell.setdefault("clip_norm", 0.0)  # ... and from before the clip axis, no clipping
     return cells
 
 
@@ -126,14 +138,15 @@ def markdown_summary(results: list[dict]) -> str:
     header = "| variant | precision | cells | stable | spike | NaN | skipped steps after settling |"
     lines = [header, "|" + "---|" * 7]
     runs = sorted(
-        {(r["variant"], r["optimizer"]) for r in results}, key=lambda vo: (list(VARIANTS).index(vo[0]), vo)
+        {(r["variant"], r["optimizer"], r["clip_norm"]) for r in results},
+        key=lambda run: (list(VARIANTS).index(run[0]), run),
     )
-    for variant, optimizer in runs:
+    for run in runs:
         for precision in PRECISIONS:
             cells = [
                 r
                 for r in results
-                if (r["variant"], r["optimizer"], r["precision"]) == (variant, optimizer, precision)
+                if (r["variant"], r["optimizer"], r["clip_norm"], r["precision"]) == (*run, precision)
             ]
             if not cells:
                 continue
@@ -196,11 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     for task in [] if args.report_only else args.tasks:
         batches, vocab = task_batches(task, args)
         grid = itertools.product(
-            args.layers, args.lrs, args.warmups, args.precisions, args.variants, args.optimizers
+            args.layers,
+            args.lrs,
+            args.warmups,
+            args.precisions,
+            args.variants,
+            args.optimizers,
+            args.clip_norms,
         )
-        for layers, lr, warmup, precision, variant, optimizer in grid:
-            cell = Cell(variant, layers, lr, warmup, precision, optimizer)
-            if (task, variant, layers, lr, warmup, precision, optimizer) in done:
+        for layers, lr, warmup, precision, variant, optimizer, clip_norm in grid:
+            cell = Cell(variant, layers, lr, warmup, precision, optimizer, clip_norm)
+            if (task, variant, layers, lr, warmup, precision, optimizer, clip_norm) in done:
                 continue
             result = {"task": task, **run_cell(cell, batches, args.steps, vocab, width, device=args.device)}
             results.append(result)

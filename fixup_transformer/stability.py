@@ -53,6 +53,9 @@ class Cell:
     warmup: int = 0  # linear warmup updates (0: the full lr from the first step)
     precision: str = "fp32"
     optimizer: str = "adam"
+    # clip the total gradient norm to this before each step (0: no clipping, the grid's default; T-Fixup's
+    # reference run clipped at fairseq's old default, 25)
+    clip_norm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -61,6 +64,8 @@ class Cell:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.clip_norm < 0:
+            raise ValueError(f"clip_norm must be >= 0 (0: no clipping), got {self.clip_norm!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +130,7 @@ def run_cell(
     batches = [{name: tensor.to(device) for name, tensor in batch.items()} for batch in batches]
     optimizer = OPTIMIZERS[cell.optimizer](model.parameters(), lr=cell.lr, betas=(0.9, 0.98))
     scaler = torch.amp.GradScaler(device.type) if cell.precision == "fp16" else None
-    losses, skipped, settled, skipped_after_settling = [], 0, False, 0
+    losses, grad_norms, skipped, settled, skipped_after_settling = [], [], 0, False, 0
     started = time.perf_counter()
     for step in range(steps):
         for group in optimizer.param_groups:
@@ -135,10 +140,13 @@ def run_cell(
             loss = model(**batch).loss
         if scaler is None:
             loss.backward()
+            grad_norms.append(_clip_and_measure(model, cell.clip_norm))
             optimizer.step()
         else:
             scale_before = scaler.get_scale()
             scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norms.append(_clip_and_measure(model, cell.clip_norm))
             scaler.step(optimizer)
             scaler.update()
             was_skipped = scaler.get_scale() < scale_before
@@ -151,8 +159,15 @@ def run_cell(
             break  # a NaN model only produces NaN from here on
     return {
         **summarize(cell, losses, skipped, skipped_after_settling, time.perf_counter() - started),
+        "grad_norms": grad_norms,  # before clipping; tells a spike that follows a large gradient from one that does not
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
+
+
+def _clip_and_measure(model: torch.nn.Module, clip_norm: float) -> float:
+    """The total gradient norm before clipping; clips to ``clip_norm`` when it is set (a factor of 1 otherwise)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm or math.inf)
+    return float(norm)
 
 
 def summarize(cell: Cell, losses: list[float], skipped: int, skipped_after_settling: int, seconds: float):
