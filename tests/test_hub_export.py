@@ -169,6 +169,7 @@ def test_generated_code_is_self_contained_and_keeps_line_numbers(tmp_path):
         "configuration_fixup_transformer.py",
         "modeling_fixup_transformer.py",
         "folding.py",
+        "output_loss.py",  # the training loss without logits
         "fixup.py",
         "choices.py",  # the configs' "must be one of" check, shared with the ResNet
     }

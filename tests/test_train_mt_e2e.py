@@ -16,9 +16,10 @@ import pytest
 import torch
 from process_helpers import OFFLINE_ENV, run_process_group, two_cpu_processes
 from safetensors.torch import load_file
+from transformer_helpers import poison_training_loss
 
 from fixup_transformer.data import CorpusConfig, load_parallel
-from fixup_transformer.training import mt, mt_step
+from fixup_transformer.training import mt
 from fixup_transformer.training.checkpoint import list_checkpoints
 from fixup_transformer.training.config import load_config
 from fixup_transformer.training.metrics import read_metrics
@@ -141,25 +142,11 @@ def test_exact_resume_exports_and_test_scores(multi30k, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_naming_the_step(multi30k, tmp_path):
-    real_loss = mt_step.label_smoothed_nll_loss
-    calls = {"n": 0}
-
-    def poisoned(logits, labels, epsilon):
-        calls["n"] += 1
-        loss, nll, ntok = real_loss(logits, labels, epsilon)
-        if calls["n"] >= 6:  # one micro-batch per update: update 6 diverges
-            loss = loss * float("nan")
-        return loss, nll, ntok
-
-    mt_step.label_smoothed_nll_loss = poisoned
-    try:
-        with pytest.raises(
-            mt.NonFiniteLossError, match=r"non-finite loss \(nan\) at update 6 .*checkpoint-4"
-        ):
-            mt.train(tiny_config(multi30k, tmp_path / "run", eval__test_split="none"))
-    finally:
-        mt_step.label_smoothed_nll_loss = real_loss
+def test_non_finite_loss_stops_naming_the_step(multi30k, tmp_path, monkeypatch):
+    # one micro-batch per update: update 6 diverges
+    poison_training_loss(monkeypatch, lambda loss, n: loss * float("nan") if n >= 6 else loss)
+    with pytest.raises(mt.NonFiniteLossError, match=r"non-finite loss \(nan\) at update 6 .*checkpoint-4"):
+        mt.train(tiny_config(multi30k, tmp_path / "run", eval__test_split="none"))
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["checkpoint-4"]
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert records[-1]["kind"] == "error" and records[-1]["step"] == 6

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from accelerate import Accelerator
 from test_train_mt_e2e import OFFLINE_ENV, REPO, TINY, load_script, tiny_config, train_losses
+from transformer_helpers import poison_training_loss
 
 from fixup_transformer.errors import (
     CheckpointError,
@@ -30,7 +31,7 @@ from fixup_transformer.errors import (
     ResumeMismatchError,
     RunLockedError,
 )
-from fixup_transformer.training import mt, mt_data, mt_step
+from fixup_transformer.training import mt, mt_data
 from fixup_transformer.training.checkpoint import checkpoint_problem, list_checkpoints
 from fixup_transformer.training.metrics import read_metrics
 from fixup_transformer.training.runlock import LOCK_FILE, RunLock
@@ -91,17 +92,8 @@ def test_diverging_run_saves_no_nan_checkpoint_and_names_a_finite_one(multi30k, 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_finite_loss_with_nan_gradient_is_not_applied(multi30k, tmp_path, monkeypatch, precision):
-    real_loss = mt_step.label_smoothed_nll_loss
-    calls = {"n": 0}
-
-    def nan_gradient(logits, labels, epsilon):
-        calls["n"] += 1
-        loss, nll, ntok = real_loss(logits, labels, epsilon)
-        if calls["n"] == 3:  # update 3: the value is unchanged (+0) but d sqrt(0 * x) / dx is NaN
-            loss = loss + (logits.float().sum() * 0).sqrt()
-        return loss, nll, ntok
-
-    monkeypatch.setattr(mt_step, "label_smoothed_nll_loss", nan_gradient)
+    # update 3: the value is unchanged (+0) but d sqrt(0 * x) / dx is NaN
+    poison_training_loss(monkeypatch, lambda loss, n: loss + (loss * 0).sqrt() if n == 3 else loss)
     run = tmp_path / "run"
     cfg = tiny_config(
         multi30k, run, train__mixed_precision=precision, checkpoint__save_interval_updates=2, **no_test()

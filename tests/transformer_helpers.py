@@ -70,3 +70,22 @@ def multi30k_word_batch(data_dir: Path, n_pairs: int = 32, vocab_size: int = 400
 
     input_ids = encode(source, PAD)
     return input_ids, input_ids.ne(PAD).long(), encode(target, -100), len(index) + 3
+
+
+def poison_training_loss(monkeypatch, poison) -> None:
+    """Make the model's training loss ``poison(loss, n)`` on its ``n``-th forward with gradients on.
+
+    Validation forwards (no gradients) are neither counted nor changed. ``loss + (loss * 0).sqrt()`` keeps
+    the value and makes the gradient NaN (d sqrt(0 * x) / dx = inf * 0); ``loss * nan`` makes the value NaN.
+    """
+    real_forward = FixupTransformerForConditionalGeneration.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        output = real_forward(self, *args, **kwargs)
+        if torch.is_grad_enabled() and output.loss is not None:
+            calls["n"] += 1
+            output.loss = poison(output.loss, calls["n"])
+        return output
+
+    monkeypatch.setattr(FixupTransformerForConditionalGeneration, "forward", forward)

@@ -77,7 +77,12 @@ class FixupTransformerConfig(PreTrainedConfig):
             last linear is 0 and its multiplier 1, as the authors' code; it needs the warmup of the paper's
             recipe at d 512 (docs/fixup.md and docs/depth.md have the measurements). Checkpoints saved
             before `"multiplier"` became the default do not name this field and load as `"last_layer"`.
-        label_smoothing: label smoothing of the loss returned when `labels` are given (fairseq uses 0.1).
+        label_smoothing: label smoothing of the loss returned when `labels` are given (fairseq uses 0.1),
+            spread over all classes as torch's `cross_entropy(label_smoothing=...)` does.
+        loss_without_logits: when `labels` are given in training mode with gradients on, compute the loss
+            from the decoder output chunk by chunk without keeping the `[tokens, vocabulary]` logits (the
+            largest activation of a translation model; `output_loss.py`); `logits` is then `None`. Set
+            False to get training logits (e.g. for accuracy). Evaluation always returns logits.
         linear_bias: give the attention and FFN linears biases, as fairseq's LayerNorm Transformer has
             (converted checkpoints); only with `normalization="post_ln"` or `"pre_ln"`. Off by default.
         position_offset: the position of the first token (fairseq: `padding_idx + 1` = 2). Learned position
@@ -118,6 +123,7 @@ class FixupTransformerConfig(PreTrainedConfig):
     fixup_cross_attention_depth: int | None = None
     fixup_zero: str = "multiplier"
     label_smoothing: float | int = 0.0
+    loss_without_logits: bool = True
     scalars_folded: bool = False
     linear_bias: bool = False
     position_offset: int = 0

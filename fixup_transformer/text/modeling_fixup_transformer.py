@@ -58,6 +58,7 @@ from ..fixup import (
 )
 from .configuration_fixup_transformer import FixupTransformerConfig
 from .folding import fold_into_linear, scaled_shifted_linear
+from .output_loss import label_smoothed_loss_sums, linear_label_smoothed_loss_sums
 
 IGNORE_INDEX = -100  # label positions without a loss (torch's and transformers' convention)
 
@@ -843,6 +844,15 @@ class FixupTransformerModel(FixupTransformerPreTrainedModel):
         )
 
 
+@dataclass
+class FixupSeq2SeqLMOutput(Seq2SeqLMOutput):
+    r"""
+    nll_loss: the cross entropy without label smoothing, normalised as `loss` is (for logging; no gradient).
+    """
+
+    nll_loss: torch.FloatTensor | None = None
+
+
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """Teacher-forcing decoder inputs: ``[start, y_1, ..., y_{n-1}]``, with ignored labels as pad."""
     shifted = labels.new_full(labels.shape, pad_token_id)
@@ -884,12 +894,14 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
         use_cache: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
-    ) -> Seq2SeqLMOutput:
+    ) -> FixupSeq2SeqLMOutput:
         r"""
         labels: target token ids (`-100` is ignored); when given, decoder inputs are `labels` shifted right
             behind `decoder_start_token_id`, and `loss` is the label-smoothed cross entropy
             (`config.label_smoothing`) averaged over the non-ignored tokens, or summed and divided by
-            `num_items_in_batch` when the Trainer passes it (exact gradient accumulation).
+            `num_items_in_batch` when the Trainer passes it (exact gradient accumulation); `nll_loss` is
+            the unsmoothed cross entropy, normalised the same way. In training (gradients on) the loss is
+            computed without the logits (`config.loss_without_logits`), and `logits` is `None`.
         """
         if labels is not None:
             use_cache = False
@@ -909,11 +921,28 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
             use_cache=use_cache,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
-        loss = None
-        if labels is not None:
-            loss = self.loss(logits, labels, num_items_in_batch)
-        return Seq2SeqLMOutput(
+        logits = loss = nll_loss = None
+        if labels is not None and self._loss_skips_logits():
+            sums = linear_label_smoothed_loss_sums(
+                outputs.last_hidden_state, self.lm_head.weight, labels, self._uniform_label_mass()
+            )
+        else:
+            logits = self.lm_head(outputs.last_hidden_state)
+            sums = (
+                label_smoothed_loss_sums(logits, labels, self._uniform_label_mass())
+                if labels is not None
+                else None
+            )
+        if sums is not None:
+            denominator = (
+                num_items_in_batch
+                if num_items_in_batch is not None
+                else (labels != IGNORE_INDEX).sum().clamp(min=1)
+            )
+            if isinstance(denominator, torch.Tensor):
+                denominator = denominator.to(sums[0].device)
+            loss, nll_loss = (total / denominator for total in sums)
+        return FixupSeq2SeqLMOutput(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
@@ -923,28 +952,23 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
+            nll_loss=nll_loss,
         )
 
-    def loss(
-        self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Label-smoothed cross entropy in fp32 over the tokens whose label is not -100."""
-        labels = labels.to(logits.device)
-        total = nn.functional.cross_entropy(
-            logits.float().flatten(0, 1),
-            labels.flatten(),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-            label_smoothing=float(self.config.label_smoothing),
+    def _loss_skips_logits(self) -> bool:
+        """Training with gradients through a plain output linear (an adapter-wrapped one keeps the usual path)."""
+        head = self.lm_head
+        return (
+            self.config.loss_without_logits
+            and self.training
+            and torch.is_grad_enabled()
+            and type(head) is nn.Linear
+            and head.bias is None
         )
-        denominator = (
-            num_items_in_batch
-            if num_items_in_batch is not None
-            else (labels != IGNORE_INDEX).sum().clamp(min=1)
-        )
-        if isinstance(denominator, torch.Tensor):
-            denominator = denominator.to(total.device)
-        return total / denominator
+
+    def _uniform_label_mass(self) -> float:
+        """Label smoothing as torch's: ``label_smoothing / V`` on every class, the rest on the target."""
+        return float(self.config.label_smoothing) / self.config.target_vocab_size
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)

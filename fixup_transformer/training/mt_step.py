@@ -1,7 +1,10 @@
 """One MT training update: forward and backward over its micro-batches, then the optimizer step.
 
 fairseq's normalization: the summed label-smoothed loss of all micro-batches on all processes, divided by
-their number of target tokens. Nothing here reads a device value back to the host in fp32/bf16
+their number of target tokens (a per-batch mean, what ``model(..., labels=...).loss`` returns by default,
+would weight short batches more; the model returns sums when asked with ``num_items_in_batch=1``).
+Label smoothing is the model's (``config.label_smoothing``, torch's convention: ``eps / V`` on every class;
+fairseq spreads ``eps`` over the ``V - 1`` wrong classes, a difference of ``O(eps / V)``). Nothing here reads a device value back to the host in fp32/bf16
 (``step_guard.py``): a non-finite update is skipped on the device.
 """
 
@@ -14,7 +17,6 @@ import torch
 from accelerate import Accelerator
 
 from ..text.modeling_fixup_transformer import IGNORE_INDEX, shift_tokens_right
-from .losses import label_smoothed_nll_loss
 from .mt_config import MTConfig
 from .step_guard import optimizer_step_unless
 
@@ -23,20 +25,26 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def forward_loss_sums(model, batch, pad_id: int, start_id: int, epsilon: float):
-    decoder_input_ids = shift_tokens_right(batch["labels"], pad_id, start_id)
-    logits = model(
+def forward_loss_sums(model, batch, pad_id: int, start_id: int):
+    """Summed label-smoothed loss, summed NLL and the number of target tokens of one batch.
+
+    In training the model computes the loss without materialising the logits (``loss_without_logits``).
+    """
+    labels = batch["labels"]
+    output = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
-        decoder_input_ids=decoder_input_ids,
+        decoder_input_ids=shift_tokens_right(labels, pad_id, start_id),
+        labels=labels,
+        num_items_in_batch=1,  # sums: the update normalises by all its tokens
         use_cache=False,  # a training step needs no KV cache; building one copies every layer's K/V
-    ).logits
-    return label_smoothed_nll_loss(logits, batch["labels"], epsilon)
+    )
+    return output.loss, output.nll_loss, (labels != IGNORE_INDEX).sum()
 
 
 def compiled_forward_loss():
-    """``forward_loss_sums`` under ``torch.compile``: the model's forward and the fp32 label-smoothed loss in
-    one graph. Dynamic shapes, because every batch has other lengths; validation and generation keep the
+    """``forward_loss_sums`` under ``torch.compile``: the model's forward in one graph (the chunked output
+    loss runs eager after it). Dynamic shapes, because every batch has other lengths; validation and generation keep the
     eager model (they are other graphs, and run rarely)."""
     return torch.compile(forward_loss_sums, dynamic=True)
 
@@ -79,7 +87,7 @@ def train_step(
     for k, batch in enumerate(batches):
         sync = k == len(batches) - 1
         with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
-            loss, nll, ntok = forward_loss(model, batch, *ids, cfg.train.label_smoothing)
+            loss, nll, ntok = forward_loss(model, batch, *ids)
             accelerator.backward(loss * scale)
         sums += torch.stack([loss.detach().double(), nll.detach().double(), ntok.double()])
     sums = accelerator.reduce(sums, "sum")

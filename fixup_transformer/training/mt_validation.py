@@ -34,7 +34,7 @@ def validation_loss(model, accelerator: Accelerator, dataset, cfg: MTConfig, ids
         for batch_ids in sampler:
             batch = to_device(collate([dataset[i] for i in batch_ids]), accelerator.device)
             with accelerator.autocast():
-                loss, nll, ntok = forward_loss_sums(model, batch, *ids, cfg.train.label_smoothing)
+                loss, nll, ntok = forward_loss_sums(model, batch, *ids)
             sums += torch.stack([loss.double(), nll.double(), ntok.double()])
     finally:
         model.train(was_training)
