@@ -58,9 +58,7 @@ from ..fixup import (
 )
 from .configuration_fixup_transformer import FixupTransformerConfig
 from .folding import fold_into_linear, scaled_shifted_linear
-from .output_loss import label_smoothed_loss_sums, linear_label_smoothed_loss_sums
-
-IGNORE_INDEX = -100  # label positions without a loss (torch's and transformers' convention)
+from .output_loss import IGNORE_INDEX, label_smoothed_loss_sums, linear_label_smoothed_loss_sums
 
 # transformers drops an all-ones padding mask (so SDPA may pick a flash kernel), but finding that out reads
 # the mask back to the host: a device sync per forward and per decoding step (the cross-attention mask).

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # label positions without a loss (torch's and transformers' convention)
 
 # Logits of a chunk stay under ~256 MiB in fp32 (2,048 tokens at a 32k vocabulary).
 CHUNK_ELEMENTS = 2**26
