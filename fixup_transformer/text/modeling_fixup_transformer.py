@@ -919,19 +919,16 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
             use_cache=use_cache,
             **kwargs,
         )
+        hidden = outputs.last_hidden_state
         logits = loss = nll_loss = None
-        if labels is not None and self._loss_skips_logits():
-            sums = linear_label_smoothed_loss_sums(
-                outputs.last_hidden_state, self.lm_head.weight, labels, self._uniform_label_mass()
-            )
-        else:
-            logits = self.lm_head(outputs.last_hidden_state)
-            sums = (
-                label_smoothed_loss_sums(logits, labels, self._uniform_label_mass())
-                if labels is not None
-                else None
-            )
-        if sums is not None:
+        if labels is None or not self._loss_skips_logits():
+            logits = self.lm_head(hidden)
+        if labels is not None:
+            uniform = self._uniform_label_mass()
+            if logits is None:
+                sums = linear_label_smoothed_loss_sums(hidden, self.lm_head.weight, labels, uniform)
+            else:
+                sums = label_smoothed_loss_sums(logits, labels, uniform)
             denominator = (
                 num_items_in_batch
                 if num_items_in_batch is not None

@@ -4,8 +4,8 @@ fairseq's normalization: the summed label-smoothed loss of all micro-batches on 
 their number of target tokens (a per-batch mean, what ``model(..., labels=...).loss`` returns by default,
 would weight short batches more; the model returns sums when asked with ``num_items_in_batch=1``).
 Label smoothing is the model's (``config.label_smoothing``, torch's convention: ``eps / V`` on every class;
-fairseq spreads ``eps`` over the ``V - 1`` wrong classes, a difference of ``O(eps / V)``). Nothing here reads a device value back to the host in fp32/bf16
-(``step_guard.py``): a non-finite update is skipped on the device.
+fairseq spreads ``eps`` over the ``V - 1`` wrong classes, a difference of ``O(eps / V)``). Nothing here
+reads a device value back to the host in fp32/bf16 (``step_guard.py``): a non-finite update is skipped on the device.
 """
 
 from __future__ import annotations
