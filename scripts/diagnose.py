@@ -49,11 +49,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--no-plot", action="store_true")
 
     text = sub.add_parser(
-        "transformer", help="encoder-decoder Transformer (Adam 0.9/0.98)", formatter_class=fmt
+        "transformer", help="encoder-decoder Transformer (Adam or RAdam, 0.9/0.98)", formatter_class=fmt
     )
     text.add_argument("--layers", type=int, default=6, help="encoder layers = decoder layers")
     text.add_argument("--normalization", choices=("none", "post_ln", "pre_ln"), default="none")
     text.add_argument("--init", choices=("fixup", "t_fixup", "xavier"), default="fixup")
+    text.add_argument(
+        "--optimizer",
+        choices=("adamw", "radam"),
+        default="adamw",
+        help="radam: T-Fixup's reference optimizer",
+    )
     text.add_argument("--d-model", type=int, default=64)
     text.add_argument("--heads", type=int, default=4)
     text.add_argument("--ffn-dim", type=int, default=128)
@@ -90,7 +96,7 @@ def build_transformer(args: argparse.Namespace):
         init=args.init,
     )
     model = FixupTransformerForConditionalGeneration(config)
-    optim = OptimConfig(name="adamw", lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
+    optim = OptimConfig(name=args.optimizer, lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
     name = f"transformer{args.layers}_{args.normalization}_{args.init}"
     return model, batches, optim, name
 

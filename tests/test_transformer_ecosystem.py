@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformer_helpers import multi30k_word_batch, tiny_config
+from transformer_helpers import multi30k_word_batch, tiny_config, trained_like
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from fixup_transformer import FixupTransformerForConditionalGeneration
@@ -63,3 +63,46 @@ def test_lora_adapters_attach_to_the_attention_and_ffn_projections():
     loss.backward()
     generated = peft_model.generate(input_ids=source, max_new_tokens=4)
     assert generated.shape[0] == 2
+
+
+def test_lora_adapters_act_in_training_forwards_on_every_projection():
+    """Training forwards fold Fixup's scalars into plain linears; an adapter-wrapped projection must still
+    run its own forward (reading its base ``weight`` would silently train nothing)."""
+    peft = pytest.importorskip("peft", reason="peft is not installed")
+    torch.manual_seed(0)
+    model = trained_like(FixupTransformerForConditionalGeneration(tiny_config()))
+    targets = ["qkv_proj", "q_proj", "kv_proj", "out_proj", "fc1", "fc2"]
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    with torch.no_grad():  # LoRA starts as a no-op (B = 0); make every adapter change its layer
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.5)
+    source, labels = torch.randint(3, 97, (2, 6)), torch.randint(3, 97, (2, 5))
+
+    peft_model.train()
+    train_loss = peft_model(input_ids=source, labels=labels).loss
+    train_loss.backward()
+    peft_model.eval()
+    with torch.no_grad():
+        eval_loss = peft_model(input_ids=source, labels=labels).loss
+        with peft_model.disable_adapter():
+            base_loss = peft_model(input_ids=source, labels=labels).loss
+
+    assert torch.allclose(train_loss, eval_loss, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(eval_loss, base_loss, rtol=1e-3, atol=1e-3)
+    no_gradient = [n for n, p in peft_model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_gradient, f"adapters bypassed in training: {no_gradient}"
+
+
+def test_fold_scalars_refuses_adapter_wrapped_layers_and_changes_nothing():
+    peft = pytest.importorskip("peft", reason="peft is not installed")
+    model = trained_like(FixupTransformerForConditionalGeneration(tiny_config()))
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["fc1"]))
+    peft_model.eval()
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    with pytest.raises(TypeError, match=r"model\.encoder\.layers\.0\.ffn\.fc1 is wrapped.*merge_and_unload"):
+        model.fold_scalars()
+    assert not model.config.scalars_folded
+    assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
+    merged = peft_model.merge_and_unload()
+    assert merged.fold_scalars().config.scalars_folded

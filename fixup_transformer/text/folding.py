@@ -57,8 +57,11 @@ def scaled_shifted_linear(
 ) -> torch.Tensor:
     """``output_scale(output_shift(layer(input_shift(x))))``, with the scalars folded into the weights
     when ``fold`` (training) or applied element-wise otherwise (inference on small batches, where the
-    O(d^2) weight-side work per call would cost more than the O(tokens x d) activation-side work)."""
-    if fold:
+    O(d^2) weight-side work per call would cost more than the O(tokens x d) activation-side work).
+
+    Only a plain ``nn.Linear`` is folded: a wrapped one (a PEFT/LoRA adapter, a quantized layer) must
+    run its own forward, which reading its ``weight`` would bypass."""
+    if fold and type(layer) is nn.Linear:
         return F.linear(x, *effective_weight_and_bias(layer, input_shift, output_shift, output_scale))
     for module in (input_shift, layer, output_shift, output_scale):
         if module is not None:

@@ -1000,6 +1000,19 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
             )
         if self.config.scalars_folded:
             return self
+        wrapped = [
+            f"{name}.{child_name}"
+            for name, module in self.named_modules()
+            if isinstance(module, FixupAttention | FixupFeedForward)
+            for child_name, child in module.named_children()
+            if child_name.endswith(("proj", "fc1", "fc2")) and type(child) is not nn.Linear
+        ]
+        if wrapped:  # checked before anything changes, so a refusal leaves the model as it was
+            raise TypeError(
+                f"fold_scalars() writes into plain nn.Linear layers; {wrapped[0]} is wrapped "
+                f"({len(wrapped)} layers in all, e.g. by a PEFT adapter): merge it first "
+                "(peft: model = model.merge_and_unload())."
+            )
         for module in self.modules():
             if isinstance(module, FixupAttention | FixupFeedForward):
                 module.fold_scalars_()
