@@ -75,6 +75,22 @@ def test_cached_step_by_step_decoding_equals_teacher_forcing(normalization, init
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
+def test_the_old_past_key_values_keyword_still_continues_from_the_cache():
+    # Hand-written decoding loops use transformers' old name; dropping it silently restarted at position 0.
+    model = trained()
+    source, decoder_input = random_batch(2, 6, seed=1), random_batch(2, 5, seed=2)
+    full = model(input_ids=source, decoder_input_ids=decoder_input).logits[:, 3:]
+    prefix = model(input_ids=source, decoder_input_ids=decoder_input[:, :3], use_cache=True)
+    encoder_outputs = (prefix.encoder_last_hidden_state,)
+    with pytest.warns(FutureWarning, match="past_key_values"):
+        rest = model(
+            encoder_outputs=encoder_outputs,
+            decoder_input_ids=decoder_input[:, 3:],
+            past_key_values=prefix.past_key_values,
+        ).logits
+    torch.testing.assert_close(rest, full, rtol=1e-5, atol=1e-5)
+
+
 def test_cross_attention_keys_are_computed_once_per_source():
     model = trained()
     calls = []
@@ -348,6 +364,24 @@ def test_resizing_unshared_embeddings_resizes_the_decoder_and_output_too(tie_wor
     labels = random_batch(2, 5, vocab=120, seed=2)
     labels[:, 1] = 119  # a new id on the target side
     assert torch.isfinite(model(input_ids=random_batch(2, 6, vocab=120), labels=labels).loss)
+
+
+@pytest.mark.parametrize("init", ["fixup", "t_fixup"])
+def test_resizing_without_mean_resizing_draws_added_rows_from_the_init_plan(init):
+    torch.manual_seed(0)
+    model = build(init=init, d_model=64, share_encoder_decoder_embeddings=False)
+    heads = {"lm_head": model.lm_head.weight[:97].clone()}
+    model.resize_token_embeddings(1097, mean_resizing=False)
+    for stack in (model.model.encoder, model.model.decoder):
+        table = stack.embed_tokens
+        added_std = table.weight[97:].std().item()
+        assert added_std == pytest.approx(table.init_std, rel=0.05), (table.init_std, added_std)
+    added_head = model.lm_head.weight[97:]
+    if init == "fixup":  # rule 1: the classifier starts at zero, new classes too
+        assert not added_head.any()
+    else:
+        assert added_head.std().item() == pytest.approx(model.lm_head.weight[:97].std().item(), rel=0.1)
+    assert torch.equal(model.lm_head.weight[:97], heads["lm_head"])
 
 
 def test_folding_refuses_a_model_in_training_mode():

@@ -44,6 +44,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import can_return_tuple, is_torchdynamo_compiling
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
@@ -592,6 +593,34 @@ class FixupTransformerPreTrainedModel(InitsOwnedModules, PreTrainedModel):
             else:
                 hf_init.normal_(module.lm_head.weight, mean=0.0, std=plan.output_projection_std)
 
+    def _get_resized_embeddings(
+        self, old_embeddings, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True
+    ):
+        # Without mean resizing transformers draws the added rows with `_init_weights` of a plain
+        # nn.Embedding, which this plan leaves at torch's N(0, 1); draw them as the table's own init.
+        old_rows = old_embeddings.weight.shape[0]
+        resized = super()._get_resized_embeddings(
+            old_embeddings, new_num_tokens, pad_to_multiple_of, mean_resizing
+        )
+        if not mean_resizing and isinstance(resized, FixupTokenEmbedding):
+            with torch.no_grad():
+                resized.weight[old_rows:].normal_(0.0, resized.init_std)
+        return resized
+
+    def _get_resized_lm_head(self, old_lm_head, new_num_tokens=None, transposed=False, mean_resizing=True):
+        # As above, for the untied output projection: added rows start as the plan's (zero under Fixup).
+        old_rows = old_lm_head.weight.shape[1 if transposed else 0]
+        resized = super()._get_resized_lm_head(old_lm_head, new_num_tokens, transposed, mean_resizing)
+        if not mean_resizing:
+            std = transformer_init_plan(self.config).output_projection_std
+            added = resized.weight[:, old_rows:] if transposed else resized.weight[old_rows:]
+            with torch.no_grad():
+                if std == 0.0:
+                    added.zero_()
+                else:
+                    added.normal_(0.0, std)
+        return resized
+
     def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
         # transformers resizes the input embedding (the encoder's) and the output projection; with
         # unshared embeddings the decoder's own table must follow, or target ids past the old size break.
@@ -710,6 +739,7 @@ class FixupTransformerDecoder(FixupTransformerStack):
 
     @merge_with_config_defaults
     @capture_outputs
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers' old name, as in BART
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -797,6 +827,7 @@ class FixupTransformerModel(FixupTransformerPreTrainedModel):
             self.decoder.embed_tokens = value
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -878,6 +909,7 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
         self.lm_head = value
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
