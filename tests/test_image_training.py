@@ -124,6 +124,13 @@ def test_train_image_script_end_to_end_with_exact_resume(shared_data_dir, tmp_pa
     assert result.returncode == 0, result.stderr[-4000:]
     assert (paused / "checkpoints" / "checkpoint-5" / "trainer_state.json").is_file()
     assert not (paused / "final").exists()
+    # Rerun without --resume: refused, nothing touched (a fresh run there would mix with the old one's files)
+    metrics_before = (paused / "metrics.jsonl").read_bytes()
+    checkpoints_before = sorted(p.name for p in (paused / "checkpoints").iterdir())
+    result = _run([*common, "--output_dir", str(paused)], [sys.executable])
+    assert result.returncode == 2 and "already has checkpoints; resume with --resume" in result.stderr
+    assert (paused / "metrics.jsonl").read_bytes() == metrics_before
+    assert sorted(p.name for p in (paused / "checkpoints").iterdir()) == checkpoints_before
     result = _run([*common, "--output_dir", str(paused), "--resume"], [sys.executable])
     assert result.returncode == 0, result.stderr[-4000:]
     assert "resumed from" in result.stdout + result.stderr

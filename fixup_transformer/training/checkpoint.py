@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
@@ -238,15 +238,25 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
 
 
 def find_resume_checkpoint(
-    resume: str | None, output_dir: str | os.PathLike, log=print
+    resume: str | None, output_dir: str | os.PathLike, log=print, resume_option: str = "resume=auto"
 ) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The checkpoint to resume from, validated; returns it and the ``(checkpoint, reason)`` pairs skipped.
+
+    No ``resume`` in a folder that already holds checkpoints is refused (:class:`ConfigError` naming
+    ``resume_option``): a fresh run there would mix its files with the old run's, and the old run's
+    higher-numbered checkpoints would outrank (and get the new ones pruned) at the next save.
 
     ``resume="auto"`` takes the newest *sound* checkpoint in ``output_dir/checkpoints``: unusable newer
     ones are reported through ``log`` and skipped, never deleted (one is replaced only when training
     reaches its update again). An explicitly named checkpoint must be sound. Raises
     :class:`CheckpointError` when checkpoints exist but none is usable.
     """
+    if not resume:
+        if latest_checkpoint(Path(output_dir) / "checkpoints") is not None:
+            raise ConfigError(
+                f"{output_dir} already has checkpoints; resume with {resume_option} or use a new output_dir"
+            )
+        return None, []
     if resume != "auto":
         path = resolve_resume(resume, output_dir)
         problem = checkpoint_problem(path) if path is not None else None

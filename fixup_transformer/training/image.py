@@ -166,7 +166,9 @@ class ImageTrainer:
 
     def _resume(self) -> None:
         resume = "auto" if self.cfg.resume in ("true", "True") else self.cfg.resume
-        path, _ = find_resume_checkpoint(resume, self.out, log=self.accelerator.print)  # skips unusable ones
+        path, _ = find_resume_checkpoint(  # skips unusable ones; refuses a fresh run over old checkpoints
+            resume, self.out, log=self.accelerator.print, resume_option="--resume"
+        )
         if path is None:
             return
         self.state = ImageTrainerState.from_dict(load_training_checkpoint(self.accelerator, path))

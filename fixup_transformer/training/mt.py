@@ -71,7 +71,6 @@ from .checkpoint import (
     checkpoint_problem,
     export_pretrained,
     find_resume_checkpoint,
-    latest_checkpoint,
     list_checkpoints,
     load_averaged_weights,
     load_training_checkpoint,
@@ -220,13 +219,12 @@ class MTTrainer:
     def _find_resume(self) -> tuple[Path | None, list]:
         """The (validated) checkpoint to resume from, and the config changes since it that may apply."""
         cfg = self.cfg
-        if not cfg.checkpoint.resume:
-            if latest_checkpoint(self.out / "checkpoints") is not None:
-                raise ConfigError(
-                    f"{self.out} already has checkpoints; use checkpoint.resume=auto or a new output_dir"
-                )
-            return None, []
-        resume, _ = find_resume_checkpoint(cfg.checkpoint.resume, self.out, log=self.accelerator.print)
+        resume, _ = find_resume_checkpoint(
+            cfg.checkpoint.resume,
+            self.out,
+            log=self.accelerator.print,
+            resume_option="checkpoint.resume=auto",
+        )
         if resume is None:
             return None, []
         changes = check_resume_config(
