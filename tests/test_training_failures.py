@@ -316,6 +316,11 @@ def test_yaml_syntax_error_is_one_line_with_its_position(tmp_path, capfd):
         (["--data.data_dir", "{empty}"], "corpus file not found"),
         (["--data.vocab_size", "5"], "data.vocab_size=5: SentencePiece cannot build this vocabulary"),
         (["--data.max_tokens", "3"], "no training batches with data.max_tokens=3"),
+        (["--model.init_std", "-1"], "model: `init_std` must be > 0, got -1.0"),
+        (
+            ["--model.max_position_embeddings", "8"],
+            "model.max_position_embeddings=8 is shorter than the longest",
+        ),
     ],
 )
 def test_train_script_user_errors_are_one_line_exit_2(multi30k, tmp_path, capfd, overrides, message):
@@ -336,6 +341,9 @@ def test_evaluate_script_names_a_missing_model_dir_or_tokenizer(tmp_path, capsys
     (tmp_path / "config.json").write_text("{}")
     assert evaluate(["--model", str(tmp_path), "--cpu"]) == 2
     assert capsys.readouterr().err.strip().startswith(f"error: no tokenizer in {tmp_path} ")
+    (tmp_path / "tokenizer.json").write_text("{}")  # a model dir without training_config.yaml
+    assert evaluate(["--model", str(tmp_path), "--data-dir", str(tmp_path), "--cpu"]) == 2
+    assert "source/target languages unknown" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------

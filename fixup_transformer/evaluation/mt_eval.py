@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..data import CorpusConfig, load_parallel
+from ..errors import ConfigError, ModelDirError
 from ..paths import resolve_path
 from .bleu import Score, corpus_scores
 from .translate import GenerationSettings, translate_corpus
@@ -53,7 +54,10 @@ def corpus_for(request: EvalRequest) -> CorpusConfig:
     src = request.src_lang or defaults.get("src_lang")
     tgt = request.tgt_lang or defaults.get("tgt_lang")
     if not (src and tgt):
-        raise ValueError("source/target languages unknown: pass --src and --tgt")
+        raise ConfigError(
+            f"source/target languages unknown ({request.model_dir} records no training data settings): "
+            "pass --src and --tgt"
+        )
     split_files = dict(defaults.get("split_files") or {}) if not request.data_dir else {}
     if request.split_file:
         split_files[request.split] = request.split_file
@@ -73,8 +77,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 def check_model_dir(model_dir: str | Path) -> Path:
     """The local model directory, or :class:`ModelDirError` saying what is missing (before any guessing
     at Hub ids or languages, which gave misleading errors)."""
-    from ..errors import ModelDirError
-
     path = Path(model_dir)
     if not path.is_dir():
         raise ModelDirError(f"model dir not found: {path}")

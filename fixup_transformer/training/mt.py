@@ -80,7 +80,7 @@ from .config import ConfigError, dump_yaml, to_dict
 from .hub_export import complete_mt_export, push_best_export, record_test_scores
 from .metrics import MetricsWriter, available_trackers, tracker_config
 from .mt_config import CHANGEABLE_ON_RESUME, FIXED_ON_RESUME, ModelConfig, MTConfig
-from .mt_data import prepare_data
+from .mt_data import MTData, prepare_data
 from .mt_step import compiled_forward_loss, forward_loss_sums, train_step
 from .mt_validation import best_metric_value, generation_settings, validate
 from .optim import build_optimizer
@@ -128,6 +128,18 @@ def build_accelerator(cfg: MTConfig) -> Accelerator:
     return accelerator
 
 
+def check_lengths_fit_positions(data: MTData, cfg: MTConfig) -> None:
+    """Every training and validation pair must fit the model's positions; found at start-up, not at the
+    first batch that holds the longest pair (``data.max_len`` counts words, positions count pieces)."""
+    longest = max(int(split.num_tokens.max(initial=0)) for split in (data.train, data.valid))
+    if longest > cfg.model.max_position_embeddings:
+        raise ConfigError(
+            f"model.max_position_embeddings={cfg.model.max_position_embeddings} is shorter than the longest "
+            f"training/validation sentence ({longest} pieces with </s>); raise it, or lower data.max_len "
+            f"(now {cfg.data.max_len} words) to drop longer pairs"
+        )
+
+
 def build_model(
     model_cfg: ModelConfig, tokenizer, label_smoothing: float
 ) -> FixupTransformerForConditionalGeneration:
@@ -167,6 +179,7 @@ class MTTrainer:
         resume, changes = self._find_resume()  # before any weights load: clear errors, not size mismatches
         set_seed(cfg.seed)  # identical init on every process
         self.data = prepare_data(cfg, accelerator, resuming=resume is not None)
+        check_lengths_fit_positions(self.data, cfg)
         tokenizer = self.data.tokenizer
         self.ids = (tokenizer.pad_token_id, tokenizer.eos_token_id)  # pad, decoder start (= eos)
         model = build_model(cfg.model, tokenizer, cfg.train.label_smoothing)

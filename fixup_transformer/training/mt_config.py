@@ -238,6 +238,16 @@ class MTConfig:
         self.optim.validate()
         self.schedule.validate()
         self._check_ranges()
+        self._check_architecture()
+
+    def _check_architecture(self) -> None:
+        """The model section as the model config will see it: its own checks (e.g. ``init_std > 0``, heads
+        dividing ``d_model``) fail here, before data and tokenizer are built, as a config error."""
+        fields = {name: getattr(self.model, name) for name in ARCHITECTURE_FIELDS}
+        try:
+            FixupTransformerConfig(vocab_size=self.data.vocab_size, **fields)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model: {err}") from None
 
     def _check_ranges(self) -> None:
         """Values outside their range fail here, naming the key, not deep inside torch or SentencePiece."""
