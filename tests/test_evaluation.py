@@ -53,6 +53,18 @@ def test_translate_corpus_restores_order(tokenizer, batch_tokens):
     assert call["max_new_tokens"] == max(len(tokenizer(s)["input_ids"]) for s in SENTENCES) + 4
 
 
+def test_blank_sources_translate_to_empty_lines_without_the_model(tokenizer):
+    # As `fixup-translate` does: a blank test line scores as an empty hypothesis, not as a decoded "</s>".
+    model = EchoModel()
+    sources = ["", "a man", "   ", "two dogs"]
+    hyps = translate_corpus(model, tokenizer, sources, show_progress=False)
+    assert hyps[0] == hyps[2] == "" and hyps[1] and hyps[3]
+    assert sum(call["batch"] for call in model.calls) == 2
+    model.calls.clear()
+    assert translate_corpus(model, tokenizer, ["", " "], show_progress=False) == ["", ""]
+    assert model.calls == []
+
+
 def test_fixed_max_new_tokens():
     assert GenerationSettings(max_new_tokens=7).new_tokens(100) == 7
     assert GenerationSettings(max_len_a=1.2, max_len_b=10).new_tokens(10) == 22

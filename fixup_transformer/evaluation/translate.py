@@ -55,12 +55,19 @@ def translate_corpus(
     show_progress: bool = True,
     desc: str = "translating",
 ) -> list[str]:
-    """Detokenized translations of ``sources``, in their order, on every process.
+    """Detokenized translations of ``sources``, in their order, on every process; blank sources give "".
 
     ``model`` may be wrapped (DDP); generation runs on the unwrapped module in eval mode (training mode is
     restored afterwards) and under the accelerator's autocast.
     """
     settings = settings or GenerationSettings()
+    blank = [not source.strip() for source in sources]
+    if any(blank):  # an empty source has an empty translation (as `fixup-translate` gives), not the model's
+        kept = [source for source, is_blank in zip(sources, blank, strict=True) if not is_blank]
+        translations = iter(
+            translate_corpus(model, tokenizer, kept, settings, accelerator, show_progress, desc)
+        )
+        return ["" if is_blank else next(translations) for is_blank in blank]
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
         world, rank, is_main = (
