@@ -317,6 +317,7 @@ def test_yaml_syntax_error_is_one_line_with_its_position(tmp_path, capfd):
         (["--data.vocab_size", "5"], "data.vocab_size=5: SentencePiece cannot build this vocabulary"),
         (["--data.max_tokens", "3"], "no training batches with data.max_tokens=3"),
         (["--model.init_std", "-1"], "model: `init_std` must be > 0, got -1.0"),
+        (["--train.trackers", "[tensorbord]"], "train.trackers: unknown tracker 'tensorbord'"),
         (
             ["--model.max_position_embeddings", "8"],
             "model.max_position_embeddings=8 is shorter than the longest",

@@ -125,6 +125,9 @@ def build_accelerator(cfg: MTConfig) -> Accelerator:
     )
     if cfg.train.mixed_precision == "auto":
         accelerator.print(f"train.mixed_precision auto -> {precision} on {accelerator.device}")
+    skipped = [name for name in cfg.train.trackers if name not in trackers]
+    if skipped:
+        accelerator.print(f"train.trackers: {', '.join(skipped)} not installed, skipped (pip install it)")
     return accelerator
 
 

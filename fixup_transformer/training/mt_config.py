@@ -239,6 +239,12 @@ class MTConfig:
         self.schedule.validate()
         self._check_ranges()
         self._check_architecture()
+        from accelerate.utils import LoggerType
+
+        known = [tracker.value for tracker in LoggerType]
+        for name in t.trackers:
+            if name not in known:
+                raise ConfigError(f"train.trackers: unknown tracker {name!r}; Accelerate's are {known}")
 
     def _check_architecture(self) -> None:
         """The model section as the model config will see it: its own checks (e.g. ``init_std > 0``, heads
