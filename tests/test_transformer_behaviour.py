@@ -336,6 +336,28 @@ def test_training_mode_weight_side_scalars_compute_the_same_function(normalizati
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
 
 
+def test_fp32_training_keeps_no_scaled_weight_copy_for_backward():
+    # A branch multiplier s folded as F.linear(x, s * W) would hold the copy s * W until backward, one
+    # weight-sized tensor per branch-final linear; folding.ScaledWeightLinear keeps W itself.
+    model = trained().train()
+    parameters = {p.data_ptr() for p in model.parameters()}
+    final_shapes = {
+        tuple(module.weight.shape)
+        for name, module in model.named_modules()
+        if name.endswith(("out_proj", "fc2"))
+    }
+    saved = []
+
+    def pack(tensor):
+        saved.append((tuple(tensor.shape), tensor.data_ptr()))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=random_batch(3, 7), labels=random_batch(3, 5, seed=1)).loss.backward()
+    assert any(ptr in parameters for shape, ptr in saved if shape in final_shapes)  # W itself is kept
+    assert not [shape for shape, ptr in saved if shape in final_shapes and ptr not in parameters]
+
+
 @pytest.mark.parametrize("position_embedding", ["sinusoidal", "learned"])
 def test_left_padding_gives_the_positions_and_translation_of_the_unpadded_sentence(position_embedding):
     # Positions count the unmasked tokens (fairseq's make_positions), so left pads shift nothing.
