@@ -218,6 +218,50 @@ def test_soft_labels_give_the_mixup_loss():
     assert mixed.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("num_labels", [1, 3])
+def test_problem_type_picks_transformers_loss(num_labels):
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    targets = {
+        "regression": torch.randn(4, num_labels).squeeze(-1) if num_labels == 1 else torch.randn(4, 3),
+        "multi_label_classification": torch.randint(0, 2, (4, num_labels)).float(),
+    }
+    for problem_type, labels in targets.items():
+        config = V.FixupResNetConfig.cifar(8, num_labels=num_labels, problem_type=problem_type)
+        model = V.FixupResNetForImageClassification(config)
+        with torch.no_grad():
+            model.classifier.fc.weight.normal_()
+        output = model(x, labels=labels)
+        logits = output.logits.squeeze(-1) if problem_type == "regression" else output.logits
+        expected = (
+            nn.functional.mse_loss(logits, labels)
+            if problem_type == "regression"
+            else nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        )
+        assert output.loss.item() == pytest.approx(expected.item(), rel=1e-5), problem_type
+
+
+def test_gradient_checkpointing_is_refused_for_batchnorm_and_exact_for_fixup():
+    # A recomputed forward would update BatchNorm's running statistics a second time per step.
+    batchnorm = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(8, normalization="batchnorm"))
+    with pytest.raises(ValueError, match="BatchNorm running statistics twice"):
+        batchnorm.gradient_checkpointing_enable()
+    torch.manual_seed(0)
+    x, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(1)
+        model = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(8)).train()
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.1 * torch.randn_like(parameter))
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(x, labels=labels).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 def test_from_pretrained_keeps_loaded_weights(tmp_path):
     model = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(8, width_multiplier=0.5))
     with torch.no_grad():

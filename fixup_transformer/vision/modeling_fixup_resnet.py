@@ -219,6 +219,15 @@ class FixupResNetPreTrainedModel(InitsOwnedModules, PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["FixupBasicBlock", "FixupBottleneck"]
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
+        if self.config.normalization == "batchnorm":
+            # The recomputed forward would update every running mean/var a second time per step.
+            raise ValueError(
+                "gradient checkpointing recomputes each block's forward, which would update the BatchNorm "
+                "running statistics twice per step; it is supported for normalization='none' (Fixup)"
+            )
+        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # The whole init plan. transformers calls this on children before their parents (so a block's
@@ -328,11 +337,26 @@ class FixupClassifier(nn.Module):
         return self.fc(self.bias(pooled))
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against class indices ``(B,)`` or soft/mixup targets ``(B, num_labels)``."""
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None = None
+) -> torch.Tensor:
+    """Cross-entropy against class indices ``(B,)`` or soft/mixup targets ``(B, num_labels)``; with
+    ``config.problem_type`` set, transformers' losses for it: MSE for ``"regression"``, binary
+    cross-entropy per label for ``"multi_label_classification"``."""
     batch, num_labels = logits.shape
     if labels.shape[0] != batch:
         raise ValueError(f"labels has batch size {labels.shape[0]} but pixel_values has {batch}")
+    if problem_type == "regression":
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1).float(), labels.reshape(batch).float())
+        return F.mse_loss(logits.float(), labels.float())
+    if problem_type == "multi_label_classification":
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"multi-label targets must have shape (batch, num_labels) = {tuple(logits.shape)}, "
+                f"got {tuple(labels.shape)}"
+            )
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
     if labels.is_floating_point():
         if labels.shape != logits.shape:
             raise ValueError(
@@ -368,13 +392,15 @@ class FixupResNetForImageClassification(FixupResNetPreTrainedModel):
         r"""
         labels (`torch.LongTensor` of shape `(batch,)` or `torch.FloatTensor` of shape `(batch, num_labels)`):
             Class indices, or target distributions (mixup / label smoothing); cross-entropy either way.
+            With `config.problem_type` `"regression"` (MSE) or `"multi_label_classification"` (binary
+            cross-entropy, `(batch, num_labels)` 0/1 targets), transformers' loss for that problem.
         """
         if pixel_values is None:
             raise ValueError("pixel_values is required")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
-        loss = classification_loss(logits, labels) if labels is not None else None
+        loss = classification_loss(logits, labels, self.config.problem_type) if labels is not None else None
         if not return_dict:
             out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
             return ((loss,) + out) if loss is not None else out
