@@ -323,6 +323,15 @@ def test_dictionaries_are_checked_and_kept_beside_the_weights(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_dictionary_lines_split_as_fairseq_reads_them(tmp_path):
+    # fairseq iterates the file (lines end at "\n" only); a symbol may hold U+2028, NEL or a form feed.
+    from fixup_transformer.convert.fairseq_options import read_dictionary
+
+    path = tmp_path / "dict.de.txt"
+    path.write_text("a\u2028b 3\nc\x85d 2\r\ne\x0cf 1\n", encoding="utf-8")
+    assert list(read_dictionary(path).symbols[4:]) == ["a\u2028b", "c\x85d", "e\x0cf"]
+
+
 def fairseq_preprocess_dictionary(sentences: list[list[str]], path) -> list[str]:
     """dict.<lang>.txt as fairseq-preprocess writes it: words by count (ties alphabetical), the 4 specials
     implied, padded to a multiple of 8 ids with madeupwordNNNN (Dictionary.finalize)."""

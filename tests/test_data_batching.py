@@ -149,6 +149,7 @@ def test_eval_sampler_keeps_everything_and_order_restores(lengths) -> None:
     assert restore_order(ids, outputs) == [f"hyp{i}" for i in range(len(src))]
     with pytest.raises(ValueError, match="permutation"):
         restore_order(ids[:-1] + ids[:1], outputs)
+    assert restore_order([], []) == []
 
 
 def test_collator_pads_inputs_and_labels() -> None:

@@ -170,6 +170,28 @@ def test_errors_are_one_line_with_exit_code_2(run_dir, tmp_path, capsys):
     assert cli.main(["--model", model, "--input", str(src), "--output", str(tmp_path / "no" / "out.en")]) == 2
     assert "cannot write output" in one_error_line(capsys)
 
+    assert cli.main(["--model", model, "--input", str(src), "--output", str(tmp_path)]) == 2
+    assert "it is a folder" in one_error_line(capsys)
+
+    assert cli.main(["--model", model, "--input", str(src), "--max-new-tokens", "0"]) == 2
+    assert "max_new_tokens must be at least 1" in one_error_line(capsys)
+
+
+def test_sources_and_outputs_longer_than_the_positions_fit_them(run_dir, tmp_path, capsys):
+    # One line out per line in: a source longer than the model's positions is cut to fit (with a warning),
+    # and the output limit a * length + b is capped at the positions, as fairseq caps it.
+    from fixup_transformer.evaluation import GenerationSettings, translate_corpus
+    from fixup_transformer.evaluation.mt_eval import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(run_dir / "last")
+    model.config.max_position_embeddings = 12
+    sources = ["Ein Hund.", " ".join(["Ein Hund läuft über die Wiese."] * 6), "Zwei Katzen."]
+    settings = GenerationSettings(num_beams=2, max_len_a=2.0, max_len_b=10, batch_tokens=8000)
+    with pytest.warns(UserWarning, match=r"1 source sentence\(s\) longer than the model's 12 positions"):
+        hyps = translate_corpus(model, tokenizer, sources, settings, show_progress=False)
+    assert len(hyps) == 3
+    assert settings.new_tokens(30, positions=12) == 11 and settings.new_tokens(1, positions=None) == 12
+
 
 def test_split_lines_counts_like_wc():
     assert cli.split_lines(b"", "x") == []

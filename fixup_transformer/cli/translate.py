@@ -52,8 +52,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", help="where to write the translations (default: stdout)")
     p.add_argument("--beam", type=int, help="beam size (default: training config, else 5)")
     p.add_argument("--lenpen", type=float, help="length penalty (default: training config, else 1.0)")
-    p.add_argument("--max-len-a", type=float, help="at most a * source length + b new tokens (default 1.2)")
-    p.add_argument("--max-len-b", type=int, help="see --max-len-a (default 10)")
+    p.add_argument(
+        "--max-len-a",
+        type=float,
+        help="at most a * source length + b new tokens (default: training config, else 1.2)",
+    )
+    p.add_argument("--max-len-b", type=int, help="see --max-len-a (default: training config, else 10)")
     p.add_argument("--max-new-tokens", type=int, help="fixed output length limit (overrides a/b)")
     p.add_argument(
         "--batch-tokens",
@@ -101,6 +105,8 @@ def check_output(path: str | None) -> None:
     """Fail before loading the model, not after translating everything."""
     if path is not None and not Path(path).resolve().parent.is_dir():
         raise InputError(f"cannot write output {path}: folder {Path(path).parent} does not exist")
+    if path is not None and Path(path).is_dir():
+        raise InputError(f"cannot write output {path}: it is a folder; name a file")
 
 
 def write_output(path: str | None, lines: list[str]) -> None:
@@ -150,8 +156,8 @@ def generation_settings(args: argparse.Namespace, eval_defaults: dict):
         if value is not None:
             values[field] = value
     settings = GenerationSettings(**values, max_new_tokens=args.max_new_tokens)
-    for field in ("num_beams", "batch_tokens"):
-        if getattr(settings, field) < 1:
+    for field in ("num_beams", "batch_tokens", "max_new_tokens"):
+        if getattr(settings, field) is not None and getattr(settings, field) < 1:
             raise InputError(f"{field} must be at least 1, got {getattr(settings, field)}")
     return settings
 

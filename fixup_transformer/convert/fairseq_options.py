@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.parallel import split_text_lines
 from .safe_load import StandIn, iter_stand_ins, plain
 
 FAIRSEQ_SPECIALS = {"bos": 0, "pad": 1, "eos": 2, "unk": 3}
@@ -132,11 +133,12 @@ def read_dictionary(path: str | Path) -> FairseqDictionary:
     """A ``dict.*.txt`` as fairseq's ``Dictionary.load`` reads it: the 4 specials, then each new symbol."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ValueError(f"{path}: cannot read the fairseq dictionary ({error.strerror})") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text (not a fairseq dict.*.txt)") from None
+    lines = split_text_lines(text) if text else []  # fairseq reads lines as files iterate: on "\n" only
     symbols = list(SPECIAL_SYMBOLS)
     known = set(symbols)
     for number, line in enumerate(lines, start=1):

@@ -196,6 +196,8 @@ def restore_order(ids: Sequence[int], items: Sequence[T]) -> list[T]:
         raise ValueError(f"{len(ids)} ids but {len(items)} items")
     if sorted(ids) != list(range(len(ids))):
         raise ValueError("ids are not a permutation of 0..n-1 (missing or duplicated outputs)")
+    if not items:
+        return []
     result: list[T] = [items[0]] * len(items)
     for index, item in zip(ids, items, strict=True):
         result[int(index)] = item

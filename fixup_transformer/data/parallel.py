@@ -56,6 +56,12 @@ def read_lines(path: str | Path) -> list[str]:
         raise CorpusError(
             f"invalid UTF-8 in {path} at line {line_no} (byte offset {err.start}): {err.reason}"
         ) from err
+    return split_text_lines(text)
+
+
+def split_text_lines(text: str) -> list[str]:
+    """Lines as ``wc -l`` and Python's file iteration count them: split on ``\n`` only, a trailing ``\r``
+    removed (``str.splitlines`` would also split on U+2028, NEL, form feeds, ...)."""
     if text.endswith("\n"):
         text = text[:-1]
     return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]

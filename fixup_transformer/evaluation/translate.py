@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,10 +40,35 @@ class GenerationSettings:
     max_new_tokens: int | None = None
     batch_tokens: int = 8000
 
-    def new_tokens(self, max_source_length: int) -> int:
+    def new_tokens(self, max_source_length: int, positions: int | None = None) -> int:
+        """``a * length + b`` (or the fixed limit), capped as fairseq caps it: the decoder inputs (start
+        token + all but the last new token) must fit the model's ``positions``."""
         if self.max_new_tokens is not None:
-            return self.max_new_tokens
-        return max(1, math.ceil(self.max_len_a * max_source_length + self.max_len_b))
+            limit = self.max_new_tokens
+        else:
+            limit = max(1, math.ceil(self.max_len_a * max_source_length + self.max_len_b))
+        return limit if positions is None else max(1, min(limit, positions - 1))
+
+
+def position_limit(model) -> int | None:
+    """How many positions the model's sequences may use (None: no such limit known)."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    return None if limit is None else limit - getattr(config, "position_offset", 0)
+
+
+def crop_to_positions(encoded: list[list[int]], positions: int) -> list[list[int]]:
+    """Sources longer than the model's positions, cut to fit (keeping the final ``</s>``) with a warning,
+    as ``marian-decoder --max-length-crop`` does: one translation per line rather than a crash mid-corpus."""
+    too_long = [len(ids) for ids in encoded if len(ids) > positions]
+    if not too_long:
+        return encoded
+    warnings.warn(
+        f"{len(too_long)} source sentence(s) longer than the model's {positions} positions (up to "
+        f"{max(too_long)} tokens) were cut to {positions} tokens",
+        stacklevel=3,
+    )
+    return [ids if len(ids) <= positions else ids[: positions - 1] + ids[-1:] for ids in encoded]
 
 
 @torch.no_grad()
@@ -81,6 +107,9 @@ def translate_corpus(
         return []
     device = next(model.parameters()).device
     encoded = tokenizer(list(sources), return_attention_mask=False)["input_ids"]
+    positions = position_limit(model)
+    if positions is not None:
+        encoded = crop_to_positions(encoded, positions)
     lengths = [len(ids) for ids in encoded]
     sampler = SortedBatchSampler(lengths, settings.batch_tokens, num_replicas=world, rank=rank)
     collate = TranslationCollator(pad_id=tokenizer.pad_token_id)
@@ -101,7 +130,7 @@ def translate_corpus(
                     num_beams=settings.num_beams,
                     length_penalty=settings.length_penalty,
                     early_stopping=settings.num_beams > 1,
-                    max_new_tokens=settings.new_tokens(max(lengths[i] for i in batch_ids)),
+                    max_new_tokens=settings.new_tokens(max(lengths[i] for i in batch_ids), positions),
                     do_sample=False,
                 )
             ids.extend(batch_ids)
