@@ -147,15 +147,37 @@ def test_t_fixup_scales_value_output_and_ffn_only():
     assert model.model.shared.weight[1:].std().item() == pytest.approx(embedding_std, rel=0.05)
 
 
-def test_xavier_baseline_has_no_zero_layers():
-    model = build(normalization="post_ln", init="xavier")
+@pytest.mark.parametrize("tie_word_embeddings", [False, True])
+def test_t_fixup_shared_embedding_keeps_the_encoder_factor_when_reinitialised(tie_word_embeddings):
+    # The decoder holds the shared table too; re-initialising the model must not redraw it at the decoder's
+    # (9M)^(-1/4) (the two differ when encoder and decoder depths differ).
+    d, enc, dec = 128, 2, 12
+    model = build_sized(d, 256, enc, dec, init="t_fixup", tie_word_embeddings=tie_word_embeddings)
+    expected = d**-0.5 * (9 * enc) ** (-0.25)
+    for parameter in model.parameters():
+        parameter._is_hf_initialized = False
+    model.apply(model._init_weights)
+    assert model.model.shared.weight[1:].std().item() == pytest.approx(expected, rel=0.05)
+    if tie_word_embeddings:
+        assert model.lm_head.weight is model.model.shared.weight
+
+
+def test_xavier_baseline_has_no_zero_layers_and_fairseqs_qkv_gain():
+    model = build_sized(128, 256, 2, 2, normalization="post_ln", init="xavier")
     layer = model.model.encoder.layers[0]
-    assert layer.self_attn.out_proj.weight.std().item() == pytest.approx(xavier_std(32, 32), rel=0.15)
-    assert layer.ffn.fc2.weight.std().item() == pytest.approx(xavier_std(64, 32), rel=0.15)
+    assert layer.self_attn.out_proj.weight.std().item() == pytest.approx(xavier_std(128, 128), rel=0.05)
+    assert layer.ffn.fc2.weight.std().item() == pytest.approx(xavier_std(256, 128), rel=0.05)
+    # fairseq's q, k, v: gain 1/sqrt(2) (the fans of its old fused 3d x d in-projection), not gain 1
+    for part in range(3):
+        assert chunk_std(layer.self_attn.qkv_proj.weight, 3, part) == pytest.approx(
+            xavier_std(128, 128) * 2**-0.5, rel=0.05
+        )
 
 
 def test_normal_baseline_draws_every_weight_from_n_0_init_std_as_transformers_bart():
-    model = build_sized(64, 256, 2, 2, normalization="post_ln", init="normal", init_std=0.05)
+    model = build_sized(
+        64, 256, 2, 2, normalization="post_ln", init="normal", init_std=0.05, position_embedding="learned"
+    )
     decoder = model.model.decoder.layers[1]
     weights = {
         "qkv": decoder.self_attn.qkv_proj.weight,
@@ -165,6 +187,7 @@ def test_normal_baseline_draws_every_weight_from_n_0_init_std_as_transformers_ba
         "fc2": decoder.ffn.fc2.weight,
         "embedding": model.model.shared.weight[1:],  # the padding row is 0
         "output projection": model.lm_head.weight,
+        "learned positions": model.model.encoder.embed_positions.weight,
     }
     for name, weight in weights.items():
         assert weight.std().item() == pytest.approx(0.05, rel=0.1), name

@@ -128,15 +128,17 @@ def transformer_init_plan(config: FixupTransformerConfig) -> TransformerInitPlan
     """The init of ``config.init``, top to bottom: baselines, Fixup (the paper), T-Fixup (Huang et al. 2020)."""
     d = config.d_model
     if config.init in ("xavier", "normal"):
-        # Baselines: plain Xavier (fairseq) or N(0, init_std) (BART/Marian in transformers) everywhere.
+        # Baselines: fairseq's Xavier (q/k/v at its 1/sqrt(2) gain, the rest at gain 1) or N(0, init_std)
+        # everywhere (BART/Marian in transformers).
         std = config.init_std if config.init == "normal" else d**-0.5
-        attention, ffn = AttentionInit(1.0, 1.0, 1.0, 1.0), FeedForwardInit(1.0, 1.0)
+        qkv = FUSED_QKV_GAIN if config.init == "xavier" else 1.0
+        attention, ffn = AttentionInit(qkv, qkv, qkv, 1.0), FeedForwardInit(1.0, 1.0)
         stack = StackInit(std, attention, ffn)
         return TransformerInitPlan(
             encoder=stack,
             decoder=replace(stack, cross_attn=attention),
             output_projection_std=std,
-            learned_position_std=d**-0.5,
+            learned_position_std=std,  # BART's learned positions are N(0, init_std) too
             normal_std=config.init_std if config.init == "normal" else None,
         )
     if config.init == "fixup":
@@ -174,9 +176,17 @@ def transformer_init_plan(config: FixupTransformerConfig) -> TransformerInitPlan
             d**-0.5 * embedding_factor, attention, FeedForwardInit(gain, gain), attention if cross else None
         )
 
+    encoder_embedding = (9 * config.encoder_layers) ** (-0.25)
+    # One shared table is scaled once, by the encoder's factor (T-Fixup's code skips the decoder's scaling
+    # under share_all_embeddings); both stacks must say so, or re-initialising the decoder redraws it.
+    decoder_embedding = (
+        encoder_embedding
+        if config.share_encoder_decoder_embeddings
+        else (9 * config.decoder_layers) ** (-0.25)
+    )
     return TransformerInitPlan(
-        encoder=t_fixup_stack(encoder_gain, (9 * config.encoder_layers) ** (-0.25), cross=False),
-        decoder=t_fixup_stack(decoder_gain, (9 * config.decoder_layers) ** (-0.25), cross=True),
+        encoder=t_fixup_stack(encoder_gain, encoder_embedding, cross=False),
+        decoder=t_fixup_stack(decoder_gain, decoder_embedding, cross=True),
         output_projection_std=d**-0.5,
         learned_position_std=d**-0.5,
         normal_std=None,
@@ -254,7 +264,7 @@ class FixupSinusoidalPositions(nn.Module):
 
 
 class FixupLearnedPositions(nn.Embedding):
-    """Learned positions, initialised like the token embeddings (fairseq: N(0, d^-1/2))."""
+    """Learned positions: N(0, d^-1/2) as in fairseq (N(0, init_std) under init="normal", as in BART)."""
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return super().forward(positions).to(dtype)
