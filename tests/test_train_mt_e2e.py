@@ -141,6 +141,46 @@ def test_exact_resume_exports_and_test_scores(multi30k, tmp_path, capsys):
     assert hyp_file.read_text().splitlines() == expected
 
 
+def test_an_epoch_end_is_validated_before_its_checkpoint_and_labelled_with_its_epoch(
+    multi30k, tmp_path, capsys
+):
+    # fairseq labels the end-of-epoch validation with the epoch that ended; the checkpoint of the epoch's
+    # last update is written after that validation, so a resume from it does not validate (and log) again.
+    out = tmp_path / "run"
+    overrides = dict(
+        train__max_updates=None,
+        train__max_epochs=1,
+        eval__valid_every_epoch=True,
+        eval__valid_interval_updates=0,
+        eval__test_split="none",
+        checkpoint__save_interval_updates=1,
+        checkpoint__keep_last=2,
+        checkpoint__average_last=0,
+    )
+    mt.train(tiny_config(multi30k, out, **overrides))
+    assert "stopped (max_epochs) at update" in capsys.readouterr().out
+    records = read_metrics(out / "metrics.jsonl")
+    valid = [r for r in records if r["kind"] == "valid"]
+    last_update = max(r["step"] for r in records if r["kind"] == "train")
+    assert [(r["step"], r["epoch"]) for r in valid] == [(last_update, 1)]
+    state = json.loads((list_checkpoints(out / "checkpoints")[-1] / "trainer_state.json").read_text())
+    assert (state["step"], state["epoch"], state["batches_done"]) == (last_update, 1, 0)
+    assert state["last_valid_step"] == last_update
+    assert json.loads((out / "last" / "export_info.json").read_text())["budget"]["epochs"] == 1
+
+
+def test_a_best_metric_changed_on_resume_judges_the_best_model_anew(multi30k, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = dict(eval__valid_interval_updates=4, eval__test_split="none", checkpoint__average_last=0)
+    mt.train(tiny_config(multi30k, out, eval__best_metric="loss", **common))
+    mt.train(tiny_config(multi30k, out, eval__best_metric="bleu", train__max_updates=12, **common))
+    assert "best model now chosen on valid_bleu (was valid_loss)" in capsys.readouterr().out
+    valid = [r for r in read_metrics(out / "metrics.jsonl", "valid") if r["step"] == 12]
+    assert valid[0]["best_metric"] == valid[0]["valid_bleu"]  # a BLEU, not the old run's best loss
+    results = json.loads((out / "results.json").read_text())
+    assert results["best_step"] == 12
+
+
 @pytest.mark.slow
 def test_non_finite_loss_stops_naming_the_step(multi30k, tmp_path, monkeypatch):
     # one micro-batch per update: update 6 diverges

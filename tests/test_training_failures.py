@@ -319,6 +319,11 @@ def test_yaml_syntax_error_is_one_line_with_its_position(tmp_path, capfd):
         (["--model.init_std", "-1"], "model: `init_std` must be > 0, got -1.0"),
         (["--train.trackers", "[tensorbord]"], "train.trackers: unknown tracker 'tensorbord'"),
         (
+            ["--schedule.name", "cosine", "--schedule.warmup_updates", "10"],
+            "must exceed schedule.warmup_updates",
+        ),
+        (["--checkpoint.average_last", "9"], "checkpoint.average_last=9 needs as many kept checkpoints"),
+        (
             ["--model.max_position_embeddings", "8"],
             "model.max_position_embeddings=8 is shorter than the longest",
         ),

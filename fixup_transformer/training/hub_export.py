@@ -21,6 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ..data.corpora import CORPORA
 from ..hub import add_remote_code, push_export
 from .checkpoint import TRAINING_CONFIG_FILE, atomic_write_json, atomic_write_text
+from .state import epoch_of_last_update
 
 INFO_FILE = "export_info.json"
 CARD_FILE = "README.md"
@@ -73,7 +74,7 @@ def complete_mt_export(
         info.setdefault(key, value)
     info["budget"] = {
         "updates": trainer_state.get("step"),
-        "epochs": trainer_state.get("epoch", 0) + 1,  # the epoch in progress, 1-based
+        "epochs": epoch_of_last_update(trainer_state.get("epoch", 0), trainer_state.get("batches_done", 1)),
         "train_minutes": round(trainer_state.get("train_seconds", 0.0) / 60, 2),
         "target_tokens": trainer_state.get("target_tokens"),
         "skipped_fp16_steps": trainer_state.get("skipped_steps", 0),

@@ -41,6 +41,7 @@ Design choices (and why):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -82,14 +83,14 @@ from .metrics import MetricsWriter, available_trackers, tracker_config
 from .mt_config import CHANGEABLE_ON_RESUME, FIXED_ON_RESUME, ModelConfig, MTConfig
 from .mt_data import MTData, prepare_data
 from .mt_step import compiled_forward_loss, forward_loss_sums, train_step
-from .mt_validation import best_metric_value, generation_settings, validate
+from .mt_validation import best_metric_key, best_metric_value, generation_settings, validate
 from .optim import build_optimizer
 from .plots import try_write_curves
 from .process import keep_alive
 from .resume import check_resume_config, format_changes
 from .runlock import lock_run_dir
 from .schedules import build_scheduler
-from .state import TrainerState, improves, out_of_time
+from .state import TrainerState, epoch_of_last_update, improves, out_of_time
 from .step_guard import StepAccumulator
 from .wallclock import WallClock
 
@@ -101,6 +102,7 @@ class MTTrainerState(TrainerState):
     skipped_steps: int = 0  # fp16 updates skipped for gradient overflow
     target_tokens: int = 0  # target tokens trained on, all processes
     best_metric: float | None = None
+    best_metric_key: str | None = None  # what best_metric measures (None: a checkpoint from before this)
     best_step: int | None = None
     last_valid_step: int | None = None
 
@@ -318,8 +320,17 @@ class MTTrainer:
             return "max_updates"  # the same on every process
         return "max_minutes" if out_of_time(self.accelerator, elapsed, t.max_minutes, agree) else None
 
+    @contextlib.contextmanager
+    def _outside_throughput(self):
+        """Time that the logged tokens/s must not count (validation, checkpoints, exports)."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self._window_paused += time.monotonic() - start
+
     def _save(self) -> None:
-        with self.clock.section("checkpoints"):
+        with self.clock.section("checkpoints"), self._outside_throughput():
             self._save_checkpoint()
 
     def _save_checkpoint(self) -> None:
@@ -361,19 +372,26 @@ class MTTrainer:
         return lambda tmp: complete_mt_export(tmp, name, model, state, example, valid)
 
     def _validate(self, bar=None) -> dict:
-        with self.clock.section("validation"):
+        with self.clock.section("validation"), self._outside_throughput():
             return self._validate_and_export(bar)
 
     def _validate_and_export(self, bar=None) -> dict:
         result = validate(self.model, self.accelerator, self.data, self.cfg, self.ids)
         self.state.last_valid_step = self.state.step
         self._last_valid = (self.state.step, result)  # for the model card of an export at this step
+        key = best_metric_key(self.cfg, result)
+        if self.state.best_metric_key not in (None, key):  # e.g. eval.best_metric changed on resume
+            self.accelerator.print(
+                f"best model now chosen on {key} (was {self.state.best_metric_key}): judged anew from here"
+            )
+            self.state.best_metric = None
         value, higher = best_metric_value(self.cfg, result)
         improved = improves(value, self.state.best_metric, higher)
         if improved:
             self.state.best_metric, self.state.best_step = value, self.state.step
+            self.state.best_metric_key = key
             self._export("best", result)
-        record = {"kind": "valid", "step": self.state.step, "epoch": self.state.epoch + 1, **result}
+        record = {"kind": "valid", "step": self.state.step, "epoch": self._epoch(), **result}
         record["best_metric"] = self.state.best_metric
         self.metrics.write(record)
         self.accelerator.log({k: v for k, v in result.items() if isinstance(v, float)}, step=self.state.step)
@@ -393,7 +411,7 @@ class MTTrainer:
         segment_start = time.monotonic()
         prior_seconds, prior_tokens = state.train_seconds, state.target_tokens
         self.steps = StepAccumulator(acc.device)
-        self._window_start = time.monotonic()
+        self._window_start, self._window_paused = time.monotonic(), 0.0
         bar = tqdm(
             total=cfg.train.max_updates,
             initial=state.step,
@@ -447,19 +465,20 @@ class MTTrainer:
                 if "valid" in due:
                     self._validate(bar)
                 stop = self._budget_exhausted(state.train_seconds, agree="log" in due)
+                epoch_done = state.batches_done >= self.sampler.batches_per_rank
+                if stop is None and epoch_done:  # before the save: the checkpoint then holds the epoch's end
+                    self._end_epoch(bar, prior_tokens)
                 if stop is None and "save" in due:
                     self._save()
-            if stop is None:
-                state.epoch += 1
-                state.batches_done = 0
-                if cfg.eval.valid_every_epoch and state.last_valid_step != state.step:
-                    self._read_steps(prior_tokens)
-                    self._validate(bar)
+                if epoch_done:
+                    break
+            if stop is None and state.batches_done >= self.sampler.batches_per_rank:
+                self._end_epoch(bar, prior_tokens)  # resumed from a checkpoint at an epoch's last update
         bar.close()
         self._read_steps(prior_tokens)
         state.train_seconds = prior_seconds + time.monotonic() - segment_start
         acc.print(
-            f"stopped ({stop}) at update {state.step}, epoch {state.epoch + 1}, "
+            f"stopped ({stop}) at update {state.step}, epoch {self._epoch()}, "
             f"{state.train_seconds / 60:.1f} min, {state.skipped_steps} skipped fp16 steps"
         )
         acc.print(f"time: {self.clock.summary(state.train_seconds)}")
@@ -472,6 +491,17 @@ class MTTrainer:
         # The budget clock stops before these; the wall-clock cost of training includes them.
         self.training_wall_seconds = state.train_seconds + time.monotonic() - end_of_run
         return stop
+
+    def _end_epoch(self, bar, prior_tokens: int) -> None:
+        state = self.state
+        state.epoch += 1
+        state.batches_done = 0
+        if self.cfg.eval.valid_every_epoch and state.last_valid_step != state.step:
+            self._read_steps(prior_tokens)
+            self._validate(bar)
+
+    def _epoch(self) -> int:
+        return epoch_of_last_update(self.state.epoch, self.state.batches_done)
 
     def _due(self, skipped: bool) -> set[str]:
         """What this update is due for: 'log', 'valid', 'save' (an fp16-skipped step is due for nothing)."""
@@ -495,12 +525,12 @@ class MTTrainer:
         return window
 
     def _log_train(self, window, lr: float, bar) -> None:
-        seconds = max(time.monotonic() - self._window_start, 1e-9)
+        seconds = max(time.monotonic() - self._window_start - self._window_paused, 1e-9)
         ntok = max(window.tokens, 1)
         record = {
             "kind": "train",
             "step": self.state.step,
-            "epoch": self.state.epoch + 1,
+            "epoch": self._epoch(),
             "loss": window.loss / ntok,
             "nll_loss": window.nll / ntok,
             "ppl": math.exp(min(window.nll / ntok, 50.0)),
@@ -523,7 +553,7 @@ class MTTrainer:
             loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:.0f}"
         )
         self.steps.reset_window()
-        self._window_start = time.monotonic()
+        self._window_start, self._window_paused = time.monotonic(), 0.0
 
     def _last_good_checkpoint(self) -> Path | None:
         """The newest checkpoint that can be resumed from (finite weights, complete files)."""
@@ -536,7 +566,7 @@ class MTTrainer:
         what = f"non-finite loss ({loss})"
         if math.isfinite(loss):
             what = f"non-finite gradient norm ({grad_norm}; loss {loss:.4g})"
-        self._fail(f"{what} at update {update} (epoch {self.state.epoch + 1})", update)
+        self._fail(f"{what} at update {update} (epoch {self._epoch()})", update)
 
     def _check_finite_weights(self) -> None:
         """Never write a checkpoint nobody can resume from (a NaN can slip past the loss/norm checks)."""

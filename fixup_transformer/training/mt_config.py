@@ -237,8 +237,14 @@ class MTConfig:
                 )
         self.optim.validate()
         self.schedule.validate()
+        self.schedule.check_length(t.max_updates, "train.max_updates")
         self._check_ranges()
         self._check_architecture()
+        if self.checkpoint.average_last > self.checkpoint.keep_last > 0:
+            raise ConfigError(
+                f"checkpoint.average_last={self.checkpoint.average_last} needs as many kept checkpoints; "
+                f"checkpoint.keep_last is {self.checkpoint.keep_last}"
+            )
         from accelerate.utils import LoggerType
 
         known = [tracker.value for tracker in LoggerType]

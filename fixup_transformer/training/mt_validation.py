@@ -76,8 +76,12 @@ def generation_settings(cfg: MTConfig, beam: int) -> GenerationSettings:
     )
 
 
+def best_metric_key(cfg: MTConfig, result: dict) -> str:
+    """The result key the best model is chosen on: ``valid_bleu`` where BLEU is asked for and scored."""
+    return "valid_bleu" if cfg.eval.best_metric == "bleu" and "valid_bleu" in result else "valid_loss"
+
+
 def best_metric_value(cfg: MTConfig, result: dict) -> tuple[float, bool]:
     """(value, higher_is_better) of the best-model metric."""
-    if cfg.eval.best_metric == "bleu" and "valid_bleu" in result:
-        return result["valid_bleu"], True
-    return result["valid_loss"], False
+    key = best_metric_key(cfg, result)
+    return result[key], key == "valid_bleu"

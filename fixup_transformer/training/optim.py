@@ -3,7 +3,8 @@
 The authors train the scalar biases and multipliers at a 10x smaller learning rate (their fairseq fork
 and their CIFAR script both do); ``scalar_lr_multiplier`` (default 0.1) reproduces that. Scalars are
 found by module type through :func:`fixup_transformer.fixup.scalar_parameter_names`, so a model without
-them (a LayerNorm baseline, a Marian model) simply has no scalar group.
+them (a Marian model) simply has no scalar group; this package's LayerNorm twins keep their branch scalars,
+which train in that group too (docs/architecture.md).
 
 Weight decay follows fairseq by default: it is applied to **every** parameter, biases, embeddings and
 Fixup scalars included (fairseq's ``--weight-decay`` has no exclusion list; the authors' CIFAR script

@@ -21,7 +21,7 @@ from typing import Literal
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from .config import field_doc, require
+from .config import ConfigError, field_doc, require
 
 
 @dataclasses.dataclass
@@ -59,6 +59,20 @@ class ScheduleConfig:
             require(self.total_updates >= 1, f"{prefix}total_updates", self.total_updates, ">= 1")
         require(0 <= self.min_lr_ratio <= 1, f"{prefix}min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
         require(self.gamma > 0, f"{prefix}gamma", self.gamma, "> 0")
+
+    def check_length(self, max_updates: int | None, budget_key: str, prefix: str = "schedule.") -> None:
+        """A cosine schedule needs a length, longer than its warmup: checked with the config, not at the
+        first update (``budget_key`` names the run's own update budget)."""
+        if self.name != "cosine":
+            return
+        total = self.total_updates or max_updates
+        if not total:
+            raise ConfigError(f"{prefix}name=cosine needs {prefix}total_updates or {budget_key}")
+        if total <= self.warmup_updates:
+            raise ConfigError(
+                f"{prefix}name=cosine: its length ({total} updates) must exceed "
+                f"{prefix}warmup_updates ({self.warmup_updates})"
+            )
 
 
 def _warmup(n: int, warmup_updates: int, init_ratio: float) -> float:

@@ -33,6 +33,12 @@ class TrainerState:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
+def epoch_of_last_update(epoch: int, batches_done: int) -> int:
+    """The 1-based epoch the newest update belongs to: the one in progress, or at an epoch boundary
+    (``batches_done == 0``) the one just finished, as fairseq labels its end-of-epoch validation."""
+    return max(1, epoch + (1 if batches_done else 0))
+
+
 def out_of_time(
     accelerator: Accelerator, elapsed_seconds: float, max_minutes: float | None, agree: bool = True
 ) -> bool:

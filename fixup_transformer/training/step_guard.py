@@ -52,7 +52,7 @@ class StepWindow:
     nll: float
     tokens: float
     total_tokens: float  # since the accumulator was made (all processes)
-    grad_norm: float  # of the last step added
+    grad_norm: float  # mean pre-clip norm of the applied steps since the last reset (fairseq's gnorm)
     first_bad: (
         tuple[int, float, float] | None
     )  # (update, loss per token, grad norm) of the first non-finite step
@@ -65,7 +65,7 @@ class StepAccumulator:
         self.device = device
         self.window = torch.zeros(3, dtype=torch.float64, device=device)  # loss, nll, tokens since reset
         self.total_tokens = torch.zeros((), dtype=torch.float64, device=device)
-        self.grad_norm = torch.zeros((), dtype=torch.float64, device=device)
+        self.grad_norms = torch.zeros(2, dtype=torch.float64, device=device)  # sum, count since reset
         # (update, loss per token, grad norm) of the first step that was not finite; update -1: none yet.
         self.first_bad = torch.tensor([-1.0, 0.0, 0.0], dtype=torch.float64, device=device)
         self.halted = torch.zeros((), dtype=torch.bool, device=device)
@@ -77,7 +77,8 @@ class StepAccumulator:
         self.total_tokens += torch.where(applied, sums[2], torch.zeros_like(sums[2]))
         norm = torch.full((), float("nan"), device=self.device) if grad_norm is None else grad_norm
         norm = norm.detach().to(torch.float64)
-        self.grad_norm = torch.where(applied, norm, self.grad_norm)
+        counted = applied & torch.isfinite(norm)
+        self.grad_norms += torch.where(counted, torch.stack([norm, torch.ones_like(norm)]), 0.0)
         loss_per_token = sums[0] / sums[2].clamp(min=1)
         # torch.full is a fill kernel; torch.tensor(x, device=...) would copy from pageable host memory.
         at = torch.full((), float(update), dtype=torch.float64, device=self.device)
@@ -87,11 +88,13 @@ class StepAccumulator:
 
     def read(self) -> StepWindow:
         """One device-to-host transfer of everything accumulated."""
-        values = torch.cat([self.window, self.total_tokens[None], self.grad_norm[None], self.first_bad])
+        values = torch.cat([self.window, self.total_tokens[None], self.grad_norms, self.first_bad])
         values = values.tolist()
-        loss, nll, tokens, total, grad_norm, bad_update, bad_loss, bad_norm = values
+        loss, nll, tokens, total, norm_sum, norm_count, bad_update, bad_loss, bad_norm = values
+        grad_norm = norm_sum / norm_count if norm_count else float("nan")
         first_bad = None if bad_update < 0 else (int(bad_update), bad_loss, bad_norm)
         return StepWindow(loss, nll, tokens, total, grad_norm, first_bad)
 
     def reset_window(self) -> None:
         self.window.zero_()
+        self.grad_norms.zero_()
