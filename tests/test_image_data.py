@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fixup_transformer.errors import ImageDataError
 from fixup_transformer.vision.augment import mixup, normalize, random_crop_flip
 from fixup_transformer.vision.data import load_hub_cifar10, load_image_folder, load_images, load_npz
 
@@ -54,8 +55,31 @@ def test_load_npz_rejects_labels_out_of_range(tmp_path):
 def test_missing_source_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_npz(tmp_path / "nope.npz")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ImageDataError, match="cannot load train images from .*nowhere"):
         load_images(str(tmp_path / "nowhere"), "train")
+
+
+def test_unreadable_data_is_one_image_data_error_naming_the_source(tmp_path):
+    # What the scripts turn into one line and exit code 2, never a traceback.
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04 not a whole archive")
+    (tmp_path / "text.npz").write_text("x,y\n1,2\n")
+    _write_npz(tmp_path / "nokeys.npz", classes=None)
+    for name in ("cut.npz", "text.npz", "nokeys.npz"):
+        with pytest.raises(ImageDataError, match=name):
+            load_images(str(tmp_path / name), "test")
+    folder = tmp_path / "folder" / "cat"
+    folder.mkdir(parents=True)
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ImageDataError, match="folder"):
+        load_images(str(tmp_path / "folder"), "train")
+
+
+def test_fractional_labels_are_refused_not_truncated(tmp_path):
+    _write_npz(tmp_path / "soft.npz", y=np.array([0.0, 1.0, 2.7, 0.0, 1.0, 2.0]))
+    with pytest.raises(ImageDataError, match=r"soft\.npz: labels must be class indices.*2\.7 \(index 2\)"):
+        load_npz(tmp_path / "soft.npz")
+    _write_npz(tmp_path / "whole.npz", y=np.array([0.0, 1.0, 2.0, 0.0, 1.0, 2.0]))
+    assert load_npz(tmp_path / "whole.npz").labels.tolist() == [0, 1, 2, 0, 1, 2]
 
 
 def test_image_folder(tmp_path):

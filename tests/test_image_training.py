@@ -131,6 +131,9 @@ def test_train_image_script_end_to_end_with_exact_resume(shared_data_dir, tmp_pa
     assert result.returncode == 2 and "already has checkpoints; resume with --resume" in result.stderr
     assert (paused / "metrics.jsonl").read_bytes() == metrics_before
     assert sorted(p.name for p in (paused / "checkpoints").iterdir()) == checkpoints_before
+    # A resume may not change what the checkpoint's optimizer state would silently override
+    result = _run([*common, "--output_dir", str(paused), "--resume", "--optim.lr", "0.05"], [sys.executable])
+    assert result.returncode == 2 and "optim.lr" in result.stderr and "cannot resume" in result.stderr
     result = _run([*common, "--output_dir", str(paused), "--resume"], [sys.executable])
     assert result.returncode == 0, result.stderr[-4000:]
     assert "resumed from" in result.stdout + result.stderr
@@ -144,7 +147,8 @@ def test_train_image_script_end_to_end_with_exact_resume(shared_data_dir, tmp_pa
     records = _epoch_records(full / "metrics.jsonl")
     assert records == _epoch_records(paused / "metrics.jsonl")
     assert [r["kind"] for r in records] == ["epoch", "epoch", "final"]
-    assert records[0]["lr"] == pytest.approx(0.01) and records[-1]["step"] == 8  # step schedule at epoch 1
+    # the lr each epoch trained at: the step schedule divides it by 10 from epoch 2 (milestone 1)
+    assert [r["lr"] for r in records[:2]] == pytest.approx([0.1, 0.01]) and records[-1]["step"] == 8
     assert 0.0 <= records[-1]["test_top1"] <= 1.0
 
     # The exported checkpoint is a standard HF image classifier.

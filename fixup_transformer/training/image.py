@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ from ..vision.data import ImageArrays, load_images
 from ..vision.image_processing_fixup_resnet import FixupResNetImageProcessor
 from ..vision.modeling_fixup_resnet import FixupResNetForImageClassification
 from .checkpoint import (
+    TRAINING_CONFIG_FILE,
     export_pretrained,
     find_resume_checkpoint,
     load_training_checkpoint,
@@ -43,9 +45,10 @@ from .config import ConfigError, dump_config, dump_yaml, parse_config
 from .image_config import ImageTrainConfig
 from .metrics import MetricsWriter
 from .optim import build_optimizer
+from .resume import check_resume_config, format_changes
 from .runlock import lock_run_dir
 from .schedules import build_scheduler
-from .state import TrainerState, out_of_time
+from .state import TrainerState, epoch_of_last_update, out_of_time
 from .wallclock import WallClock
 
 
@@ -73,6 +76,12 @@ def load_data(cfg: ImageTrainConfig) -> tuple[ImageArrays, ImageArrays]:
     """The train and test images of ``cfg``; they must agree on classes and image shape."""
     train_source = _resolve_source(cfg.train_data)
     test_source = _resolve_source(cfg.test_data or cfg.train_data)
+    if not cfg.test_data and train_source.endswith(".npz"):
+        warnings.warn(
+            f"test_data is not set: 'test top-1' is measured on the training archive {train_source}; "
+            "pass --test_data for a held-out score",
+            stacklevel=2,
+        )
     train = load_images(train_source, "train").subset(cfg.train_samples)
     test = load_images(test_source, "test").subset(cfg.test_samples)
     if test.classes != train.classes:
@@ -107,6 +116,27 @@ def evaluate_top1(model, images: torch.Tensor, labels: torch.Tensor, accelerator
     model.train()
     correct, total = accelerator.reduce(correct, "sum"), accelerator.reduce(total, "sum")
     return float(correct) / max(1, int(total))
+
+
+# What a resumed image run may change: where it writes and evaluates, its budget, how it runs and logs.
+CHANGEABLE_ON_RESUME = (
+    "output_dir",
+    "resume",
+    "train_data",
+    "test_data",
+    "test_samples",
+    "eval_batch_size",
+    "eval_every_epochs",
+    "keep_checkpoints",
+    "epochs",
+    "max_minutes",
+    "stop_after_steps",
+    "cpu",
+    "channels_last",
+    "progress_bar",
+    "log_interval",
+    "num_threads",
+)
 
 
 class ImageTrainer:
@@ -144,6 +174,8 @@ class ImageTrainer:
         self.steps_per_epoch = len(self.train_y) // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(self.train_y)} training images")
+        if len(self.test_y) == 0:
+            raise ConfigError("no test images to evaluate on (test_samples 0, or an empty test_data)")
         if cfg.batch_size % acc.num_processes:
             raise ConfigError(
                 f"batch_size {cfg.batch_size} must divide evenly over {acc.num_processes} processes"
@@ -163,6 +195,7 @@ class ImageTrainer:
             dump_config(cfg, self.out / "config.yaml")
         self.config_yaml = dump_yaml(cfg)
         self.last_eval: tuple[int, float] | None = None  # (update, test top-1) of the newest evaluation
+        self.lr_used = self.optimizer.param_groups[0]["lr"]  # main group's lr of the newest update
 
     def _resume(self) -> None:
         resume = "auto" if self.cfg.resume in ("true", "True") else self.cfg.resume
@@ -171,9 +204,15 @@ class ImageTrainer:
         )
         if path is None:
             return
+        # Only settings that this loop re-reads may change (a changed lr would be silently overridden by
+        # the optimizer state in the checkpoint); anything else is refused, naming the keys.
+        changes = check_resume_config(path / TRAINING_CONFIG_FILE, self.cfg, ("*",), CHANGEABLE_ON_RESUME)
         self.state = ImageTrainerState.from_dict(load_training_checkpoint(self.accelerator, path))
-        self.metrics.truncate_after(self.state.step)
-        self.accelerator.print(f"resumed from {path} at update {self.state.step} (epoch {self.state.epoch})")
+        self.metrics.truncate_after(self.state.step, drop_at_step=("final",))
+        epoch = epoch_of_last_update(self.state.epoch, self.state.batches_done)
+        self.accelerator.print(f"resumed from {path} at update {self.state.step} (epoch {epoch})")
+        if changes:
+            self.accelerator.print(f"settings changed since {path.name}, applied: {format_changes(changes)}")
 
     def close(self) -> None:
         """Release the output_dir lock (idempotent; process exit releases it too)."""
@@ -225,7 +264,7 @@ class ImageTrainer:
                 rate = cfg.log_interval * cfg.batch_size / max(time.monotonic() - window_start, 1e-9)
                 bar.set_postfix(
                     loss=f"{self._epoch_loss():.3f}",
-                    lr=f"{self.scheduler.get_last_lr()[0]:.4g}",
+                    lr=f"{self.lr_used:.4g}",
                     img_s=f"{rate:.0f}",
                 )
                 window_start = time.monotonic()
@@ -272,13 +311,15 @@ class ImageTrainer:
         if self.cfg.optim.clip_norm > 0:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_norm)
         self.optimizer.step()
+        self.lr_used = self.optimizer.param_groups[0]["lr"]  # before the schedule moves on (host float)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._loss_sum += loss.detach().to(torch.float64)
 
     def _epoch_loss(self) -> float:
         """Mean training loss of the epoch so far (one host read); a non-finite one stops the run."""
-        loss = float(self._loss_sum) / max(1, self.state.loss_count)
+        # Each process sums the losses of its share of every batch: the mean over processes is the run's.
+        loss = float(self.accelerator.reduce(self._loss_sum.clone(), "mean")) / max(1, self.state.loss_count)
         if not math.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss}) in epoch {self.state.epoch + 1}, by update "
@@ -309,7 +350,7 @@ class ImageTrainer:
             "epoch": epoch,
             "step": state.step,
             "train_loss": train_loss,
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": self.lr_used,  # the rate of the epoch's last update
             "img_per_s": state.step * cfg.batch_size / max(state.train_seconds, 1e-9),
             "train_seconds": state.train_seconds,
             "time_breakdown": self.clock.rounded(),

@@ -46,12 +46,19 @@ class MetricsWriter:
         finally:
             os.close(fd)
 
-    def truncate_after(self, step: int) -> None:
-        """Keep only records with ``step <= step`` (atomic rewrite); used when resuming from ``step``."""
+    def truncate_after(self, step: int, drop_at_step: tuple[str, ...] = ()) -> None:
+        """Keep only records with ``step <= step`` (atomic rewrite); used when resuming from ``step``.
+
+        ``drop_at_step``: record kinds that the resumed run writes again at ``step`` itself (e.g. the end of
+        run of a run stopped by its time budget), dropped there too."""
         if not self.enabled or not self.path.exists():
             return
         records = read_metrics(self.path)
-        kept = [r for r in records if r.get("step", 0) <= step]
+        kept = [
+            r
+            for r in records
+            if r.get("step", 0) < step or (r.get("step", 0) == step and r.get("kind") not in drop_at_step)
+        ]
         if len(kept) == len(records):
             return  # untouched: a rerun of a finished run must not even rewrite the file
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))

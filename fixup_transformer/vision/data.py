@@ -8,6 +8,7 @@ runs on have two cores). Vision data lives here, apart from the MT text pipeline
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,13 @@ def load_npz(path: str | os.PathLike) -> ImageArrays:
         if missing:
             raise KeyError(f"{path} lacks required key(s) {missing}; it has {sorted(archive.files)}")
         images, labels, classes = archive["x"], archive["y"], [str(c) for c in archive["classes"]]
+    if not np.issubdtype(labels.dtype, np.integer):
+        fractional = np.flatnonzero(np.asarray(labels, dtype=np.float64) % 1 != 0)
+        if fractional.size:  # astype(int64) would truncate 2.7 to class 2 without a word
+            raise ImageDataError(
+                f"{path}: labels must be class indices, got {labels.dtype} values such as "
+                f"{labels[fractional[0]]} (index {int(fractional[0])})"
+            )
     try:
         return ImageArrays(images, labels.astype(np.int64), classes)
     except ValueError as err:
@@ -139,6 +147,16 @@ def load_images(source: str, split: str, image_size: int | None = None) -> Image
     - a folder holding ``train_subset.npz`` / ``test_shared.npz`` (the shared CIFAR-10 copy);
     - a folder with ``<split>/<class>/`` images, or ``<class>/`` images directly.
     """
+    try:
+        return _load_images(source, split, image_size)
+    except ImageDataError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile) as err:
+        # missing or unreadable files, a non-archive .npz, a corrupt image, a missing key: the user's data
+        raise ImageDataError(f"cannot load {split} images from {source}: {err}") from None
+
+
+def _load_images(source: str, split: str, image_size: int | None) -> ImageArrays:
     if source.startswith("hub:"):
         return load_hub_cifar10(split, source[4:])
     path = Path(os.path.expandvars(os.path.expanduser(source)))
