@@ -416,7 +416,9 @@ class ImageTrainer:
                 )
         acc.wait_for_everyone()
         acc.print(f"final test top-1 {100 * top1:.2f}% -> {self.out / 'final'}")
-        acc.print(f"time: {self.clock.summary(state.train_seconds)}")
+        # The sections include the final evaluation and export, which come after the training clock stops.
+        total = max(state.train_seconds, sum(self.clock.seconds.values()))
+        acc.print(f"time: {self.clock.summary(total)}")
         return final
 
 
