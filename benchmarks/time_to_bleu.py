@@ -56,6 +56,7 @@ from fixup_transformer.evaluation.bleu import corpus_scores, scores_to_json  # n
 from fixup_transformer.evaluation.translate import translate_corpus  # noqa: E402
 from fixup_transformer.hardware import resolve_mixed_precision  # noqa: E402
 from fixup_transformer.text.modeling_fixup_transformer import IGNORE_INDEX, shift_tokens_right  # noqa: E402
+from fixup_transformer.text.output_loss import label_smoothed_loss_sums  # noqa: E402
 from fixup_transformer.training import mt_data, mt_validation  # noqa: E402
 from fixup_transformer.training.checkpoint import (  # noqa: E402
     WEIGHTS_FILE,
@@ -65,7 +66,6 @@ from fixup_transformer.training.checkpoint import (  # noqa: E402
     load_averaged_weights,
 )
 from fixup_transformer.training.config import load_config  # noqa: E402
-from fixup_transformer.training.losses import label_smoothed_nll_loss  # noqa: E402
 from fixup_transformer.training.metrics import read_metrics  # noqa: E402
 from fixup_transformer.training.mt_config import MTConfig  # noqa: E402
 from fixup_transformer.training.schedules import build_scheduler  # noqa: E402
@@ -248,10 +248,34 @@ def marian_twin(cfg: MTConfig, tokenizer):
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.eos_token_id,
-        forced_eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=m.tie_word_embeddings,
     )
     torch.manual_seed(cfg.seed)
-    return MarianMTModel(config)
+    model = MarianMTModel(config)
+    if not m.tie_word_embeddings:
+        # The job's model: one embedding for source and target, a separate output projection. Marian's
+        # config gates the encoder/decoder sharing on tie_word_embeddings too, so share by hand: the same
+        # parameter count as the job's (a tied twin would be one [V, d] matrix smaller).
+        model.model.encoder.embed_tokens = model.model.decoder.embed_tokens = model.model.shared
+    return model
+
+
+def marian_loss_sums(label_smoothing: float):
+    """(loss sum, nll sum, tokens) of a Marian batch, with the job's label smoothing (torch's convention:
+    ``label_smoothing / V`` on every class, as the Fixup model's own loss)."""
+
+    def loss_sums(model, batch, pad_id: int, start_id: int):
+        labels = batch["labels"]
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=shift_tokens_right(labels, pad_id, start_id),
+            use_cache=False,
+        ).logits
+        loss, nll = label_smoothed_loss_sums(logits, labels, label_smoothing / logits.size(-1))
+        return loss, nll, (labels != IGNORE_INDEX).sum()
+
+    return loss_sums
 
 
 def run_marian(args: argparse.Namespace) -> dict:
@@ -265,6 +289,7 @@ def run_marian(args: argparse.Namespace) -> dict:
     data = mt_data.prepare_data(cfg, accelerator)
     pad, eos = data.tokenizer.pad_token_id, data.tokenizer.eos_token_id
     model = marian_twin(cfg, data.tokenizer).to(device)
+    loss_sums = marian_loss_sums(cfg.train.label_smoothing)
     o = cfg.optim
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=True
@@ -294,12 +319,7 @@ def run_marian(args: argparse.Namespace) -> dict:
             with clock.section("steps"):
                 labels = batch["labels"]
                 with accelerator.autocast():
-                    logits = model(
-                        input_ids=batch["input_ids"],
-                        attention_mask=batch["attention_mask"],
-                        decoder_input_ids=shift_tokens_right(labels, pad, eos),
-                    ).logits
-                loss, _, ntok = label_smoothed_nll_loss(logits, labels, cfg.train.label_smoothing)
+                    loss, _, ntok = loss_sums(model, batch, pad, eos)
                 (loss / ntok).backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -317,7 +337,7 @@ def run_marian(args: argparse.Namespace) -> dict:
             epoch, batches_done = epoch + 1, 0
     train_seconds = time.monotonic() - start
     bar.close()
-    valid = mt_validation.validation_loss(model, accelerator, data.valid, cfg, (pad, eos))
+    valid = mt_validation.validation_loss(model, accelerator, data.valid, cfg, (pad, eos), loss_sums)
     pairs = data.test_pairs
     settings = mt_validation.generation_settings(cfg, cfg.eval.beam)
     hyps = translate_corpus(model, data.tokenizer, [s for s, _ in pairs], settings, accelerator, desc="test")

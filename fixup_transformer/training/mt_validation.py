@@ -17,8 +17,14 @@ from .mt_step import forward_loss_sums, to_device
 
 
 @torch.no_grad()
-def validation_loss(model, accelerator: Accelerator, dataset, cfg: MTConfig, ids: tuple[int, int]) -> dict:
-    """Teacher-forced loss/nll per target token over the whole validation set (sharded over processes)."""
+def validation_loss(
+    model, accelerator: Accelerator, dataset, cfg: MTConfig, ids: tuple[int, int], loss_sums=None
+) -> dict:
+    """Teacher-forced loss/nll per target token over the whole validation set (sharded over processes).
+
+    ``loss_sums(model, batch, pad_id, start_id) -> (loss sum, nll sum, tokens)`` defaults to this model's
+    own loss (:func:`forward_loss_sums`); a benchmark passes its peer model's."""
+    loss_sums = loss_sums or forward_loss_sums
     model = accelerator.unwrap_model(model)
     was_training = model.training
     model.eval()
@@ -34,7 +40,7 @@ def validation_loss(model, accelerator: Accelerator, dataset, cfg: MTConfig, ids
         for batch_ids in sampler:
             batch = to_device(collate([dataset[i] for i in batch_ids]), accelerator.device)
             with accelerator.autocast():
-                loss, nll, ntok = forward_loss_sums(model, batch, *ids)
+                loss, nll, ntok = loss_sums(model, batch, *ids)
             sums += torch.stack([loss.double(), nll.double(), ntok.double()])
     finally:
         model.train(was_training)
