@@ -55,9 +55,9 @@ from fixup_transformer.data import TokenBatchSampler, TranslationCollator  # noq
 from fixup_transformer.evaluation.bleu import corpus_scores, scores_to_json  # noqa: E402
 from fixup_transformer.evaluation.translate import translate_corpus  # noqa: E402
 from fixup_transformer.hardware import resolve_mixed_precision  # noqa: E402
-from fixup_transformer.text.modeling_fixup_transformer import IGNORE_INDEX, shift_tokens_right  # noqa: E402
+from fixup_transformer.text.modeling_fixup_transformer import IGNORE_INDEX  # noqa: E402
 from fixup_transformer.text.output_loss import label_smoothed_loss_sums  # noqa: E402
-from fixup_transformer.training import mt_data, mt_validation  # noqa: E402
+from fixup_transformer.training import mt_data, mt_step, mt_validation  # noqa: E402
 from fixup_transformer.training.checkpoint import (  # noqa: E402
     WEIGHTS_FILE,
     atomic_write_json,
@@ -266,12 +266,7 @@ def marian_loss_sums(label_smoothing: float):
 
     def loss_sums(model, batch, pad_id: int, start_id: int):
         labels = batch["labels"]
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=shift_tokens_right(labels, pad_id, start_id),
-            use_cache=False,
-        ).logits
+        logits = mt_step.teacher_forced(model, batch, pad_id, start_id).logits
         loss, nll = label_smoothed_loss_sums(logits, labels, label_smoothing / logits.size(-1))
         return loss, nll, (labels != IGNORE_INDEX).sum()
 

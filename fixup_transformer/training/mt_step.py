@@ -25,20 +25,27 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def teacher_forced(model, batch, pad_id: int, start_id: int, **kwargs):
+    """The model's forward on a batch, decoder inputs = its labels shifted right behind ``start_id``.
+
+    Any seq2seq model (a benchmark runs Marian through it too); ``kwargs`` go to the model."""
+    return model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=shift_tokens_right(batch["labels"], pad_id, start_id),
+        use_cache=False,  # a training step needs no KV cache; building one copies every layer's K/V
+        **kwargs,
+    )
+
+
 def forward_loss_sums(model, batch, pad_id: int, start_id: int):
     """Summed label-smoothed loss, summed NLL and the number of target tokens of one batch.
 
     In training the model computes the loss without materialising the logits (``loss_without_logits``).
     """
     labels = batch["labels"]
-    output = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        decoder_input_ids=shift_tokens_right(labels, pad_id, start_id),
-        labels=labels,
-        num_items_in_batch=1,  # sums: the update normalises by all its tokens
-        use_cache=False,  # a training step needs no KV cache; building one copies every layer's K/V
-    )
+    # num_items_in_batch=1: sums, as the update normalises by all its tokens
+    output = teacher_forced(model, batch, pad_id, start_id, labels=labels, num_items_in_batch=1)
     return output.loss, output.nll_loss, (labels != IGNORE_INDEX).sum()
 
 
