@@ -186,6 +186,13 @@ def test_invalid_config_values_raise(kwargs, message):
         V.FixupResNetConfig(**kwargs)
 
 
+def test_config_field_types_are_checked_and_named():
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+
+    with pytest.raises(StrictDataclassFieldValidationError, match="field 'depth'"):
+        V.FixupResNetConfig(depth="20")
+
+
 def test_bad_inputs_raise_clear_errors():
     model = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(8))
     with pytest.raises(ValueError, match="channels"):

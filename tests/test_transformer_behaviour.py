@@ -388,6 +388,23 @@ def test_resizing_unshared_embeddings_resizes_the_decoder_and_output_too(tie_wor
     assert torch.isfinite(model(input_ids=random_batch(2, 6, vocab=120), labels=labels).loss)
 
 
+def test_resizing_with_no_size_changes_nothing_with_separate_vocabularies(tmp_path):
+    # transformers' resize_token_embeddings() with no argument only returns the input embedding.
+    model = build(vocab_size=97, decoder_vocab_size=80, share_encoder_decoder_embeddings=False)
+    model.resize_token_embeddings()
+    assert model.model.decoder.embed_tokens.num_embeddings == 80 and model.lm_head.weight.shape[0] == 80
+    assert model.config.decoder_vocab_size == 80
+    model.save_pretrained(tmp_path)
+    assert type(model).from_pretrained(tmp_path).lm_head.weight.shape[0] == 80
+
+
+@pytest.mark.parametrize("missing", ["pad_token_id", "decoder_start_token_id"])
+def test_labels_without_the_token_ids_to_shift_them_name_the_field(missing):
+    model = build(**{missing: None})
+    with pytest.raises(ValueError, match=f"config.{missing} must be set"):
+        model(input_ids=random_batch(1, 4), labels=random_batch(1, 3))
+
+
 @pytest.mark.parametrize("init", ["fixup", "t_fixup"])
 def test_resizing_without_mean_resizing_draws_added_rows_from_the_init_plan(init):
     torch.manual_seed(0)

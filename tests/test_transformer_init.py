@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from torch import nn
 from transformer_helpers import random_batch, tiny_config
 
@@ -249,6 +250,26 @@ def test_at_init_the_decoder_output_does_not_depend_on_the_source():
 def test_invalid_config_names_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
         tiny_config(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"tie_word_embeddings": "false"}, "tie_word_embeddings"),  # a string would be truthy: tied
+        ({"d_model": 32.0}, "d_model"),
+        ({"vocab_size": None}, "vocab_size"),
+    ],
+)
+def test_config_field_types_are_checked_and_named(overrides, field):
+    # The strict dataclass validates annotations only when they are types, not postponed strings.
+    with pytest.raises(StrictDataclassFieldValidationError, match=f"field '{field}'"):
+        tiny_config(**overrides)
+
+
+def test_decoder_view_of_the_config_resolves_a_shared_vocabulary():
+    # transformers' caches and generation read the decoder's fields through get_text_config(decoder=True).
+    view = tiny_config(decoder_layers=3).get_text_config(decoder=True)
+    assert (view.vocab_size, view.num_hidden_layers) == (tiny_config().vocab_size, 3)
 
 
 def test_default_config_is_the_iwslt_size_with_depth_30():

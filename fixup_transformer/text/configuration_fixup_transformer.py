@@ -6,7 +6,7 @@ switches that run the paper's baselines through the same code (``normalization``
 the options of the Fixup recipe itself.
 """
 
-from __future__ import annotations
+import copy
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
@@ -140,10 +140,20 @@ class FixupTransformerConfig(PreTrainedConfig):
         """Rows of the decoder embedding and the output projection."""
         return self.vocab_size if self.decoder_vocab_size is None else self.decoder_vocab_size
 
+    def get_text_config(self, decoder=None, encoder=None) -> "PreTrainedConfig":
+        # For a flat encoder-decoder config, transformers' decoder view is a copy with every `decoder_*`
+        # field renamed (`decoder_vocab_size` -> `vocab_size`); `None` there means "the same as
+        # `vocab_size`", which the strict copy must not receive as a vocabulary size.
+        if decoder and not encoder and self.decoder_vocab_size is None:
+            resolved = copy.deepcopy(self)
+            resolved.decoder_vocab_size = self.vocab_size
+            return PreTrainedConfig.get_text_config(resolved, decoder=decoder, encoder=encoder)
+        return super().get_text_config(decoder=decoder, encoder=encoder)
+
     @classmethod
     def symmetric(
         cls, layers: int, d_model: int, heads: int, ffn_dim: int, **overrides
-    ) -> FixupTransformerConfig:
+    ) -> "FixupTransformerConfig":
         """N+N layers, encoder and decoder of one width: the shape that depth and stability probes sweep."""
         return cls(
             d_model=d_model,

@@ -635,6 +635,8 @@ class FixupTransformerPreTrainedModel(InitsOwnedModules, PreTrainedModel):
         # transformers resizes the input embedding (the encoder's) and the output projection; with
         # unshared embeddings the decoder's own table must follow, or target ids past the old size break.
         embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return embeddings  # transformers' no-op call (it returns the input embedding): change nothing
         base = getattr(self, self.base_model_prefix, self)
         if not self.config.share_encoder_decoder_embeddings and isinstance(base, FixupTransformerModel):
             decoder = base.decoder
@@ -894,6 +896,9 @@ class FixupSeq2SeqLMOutput(Seq2SeqLMOutput):
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """Teacher-forcing decoder inputs: ``[start, y_1, ..., y_{n-1}]``, with ignored labels as pad."""
+    for name, value in (("pad_token_id", pad_token_id), ("decoder_start_token_id", decoder_start_token_id)):
+        if value is None:
+            raise ValueError(f"config.{name} must be set to build decoder inputs from `labels`.")
     shifted = labels.new_full(labels.shape, pad_token_id)
     shifted[:, 1:] = labels[:, :-1]
     shifted[:, 0] = decoder_start_token_id

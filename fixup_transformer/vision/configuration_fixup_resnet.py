@@ -5,8 +5,6 @@ compared against; the architecture switch (``normalization``) and the initializa
 (``init``) are independent fields, so "Fixup vs BatchNorm" runs differ in nothing else.
 """
 
-from __future__ import annotations
-
 from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
@@ -160,7 +158,7 @@ class FixupResNetConfig(PreTrainedConfig):
     # ---- presets (timm-style factories) ----
 
     @classmethod
-    def cifar(cls, depth: int = 20, num_labels: int = 10, **kwargs) -> FixupResNetConfig:
+    def cifar(cls, depth: int = 20, num_labels: int = 10, **kwargs) -> "FixupResNetConfig":
         """CIFAR ResNet of ``depth = 6n+2`` layers; CIFAR-10 class names when ``num_labels == 10``."""
         if num_labels == 10 and "id2label" not in kwargs:
             kwargs["id2label"] = dict(enumerate(CIFAR10_CLASSES))
@@ -171,7 +169,7 @@ class FixupResNetConfig(PreTrainedConfig):
         return cls(family="cifar", depth=depth, **kwargs)
 
     @classmethod
-    def imagenet(cls, depth: int = 50, num_labels: int = 1000, **kwargs) -> FixupResNetConfig:
+    def imagenet(cls, depth: int = 50, num_labels: int = 1000, **kwargs) -> "FixupResNetConfig":
         """ImageNet ResNet-18/34 (basic) or -50/101/152 (bottleneck)."""
         if "id2label" not in kwargs:
             kwargs["num_labels"] = num_labels
