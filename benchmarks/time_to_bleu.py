@@ -51,6 +51,7 @@ from tqdm.auto import tqdm  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fixup_transformer.atomic_files import atomic_write_text  # noqa: E402
 from fixup_transformer.data import TokenBatchSampler, TranslationCollator  # noqa: E402
 from fixup_transformer.evaluation.bleu import corpus_scores, scores_to_json  # noqa: E402
 from fixup_transformer.evaluation.translate import translate_corpus  # noqa: E402
@@ -61,7 +62,6 @@ from fixup_transformer.training import mt_data, mt_step, mt_validation  # noqa: 
 from fixup_transformer.training.checkpoint import (  # noqa: E402
     WEIGHTS_FILE,
     atomic_write_json,
-    atomic_write_text,
     list_checkpoints,
     load_averaged_weights,
 )

@@ -23,7 +23,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from .atomic_files import atomic_write_text, replacing
 
 TABLE_COLUMNS = ("step", "layer_index", "layer", "activation_rms", "grad_norm", "loss")
 
@@ -267,34 +268,9 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file next to ``path`` and ``os.replace`` it into place.
-
-    A reader (or a crash mid-write) never sees a half-written table.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        _make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _make_readable(path: str) -> None:
-    """``mkstemp`` creates 0600 files; give the result the mode a plain ``open`` would (0666 & ~umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
-    return atomic_write_text(path, json.dumps(json_safe(payload), indent=1, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(json_safe(payload), indent=1, allow_nan=False) + "\n")
+    return Path(path)
 
 
 def rows_to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -311,7 +287,8 @@ def write_tables(
     """``<stem>.csv`` (the long table) and ``<stem>.json`` (meta, per-step summary and the same rows)."""
     out_dir = Path(out_dir)
     rows = run.rows()
-    csv_path = atomic_write_text(out_dir / f"{stem}.csv", rows_to_csv(rows, TABLE_COLUMNS))
+    csv_path = out_dir / f"{stem}.csv"
+    atomic_write_text(csv_path, rows_to_csv(rows, TABLE_COLUMNS))
     payload = {
         "meta": run.meta,
         "layers": run.layer_names,
@@ -344,16 +321,9 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 90) -> Path:
     """Save a figure as PNG through a temporary file + ``os.replace``, then close it."""
     plt = require_pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        _make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
     return path

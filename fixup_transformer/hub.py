@@ -230,7 +230,7 @@ def spec_for(config) -> RemoteCodeSpec:
 
 
 def _update_json(path: Path, key: str, value: dict) -> None:
-    from .training.checkpoint import atomic_write_text
+    from .atomic_files import atomic_write_text
 
     data = json.loads(path.read_text(encoding="utf-8"))
     data[key] = value
@@ -249,7 +249,7 @@ def add_remote_code(export_dir: str | Path, config) -> list[str]:
     spec = spec_for(config)
     if not (export_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{export_dir} has no {CONFIG_FILE}; call save_pretrained first")
-    from .training.checkpoint import atomic_write_text
+    from .atomic_files import atomic_write_text
 
     files = remote_code_sources(spec.modules())
     for file_name, source in files.items():

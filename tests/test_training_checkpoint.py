@@ -42,6 +42,18 @@ def test_atomic_write_crash_keeps_old_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["state.json"]  # no temporary leftovers
 
 
+def test_atomic_writes_give_files_the_mode_of_a_plain_open(tmp_path):
+    # mkstemp's 0600 would make results, exports and checkpoints unreadable to the rest of a team.
+    old_umask = os.umask(0o022)
+    try:
+        ckpt.atomic_write_text(tmp_path / "results.json", "{}")
+        ckpt.save_state_dict({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+    finally:
+        os.umask(old_umask)
+    for name in ("results.json", "model.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
 def test_crash_mid_checkpoint_leaves_previous_intact(tmp_path, monkeypatch):
     accelerator, model, optimizer = make_accelerator_and_model()
     out = tmp_path / "checkpoints"

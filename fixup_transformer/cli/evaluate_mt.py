@@ -14,11 +14,11 @@ import json
 
 from accelerate import Accelerator
 
+from ..atomic_files import atomic_write_text
 from ..errors import run_script
 from ..evaluation.bleu import format_scores, scores_to_json
 from ..evaluation.mt_eval import EvalRequest, evaluate_model
 from ..evaluation.translate import GenerationSettings
-from ..training.checkpoint import atomic_write_text
 from ..training.process import exit_process
 
 DEFAULTS = GenerationSettings()  # the decoding defaults live there

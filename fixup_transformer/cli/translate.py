@@ -23,8 +23,9 @@ from pathlib import Path
 
 import yaml
 
+from ..atomic_files import atomic_write_text
 from ..errors import USAGE_EXIT_CODE, ModelDirError
-from ..training.checkpoint import TRAINING_CONFIG_FILE, atomic_write_text
+from ..training.checkpoint import TRAINING_CONFIG_FILE
 
 
 class InputError(ValueError):

@@ -19,13 +19,10 @@ the way back writes the original checkpoint's exact key set and tensors. Nothing
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import re
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from ..atomic_files import replacing
 from ..hub import add_remote_code
 from ..text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 from ..training.checkpoint import atomic_write_json, export_pretrained, save_state_dict
@@ -511,16 +509,8 @@ def _ordered(state: dict[str, torch.Tensor], order: list[str] | None) -> dict[st
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _fairseq_checkpoint(config_kind: str, config: Any, state: dict[str, torch.Tensor]) -> dict[str, Any]:

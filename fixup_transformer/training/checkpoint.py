@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..atomic_files import atomic_write_text, fsync_dir, replacing
 from ..errors import CheckpointError, ConfigError
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -43,39 +43,6 @@ _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 # ----------------------------------------------------------------------------------------------------------
 # Atomic file and directory writes
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not supported everywhere (e.g. some network file systems).
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """UTF-8 text version of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -101,7 +68,7 @@ def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old.exists():
         shutil.rmtree(old)
 
@@ -370,19 +337,10 @@ def average_state_dicts(paths: Sequence[str | os.PathLike]) -> dict[str, torch.T
 
 def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Atomic safetensors write (contiguous copies, no shared storage, as safetensors requires)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         save_file(
             {k: v.detach().contiguous().clone() for k, v in state.items()}, tmp, metadata={"format": "pt"}
         )
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def load_averaged_weights(model: torch.nn.Module, paths: Sequence[str | os.PathLike]) -> None:

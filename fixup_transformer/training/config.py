@@ -466,6 +466,6 @@ def dump_yaml(cfg: Any) -> str:
 
 def dump_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config to ``path`` atomically."""
-    from .checkpoint import atomic_write_text
+    from ..atomic_files import atomic_write_text
 
     atomic_write_text(path, dump_yaml(cfg))

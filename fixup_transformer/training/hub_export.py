@@ -18,9 +18,10 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..atomic_files import atomic_write_text
 from ..data.corpora import CORPORA
 from ..hub import add_remote_code, push_export
-from .checkpoint import TRAINING_CONFIG_FILE, atomic_write_json, atomic_write_text
+from .checkpoint import TRAINING_CONFIG_FILE, atomic_write_json
 from .state import epoch_of_last_update
 
 INFO_FILE = "export_info.json"

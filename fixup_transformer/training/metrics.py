@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
+from ..atomic_files import atomic_write_text
 
 
 def _json_safe(value: Any) -> Any:

@@ -55,6 +55,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from ..atomic_files import atomic_write_text
 from ..data import (
     TokenBatchSampler,
     TranslationCollator,
@@ -68,7 +69,6 @@ from .checkpoint import (
     TRAINING_CONFIG_FILE,
     WEIGHTS_FILE,
     atomic_write_json,
-    atomic_write_text,
     checkpoint_problem,
     export_pretrained,
     find_resume_checkpoint,

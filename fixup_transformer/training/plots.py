@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write_bytes
+from ..atomic_files import atomic_write_bytes
 from .metrics import read_metrics
 
 CURVES_FILE = "curves.png"
