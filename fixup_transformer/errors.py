@@ -7,7 +7,7 @@ catch exactly these types (never a bare ``Exception``, which would hide real bug
 
 - exit code 2, usage / input errors: :class:`ConfigError` (and its
   :class:`ResumeMismatchError`), :class:`CorpusError`, :class:`RunLockedError`, :class:`ModelDirError`,
-  :class:`ImageDataError`;
+  :class:`ImageDataError`, :class:`InputError`;
 - exit code 1, the run itself failed: :class:`NonFiniteLossError`, :class:`CheckpointError`.
 """
 
@@ -49,11 +49,16 @@ class ModelDirError(ValueError):
     """A model directory is missing or lacks a file it needs (config, weights, tokenizer)."""
 
 
+class InputError(ValueError):
+    """Text to translate cannot be read, an output cannot be written where asked, or a decoding option is
+    out of range (the translation and evaluation commands)."""
+
+
 class ImageDataError(ValueError):
     """An image dataset has a shape, channel count or labels the trainer cannot use; names the file."""
 
 
-USAGE_ERRORS = (ConfigError, CorpusError, RunLockedError, ModelDirError, ImageDataError)
+USAGE_ERRORS = (ConfigError, CorpusError, RunLockedError, ModelDirError, ImageDataError, InputError)
 
 
 FAILURE_ERRORS = (NonFiniteLossError, CheckpointError)

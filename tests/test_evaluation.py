@@ -89,3 +89,20 @@ def test_tokenized_bleu_is_case_insensitive_and_handles_pretokenized_refs():
     assert "tok:none" in tokenized_bleu(["a"], ["a"], pretokenized=True).signature
     with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
         sacrebleu_score(["a", "b"], ["a"])
+
+
+def test_tokenized_bleu_tokenizes_raw_hypotheses_like_pretokenized_references():
+    # fairseq's IWSLT references (valid.tok.lc) are Moses-tokenized, escaped and lowercased; a model trained on
+    # raw text outputs "It's ...". A perfect translation must score 100, and tokenized output is not re-escaped.
+    refs = ["it &apos;s that pyramid .", "he said &quot; no &quot; , and left ."]
+    raw = ["It's that pyramid.", 'He said "no", and left.']
+    assert tokenized_bleu(raw, refs, pretokenized=True).score == pytest.approx(100.0)
+    assert tokenized_bleu(refs, refs, pretokenized=True).score == pytest.approx(100.0)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_sentence(tmp_path):
+    from fixup_transformer.data import read_lines
+
+    path = tmp_path / "test.en"
+    path.write_bytes("\ufeffA man.\nA dog.\n".encode())
+    assert read_lines(path) == ["A man.", "A dog."]

@@ -232,3 +232,53 @@ def test_training_run_writes_curves(run_dir):
     assert [r["step"] for r in valid] == [20, 40, 60] and all("valid_bleu" in r for r in valid)
     with Image.open(run_dir / "curves.png") as image:
         assert image.format == "PNG" and image.width > image.height  # loss and BLEU panels side by side
+
+
+# ----------------------------------------------------------------------------------------------------------
+# scripts/evaluate_mt.py on the same model: the decoding the run was scored with, and its usage errors
+
+
+def test_evaluate_decodes_with_the_training_configs_settings(run_dir, multi30k, tmp_path, capsys):
+    # Like fixup-translate: the eval section of training_config.yaml (tiny_test.yaml: beam 2, a=1, b=5), so
+    # evaluate_mt reproduces the run's own test translations unless told otherwise.
+    from fixup_transformer.cli import evaluate_mt
+    from fixup_transformer.evaluation import GenerationSettings, translate_corpus
+    from fixup_transformer.evaluation.mt_eval import load_model_and_tokenizer
+
+    out = tmp_path / "hyp.en"
+    argv = ["--model", str(run_dir / "last"), "--data-dir", str(multi30k), "--limit", "6", "--cpu"]
+    assert evaluate_mt.main([*argv, "--output", str(out)]) == 0
+    assert "6 sentences, beam 2, lenpen 1.0" in capsys.readouterr().out
+    sources = [s for s, _ in load_parallel(CorpusConfig("multi30k", "de", "en", data_dir=multi30k), "test")[:6]]
+    model, tokenizer = load_model_and_tokenizer(run_dir / "last")
+    settings = GenerationSettings(num_beams=2, max_len_a=1.0, max_len_b=5, batch_tokens=8000)
+    assert out.read_text(encoding="utf-8").splitlines() == translate_corpus(
+        model, tokenizer, sources, settings, show_progress=False
+    )
+    assert evaluate_mt.main([*argv, "--beam", "1"]) == 0
+    assert "beam 1, lenpen 1.0" in capsys.readouterr().out
+
+
+def test_evaluate_usage_errors_are_one_line_before_decoding(run_dir, multi30k, tmp_path, capsys):
+    from fixup_transformer.cli import evaluate_mt
+
+    model = run_dir / "last"
+    argv = ["--model", str(model), "--data-dir", str(multi30k), "--cpu"]
+    for extra, message in [
+        (["--limit", "0"], "--limit must be at least 1, got 0"),
+        (["--beam", "0"], "num_beams must be at least 1"),
+        (["--json", str(tmp_path)], "it is a folder"),
+        (["--output", str(tmp_path / "no" / "hyp.en")], "cannot write output"),
+    ]:
+        assert evaluate_mt.main([*argv, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (extra, err)
+    assert not (tmp_path / "no").exists()
+
+    for missing, message in [("model.safetensors", "cannot load the model in"), ("tokenizer.json", "tokenizer")]:
+        broken = tmp_path / f"without_{missing}"
+        shutil.copytree(model, broken)
+        (broken / missing).unlink()
+        assert evaluate_mt.main(["--model", str(broken), "--data-dir", str(multi30k), "--cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err, err

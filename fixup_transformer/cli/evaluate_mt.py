@@ -17,9 +17,10 @@ from accelerate import Accelerator
 from ..atomic_files import atomic_write_text
 from ..errors import run_script
 from ..evaluation.bleu import format_scores, scores_to_json
-from ..evaluation.mt_eval import EvalRequest, evaluate_model
+from ..evaluation.mt_eval import EvalRequest, check_model_dir, evaluate_model, training_config_section
 from ..evaluation.translate import GenerationSettings
 from ..training.process import exit_process
+from .translate import check_output, generation_settings
 
 DEFAULTS = GenerationSettings()  # the decoding defaults live there
 
@@ -38,28 +39,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--src", help="source language")
     p.add_argument("--tgt", help="target language")
     p.add_argument("--limit", type=int, help="only the first N sentences")
-    p.add_argument("--beam", type=int, default=DEFAULTS.num_beams)
-    p.add_argument("--lenpen", type=float, default=DEFAULTS.length_penalty, help="length penalty")
+    # Decoding options: this command line, else the model's training_config.yaml (eval section: what the
+    # run scored with), else GenerationSettings' defaults; the same rule as fixup-translate.
     p.add_argument(
-        "--max-len-a", type=float, default=DEFAULTS.max_len_a, help="max new tokens = a * source length + b"
+        "--beam", type=int, help=f"beam size (default: training config, else {DEFAULTS.num_beams})"
     )
-    p.add_argument("--max-len-b", type=int, default=DEFAULTS.max_len_b)
+    p.add_argument(
+        "--lenpen",
+        type=float,
+        help=f"length penalty (default: training config, else {DEFAULTS.length_penalty})",
+    )
+    p.add_argument(
+        "--max-len-a",
+        type=float,
+        help=f"max new tokens = a * source length + b (default: training config, else {DEFAULTS.max_len_a})",
+    )
+    p.add_argument("--max-len-b", type=int, help=f"see --max-len-a (default: else {DEFAULTS.max_len_b})")
     p.add_argument("--max-new-tokens", type=int, help="fixed output length limit (overrides a/b)")
     p.add_argument(
-        "--batch-tokens", type=int, default=DEFAULTS.batch_tokens, help="padded source tokens per batch"
+        "--batch-tokens",
+        type=int,
+        help=f"padded source tokens per batch (default: training config, else {DEFAULTS.batch_tokens})",
     )
     p.add_argument("--output", help="write detokenized hypotheses here, one per line (atomically)")
     p.add_argument("--json", help="write the scores with signatures here as JSON")
     p.add_argument(
         "--tokenized-bleu",
         action="store_true",
-        help="also print lowercased 13a-tokenized BLEU (IWSLT-paper style)",
+        help="also print lowercased 13a-tokenized BLEU (IWSLT-paper style; on by default when the training "
+        "config's eval.tokenized_bleu is)",
     )
     p.add_argument(
         "--pretokenized-refs",
         action="store_true",
         help="references are already Moses-tokenized+lowercased (e.g. iwslt14 valid.tok.lc): tokenized BLEU "
-        "uses tokenize=none",
+        "Moses-tokenizes the hypotheses the same way and scores both as they are",
     )
     p.add_argument("--cpu", action="store_true", help="force CPU")
     return p.parse_args(argv)
@@ -72,6 +86,11 @@ def main(argv=None) -> int:
 
 def _evaluate(argv) -> int:
     args = parse_args(argv)
+    check_model_dir(args.model)
+    for path in (args.output, args.json):  # before decoding a whole test set, not after
+        check_output(path)
+    eval_defaults = training_config_section(args.model, "eval")
+    settings = generation_settings(args, eval_defaults)
     accelerator = Accelerator(cpu=args.cpu)
     request = EvalRequest(
         model_dir=args.model,
@@ -82,16 +101,8 @@ def _evaluate(argv) -> int:
         tgt_lang=args.tgt,
         split_file=args.split_file,
         limit=args.limit,
-        tokenized_bleu=args.tokenized_bleu,
+        tokenized_bleu=args.tokenized_bleu or bool(eval_defaults.get("tokenized_bleu")),
         pretokenized_references=args.pretokenized_refs,
-    )
-    settings = GenerationSettings(
-        num_beams=args.beam,
-        length_penalty=args.lenpen,
-        max_len_a=args.max_len_a,
-        max_len_b=args.max_len_b,
-        max_new_tokens=args.max_new_tokens,
-        batch_tokens=args.batch_tokens,
     )
     hyps, scores, corpus = evaluate_model(request, settings, accelerator)
     if accelerator.is_main_process:
@@ -100,7 +111,8 @@ def _evaluate(argv) -> int:
         if args.json:
             atomic_write_text(args.json, json.dumps(scores_to_json(scores), indent=2) + "\n")
         print(
-            f"{corpus.name} {corpus.src_lang}-{corpus.tgt_lang} {args.split}: {len(hyps)} sentences, beam {args.beam}"
+            f"{corpus.name} {corpus.src_lang}-{corpus.tgt_lang} {args.split}: {len(hyps)} sentences, "
+            f"beam {settings.num_beams}, lenpen {settings.length_penalty}"
         )
         print(format_scores(scores))
     return 0

@@ -21,16 +21,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
-
 from ..atomic_files import atomic_write_text
-from ..errors import USAGE_EXIT_CODE, ModelDirError
-from ..training.checkpoint import TRAINING_CONFIG_FILE
-
-
-class InputError(ValueError):
-    """The text to translate cannot be read, or the output cannot be written where asked."""
-
+from ..data.parallel import split_text_lines
+from ..errors import USAGE_EXIT_CODE, InputError, ModelDirError
 
 # Options of the command that map onto GenerationSettings fields, and the training config's eval keys.
 DECODING_OPTIONS = {
@@ -75,21 +68,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def split_lines(data: bytes, source: str) -> list[str]:
-    """UTF-8 bytes as lines, split on ``\\n`` only (as ``wc -l`` counts them); a trailing ``\\r`` is dropped.
-
-    ``str.splitlines`` is not used: it also splits on characters such as U+2028 that can occur inside a
-    sentence, and the output must have exactly one line per input line.
-    """
+    """UTF-8 bytes (a leading byte-order mark dropped) as lines, split as the corpus reader splits them."""
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line_no = data.count(b"\n", 0, err.start) + 1
         raise InputError(f"invalid UTF-8 in {source} at line {line_no}: {err.reason}") from err
-    if not text:
-        return []
-    if text.endswith("\n"):
-        text = text[:-1]
-    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    return split_text_lines(text) if text else []
 
 
 def read_input(path: str | None) -> list[str]:
@@ -137,14 +122,6 @@ def translate_lines(lines: Sequence[str], translate: Callable[[list[str]], list[
 # Model and decoding
 
 
-def training_eval_defaults(model_dir: str | Path) -> dict:
-    """``eval`` section of the model's training config (empty when the export has none)."""
-    path = Path(model_dir) / TRAINING_CONFIG_FILE
-    if not path.is_file():
-        return {}
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("eval") or {}
-
-
 def generation_settings(args: argparse.Namespace, eval_defaults: dict):
     """Command line first, then the training config's eval section, then GenerationSettings' defaults."""
     from ..evaluation.translate import GenerationSettings
@@ -160,6 +137,10 @@ def generation_settings(args: argparse.Namespace, eval_defaults: dict):
     for field in ("num_beams", "batch_tokens", "max_new_tokens"):
         if getattr(settings, field) is not None and getattr(settings, field) < 1:
             raise InputError(f"{field} must be at least 1, got {getattr(settings, field)}")
+    if settings.max_len_a < 0 or settings.max_len_b < 0:
+        raise InputError(
+            f"max_len_a and max_len_b must be >= 0, got {settings.max_len_a}, {settings.max_len_b}"
+        )
     return settings
 
 
@@ -181,18 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from ..evaluation.mt_eval import check_model_dir, load_model_and_tokenizer
+    from ..evaluation.mt_eval import check_model_dir, load_model_and_tokenizer, training_config_section
     from ..evaluation.translate import translate_corpus
 
     check_model_dir(args.model)
     check_output(args.output)
     lines = read_input(args.input)
-    settings = generation_settings(args, training_eval_defaults(args.model))
+    settings = generation_settings(args, training_config_section(args.model, "eval"))
     hf_logging.disable_progress_bar()  # the weight-loading bar is noise on a translation command's stderr
-    try:
-        model, tokenizer = load_model_and_tokenizer(args.model, args.device or default_device())
-    except OSError as err:  # e.g. no weights file; transformers' message names what it looked for
-        raise ModelDirError(f"cannot load the model in {args.model}: {err}") from err
+    model, tokenizer = load_model_and_tokenizer(args.model, args.device or default_device())
     show_progress = not args.quiet and (args.output is not None or not sys.stdout.isatty())
 
     def translate(sources: list[str]) -> list[str]:

@@ -50,7 +50,7 @@ def read_lines(path: str | Path) -> list[str]:
     if not data:
         raise CorpusError(f"corpus file is empty: {path}")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark is not part of the first sentence
     except UnicodeDecodeError as err:
         line_no = data.count(b"\n", 0, err.start) + 1
         raise CorpusError(

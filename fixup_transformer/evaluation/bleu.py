@@ -7,8 +7,10 @@ comparable across papers only together with its signature, so the signature is p
 on Moses-tokenized, lowercased text), computed with sacreBLEU's own machinery:
 
 - references that are *raw* text: ``tokenize='13a'`` (a Moses-like tokenizer) + ``lowercase=True``;
-- references that are *already* Moses-tokenized and lowercased (e.g. fairseq's ``valid.tok.lc``):
-  ``tokenize='none'`` + ``lowercase=True``, so the existing tokenization is scored as is.
+- references that are *already* Moses-tokenized and lowercased (e.g. fairseq's ``valid.tok.lc``): the
+  hypotheses get the same treatment (sacremoses' Moses tokenizer with its ``&apos;``-style escapes; output
+  that carries such escapes is tokenized already and kept as it is), then
+  ``tokenize='none'`` + ``lowercase=True`` scores both sides as they are.
 
 It is labelled "tokenized BLEU" everywhere and is not a sacreBLEU-comparable score; it typically sits
 somewhat above the detokenized cased sacreBLEU of the same output.
@@ -60,12 +62,39 @@ def chrf_score(hypotheses: Sequence[str], references: Sequence[str]) -> Score:
     return Score("chrF2", result.score, str(metric.get_signature()), "")
 
 
-def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str], pretokenized: bool = False) -> Score:
-    """Lowercased, tokenized BLEU as IWSLT papers report it (see the module docstring); labelled as such."""
+MOSES_ESCAPES = ("&apos;", "&quot;", "&amp;", "&lt;", "&gt;", "&#91;", "&#93;", "&#124;")
+
+
+def moses_tokenized(lines: Sequence[str], lang: str) -> list[str]:
+    """Moses tokenization with Moses' escapes (``it &apos;s``), as fairseq's IWSLT preparation writes text.
+
+    Output that carries Moses' escapes anywhere is Moses-processed already (a model trained on tokenized
+    text; raw text never contains them) and is returned as it is: tokenizing it again would split and
+    escape it twice (``&apos; s``, ``&amp;apos;``).
+    """
+    if any(escape in line for line in lines for escape in MOSES_ESCAPES):
+        return list(lines)
+    from sacremoses import MosesTokenizer
+
+    tokenizer = MosesTokenizer(lang=lang)
+    return [tokenizer.tokenize(line, escape=True, return_str=True) for line in lines]
+
+
+def tokenized_bleu(
+    hypotheses: Sequence[str], references: Sequence[str], pretokenized: bool = False, lang: str = "en"
+) -> Score:
+    """Lowercased, tokenized BLEU as IWSLT papers report it (see the module docstring); labelled as such.
+
+    ``pretokenized``: the references are Moses-tokenized already; the hypotheses are tokenized the same
+    way (Moses rules of the target language ``lang``) before scoring.
+    """
     _check(hypotheses, references)
-    metric = BLEU(tokenize="none" if pretokenized else "13a", lowercase=True)
+    if pretokenized:
+        hypotheses = moses_tokenized(hypotheses, lang)
+    # force: sacreBLEU warns about "tokenized periods", which is what tokenize='none' is asked to score.
+    metric = BLEU(tokenize="none" if pretokenized else "13a", lowercase=True, force=pretokenized)
     result = metric.corpus_score(list(hypotheses), [list(references)])
-    how = "pre-tokenized references" if pretokenized else "13a tokenization"
+    how = "Moses-tokenized references and hypotheses" if pretokenized else "13a tokenization"
     return Score(
         f"tokenized BLEU (lowercased, {how}; not sacreBLEU-comparable)",
         result.score,
@@ -79,11 +108,14 @@ def corpus_scores(
     references: Sequence[str],
     with_tokenized_bleu: bool = False,
     pretokenized_references: bool = False,
+    target_lang: str = "en",
 ) -> dict[str, Score]:
     """``{"bleu", "chrf"[, "tokenized_bleu"]}`` for one system output against one reference."""
     scores = {"bleu": sacrebleu_score(hypotheses, references), "chrf": chrf_score(hypotheses, references)}
     if with_tokenized_bleu:
-        scores["tokenized_bleu"] = tokenized_bleu(hypotheses, references, pretokenized_references)
+        scores["tokenized_bleu"] = tokenized_bleu(
+            hypotheses, references, pretokenized_references, target_lang
+        )
     return scores
 
 

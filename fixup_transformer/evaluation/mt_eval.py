@@ -16,6 +16,7 @@ import yaml
 from ..data import CorpusConfig, load_parallel
 from ..errors import ConfigError, ModelDirError
 from ..paths import resolve_path
+from ..training.checkpoint import TRAINING_CONFIG_FILE
 from .bleu import Score, corpus_scores
 from .translate import GenerationSettings, translate_corpus
 
@@ -36,21 +37,21 @@ class EvalRequest:
     pretokenized_references: bool = False
 
 
-def training_data_defaults(model_dir: str | Path) -> dict:
-    """``data`` section of the model's ``training_config.yaml`` (empty if the file is absent)."""
-    path = Path(model_dir) / "training_config.yaml"
+def training_config_section(model_dir: str | Path, section: str) -> dict:
+    """One section (``data``, ``eval``) of the model's ``training_config.yaml``; empty if there is none."""
+    path = Path(model_dir) / TRAINING_CONFIG_FILE
     if not path.is_file():
         return {}
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("data", {}) or {}
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get(section) or {}
 
 
 def corpus_for(request: EvalRequest) -> CorpusConfig:
     """Fill unspecified corpus fields from the training config; infer the corpus from the data dir name."""
-    defaults = training_data_defaults(request.model_dir)
+    defaults = training_config_section(request.model_dir, "data")
     data_dir = request.data_dir or defaults.get("data_dir")
-    corpus = request.corpus or (
-        defaults.get("corpus") if not request.data_dir else Path(request.data_dir).name
-    )
+    # The recorded corpus names its files (e.g. wmt14: newstest2013 for validation) wherever the folder is;
+    # a folder's name is only a guess for a model that records none.
+    corpus = request.corpus or defaults.get("corpus") or (Path(data_dir).name if data_dir else None)
     src = request.src_lang or defaults.get("src_lang")
     tgt = request.tgt_lang or defaults.get("tgt_lang")
     if not (src and tgt):
@@ -58,7 +59,7 @@ def corpus_for(request: EvalRequest) -> CorpusConfig:
             f"source/target languages unknown ({request.model_dir} records no training data settings): "
             "pass --src and --tgt"
         )
-    split_files = dict(defaults.get("split_files") or {}) if not request.data_dir else {}
+    split_files = dict(defaults.get("split_files") or {}) if not request.corpus else {}
     if request.split_file:
         split_files[request.split] = request.split_file
     return CorpusConfig(
@@ -93,8 +94,15 @@ def load_model_and_tokenizer(model_dir: str | Path, device=None):
 
     import fixup_transformer  # noqa: F401  (registers the Fixup model types with the Auto classes)
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
+    # transformers' messages name what was missing; the error type makes it one line, exit code 2.
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as err:
+        raise ModelDirError(f"cannot load the tokenizer in {model_dir}: {err}") from err
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
+    except OSError as err:  # e.g. no weights file
+        raise ModelDirError(f"cannot load the model in {model_dir}: {err}") from err
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer
@@ -105,6 +113,8 @@ def evaluate_model(
 ) -> tuple[list[str], dict[str, Score], CorpusConfig]:
     """Translate the split and score it; every process returns the full, ordered hypotheses."""
     check_model_dir(request.model_dir)
+    if request.limit is not None and request.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {request.limit}")
     corpus = corpus_for(request)
     pairs = load_parallel(corpus, request.split)
     if request.limit is not None:
@@ -118,5 +128,6 @@ def evaluate_model(
         [t for _, t in pairs],
         with_tokenized_bleu=request.tokenized_bleu or request.pretokenized_references,
         pretokenized_references=request.pretokenized_references,
+        target_lang=corpus.tgt_lang,
     )
     return hyps, scores, corpus
