@@ -205,3 +205,18 @@ def test_two_processes_train_like_one_and_stop_together_on_the_time_budget(share
     assert returncode == 0, stderr[-3000:]
     final = [json.loads(line) for line in (budget / "metrics.jsonl").read_text().splitlines()][-1]
     assert final["stopped_early"] == "max_minutes" and final["step"] % 3 == 0, final
+
+
+def test_a_rerun_of_a_spent_time_budget_trains_no_extra_update(shared_data_dir, tmp_path):
+    run = tmp_path / "budget"
+    argv = [
+        "--config", str(CPU_CONFIG), "--train_data", str(shared_data_dir / "cifar10"),
+        "--depth", "8", "--width_multiplier", "0.25", "--train_samples", "256", "--test_samples", "64",
+        "--batch_size", "64", "--epochs", "50", "--progress_bar", "false", "--num_threads", "1",
+        "--max_minutes", "0.01", "--output_dir", str(run),
+    ]  # fmt: skip
+    assert _run(argv, [sys.executable]).returncode == 0
+    steps = sorted(p.name for p in (run / "checkpoints").iterdir())
+    result = _run([*argv, "--resume", "auto"], [sys.executable])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == steps

@@ -133,3 +133,14 @@ def test_training_keeps_no_vocabulary_sized_activation_for_backward():
         ]
     assert logits_sized[False]  # the logits path keeps its log-probabilities for backward
     assert logits_sized[True] == []
+
+
+def test_a_second_backward_through_the_loss_is_an_error_not_a_double_scaled_gradient():
+    # backward scales the saved gradients in place (no second [V, d] copy at the peak of a step); autograd's
+    # version check must then refuse a retained graph's second backward rather than scale them twice.
+    hidden = torch.randn(5, 4, requires_grad=True)
+    weight = torch.randn(7, 4, requires_grad=True)
+    loss, _ = linear_label_smoothed_loss_sums(hidden, weight, torch.randint(0, 7, (5,)), 0.01)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

@@ -135,10 +135,49 @@ def test_exact_resume_exports_and_test_scores(multi30k, tmp_path, capsys):
         model,
         tokenizer,
         [s for s, _ in test_pairs],
-        GenerationSettings(num_beams=2, batch_tokens=60),
+        GenerationSettings(num_beams=2, batch_tokens=60, max_len_a=1.0, max_len_b=5),  # a, b: training config
         show_progress=False,
     )
     assert hyp_file.read_text().splitlines() == expected
+
+
+def test_a_log_window_cut_by_a_checkpoint_logs_the_same_after_resume(multi30k, tmp_path):
+    # Records every 3 updates, checkpoints every 4: the record at 6 covers updates 4-6 in both runs.
+    def records(run_dir):
+        return {
+            r["step"]: (r["loss"], r["target_tokens"])
+            for r in read_metrics(run_dir / "metrics.jsonl", "train")
+        }
+
+    common = dict(train__log_interval=3, eval__test_split="none", checkpoint__average_last=0)
+    mt.train(tiny_config(multi30k, tmp_path / "full", **common))
+    stopped = tmp_path / "stopped"
+    mt.train(tiny_config(multi30k, stopped, train__max_updates=4, **common))
+    mt.train(tiny_config(multi30k, stopped, **common))
+    assert records(stopped) == records(tmp_path / "full") and sorted(records(stopped)) == [3, 6]
+
+
+def test_resuming_an_older_checkpoint_sets_the_newer_timeline_aside(multi30k, tmp_path, capsys):
+    # A newer checkpoint and a best/ export from updates the resumed run does not continue must not win the
+    # next auto-resume, push this run's checkpoints out of rotation, join its average or pass for its best.
+    from fixup_transformer.training.checkpoint import export_step
+
+    run = tmp_path / "run"
+    common = dict(eval__valid_interval_updates=2, eval__test_split="none", checkpoint__average_last=0)
+    mt.train(tiny_config(multi30k, run, **common))
+    (run / "results.json").unlink()
+    best_before = export_step(run / "best")
+    resume = str(run / "checkpoints" / "checkpoint-4")
+    summary = mt.train(
+        tiny_config(multi30k, run, checkpoint__resume=resume, train__max_updates=6, optim__lr=1e-3, **common)
+    )
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["abandoned-checkpoint-8", "checkpoint-4", "checkpoint-6"], names
+    if (run / "best").exists():
+        assert export_step(run / "best") == summary["best_step"] <= 6
+    if best_before is not None and best_before > 4:
+        assert export_step(run / f"best.abandoned-step-{best_before}") == best_before
+    assert [p.name for p in list_checkpoints(run / "checkpoints")][-1] == "checkpoint-6"
 
 
 def test_an_epoch_end_is_validated_before_its_checkpoint_and_labelled_with_its_epoch(

@@ -249,7 +249,9 @@ def test_evaluate_decodes_with_the_training_configs_settings(run_dir, multi30k, 
     argv = ["--model", str(run_dir / "last"), "--data-dir", str(multi30k), "--limit", "6", "--cpu"]
     assert evaluate_mt.main([*argv, "--output", str(out)]) == 0
     assert "6 sentences, beam 2, lenpen 1.0" in capsys.readouterr().out
-    sources = [s for s, _ in load_parallel(CorpusConfig("multi30k", "de", "en", data_dir=multi30k), "test")[:6]]
+    sources = [
+        s for s, _ in load_parallel(CorpusConfig("multi30k", "de", "en", data_dir=multi30k), "test")[:6]
+    ]
     model, tokenizer = load_model_and_tokenizer(run_dir / "last")
     settings = GenerationSettings(num_beams=2, max_len_a=1.0, max_len_b=5, batch_tokens=8000)
     assert out.read_text(encoding="utf-8").splitlines() == translate_corpus(
@@ -275,7 +277,10 @@ def test_evaluate_usage_errors_are_one_line_before_decoding(run_dir, multi30k, t
         assert err.count("\n") == 1 and message in err, (extra, err)
     assert not (tmp_path / "no").exists()
 
-    for missing, message in [("model.safetensors", "cannot load the model in"), ("tokenizer.json", "tokenizer")]:
+    for missing, message in [
+        ("model.safetensors", "cannot load the model in"),
+        ("tokenizer.json", "tokenizer"),
+    ]:
         broken = tmp_path / f"without_{missing}"
         shutil.copytree(model, broken)
         (broken / missing).unlink()

@@ -134,6 +134,43 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+ABANDONED_PREFIX = "abandoned-"
+
+
+def set_aside_checkpoints_after(checkpoints_dir: str | os.PathLike, step: int) -> list[Path]:
+    """Rename ``checkpoint-<n>`` with ``n > step`` to ``abandoned-checkpoint-<n>``; returns the new paths.
+
+    After resuming from update ``step``, newer checkpoints belong to updates the run does not continue;
+    under their own names they would win the next auto-resume, survive rotation in place of the run's own
+    checkpoints and join the final average. Main process only.
+    """
+    checkpoints_dir = Path(checkpoints_dir)
+    if not checkpoints_dir.is_dir():
+        return []
+    moved = []
+    for path in sorted(checkpoints_dir.iterdir(), key=lambda p: checkpoint_step(p) or -1):
+        n = checkpoint_step(path)
+        if n is not None and n > step and path.is_dir():
+            target = path.with_name(ABANDONED_PREFIX + path.name)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(path, target)
+            moved.append(target)
+    if moved:
+        fsync_dir(checkpoints_dir)
+    return moved
+
+
+def export_step(export_dir: str | os.PathLike) -> int | None:
+    """The update an exported model directory (``best/``, ``last/``) was saved at, from its export_info."""
+    try:
+        info = json.loads((Path(export_dir) / "export_info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    step = info.get("step") if isinstance(info, dict) else None
+    return step if isinstance(step, int) else None
+
+
 def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
     """``None``/``""`` -> no resume; ``"auto"`` -> newest complete checkpoint in ``output_dir`` (or none);
     anything else must be a complete checkpoint directory (or a run directory holding some)."""
@@ -214,8 +251,9 @@ def find_resume_checkpoint(
     higher-numbered checkpoints would outrank (and get the new ones pruned) at the next save.
 
     ``resume="auto"`` takes the newest *sound* checkpoint in ``output_dir/checkpoints``: unusable newer
-    ones are reported through ``log`` and skipped, never deleted (one is replaced only when training
-    reaches its update again). An explicitly named checkpoint must be sound. Raises
+    ones are reported through ``log`` and skipped, never deleted (after resuming, the trainers rename every
+    checkpoint newer than the resumed one with :func:`set_aside_checkpoints_after`). An explicitly named
+    checkpoint must be sound. Raises
     :class:`CheckpointError` when checkpoints exist but none is usable.
     """
     if not resume:

@@ -40,6 +40,7 @@ from .checkpoint import (
     find_resume_checkpoint,
     load_training_checkpoint,
     save_training_checkpoint,
+    set_aside_checkpoints_after,
 )
 from .config import ConfigError, dump_config, dump_yaml, parse_config
 from .image_config import ImageTrainConfig
@@ -209,6 +210,10 @@ class ImageTrainer:
         changes = check_resume_config(path / TRAINING_CONFIG_FILE, self.cfg, ("*",), CHANGEABLE_ON_RESUME)
         self.state = ImageTrainerState.from_dict(load_training_checkpoint(self.accelerator, path))
         self.metrics.truncate_after(self.state.step, drop_at_step=("final",))
+        if self.accelerator.is_main_process:  # newer checkpoints are not this run's timeline (mt.py says why)
+            for moved in set_aside_checkpoints_after(self.out / "checkpoints", self.state.step):
+                self.accelerator.print(f"{moved.name}: newer than the resumed {path.name}, set aside")
+        self.accelerator.wait_for_everyone()
         epoch = epoch_of_last_update(self.state.epoch, self.state.batches_done)
         self.accelerator.print(f"resumed from {path} at update {self.state.step} (epoch {epoch})")
         if changes:
@@ -225,7 +230,8 @@ class ImageTrainer:
         cfg, state = self.cfg, self.state
         self._segment = (time.monotonic(), state.train_seconds)
         self.model.train()
-        stop = None
+        # A rerun of a run whose budget is spent trains no extra update (it only redoes the end of run).
+        stop = self._budget_stop(agree=True) if state.step > 0 else None
         while state.epoch < cfg.epochs and stop is None:
             stop = self._train_epoch()
             if state.batches_done == self.steps_per_epoch:

@@ -45,6 +45,8 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
+import shutil
 import time
 from itertools import islice
 from pathlib import Path
@@ -71,11 +73,13 @@ from .checkpoint import (
     atomic_write_json,
     checkpoint_problem,
     export_pretrained,
+    export_step,
     find_resume_checkpoint,
     list_checkpoints,
     load_averaged_weights,
     load_training_checkpoint,
     save_training_checkpoint,
+    set_aside_checkpoints_after,
 )
 from .config import ConfigError, dump_yaml, to_dict
 from .hub_export import complete_mt_export, push_best_export, record_test_scores
@@ -105,6 +109,7 @@ class MTTrainerState(TrainerState):
     best_metric_key: str | None = None  # what best_metric measures (None: a checkpoint from before this)
     best_step: int | None = None
     last_valid_step: int | None = None
+    log_window: list[float] = dataclasses.field(default_factory=list)  # StepAccumulator.window_sums()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -256,7 +261,10 @@ class MTTrainer:
         fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.state = MTTrainerState.from_dict(load_training_checkpoint(self.accelerator, path))
         self._saved_step = self.state.step
-        self.metrics.truncate_after(self.state.step)
+        self.metrics.truncate_after(self.state.step, drop_at_step=("resume",))  # this resume writes its own
+        if self.accelerator.is_main_process:
+            self._set_aside_the_abandoned_timeline(path)
+        self.accelerator.wait_for_everyone()
         self.accelerator.print(
             f"resumed from {path} (update {self.state.step}, epoch {self.state.epoch + 1})"
         )
@@ -276,6 +284,25 @@ class MTTrainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
             }
         )
+
+    def _set_aside_the_abandoned_timeline(self, path: Path) -> None:
+        """Checkpoints and a ``best/`` export newer than the resumed state came from updates this run does
+        not continue (it resumed from an older or explicitly named checkpoint, or past an unusable newer
+        one): renamed out of the way, never deleted, so they neither outrank this run's checkpoints (auto-
+        resume, rotation, averaging) nor pass for its best model."""
+        step, log = self.state.step, self.accelerator.print
+        for moved in set_aside_checkpoints_after(self.out / "checkpoints", step):
+            log(f"{moved.name}: a newer checkpoint than the resumed {path.name}, set aside (not this run's)")
+        best = self.out / "best"
+        best_step = export_step(best)
+        if best.is_dir() and best_step != self.state.best_step:
+            aside = best.with_name(f"best.abandoned-step-{best_step}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(best, aside)
+            log(
+                f"best/ (update {best_step}) is not the resumed run's best (update {self.state.best_step}): "
+                f"moved to {aside.name}"
+            )
 
     def _apply_optim_settings(self, fresh_groups: list[dict]) -> None:
         """Put the new config's optimizer settings and lr schedule in place of the checkpoint's."""
@@ -335,6 +362,7 @@ class MTTrainer:
 
     def _save_checkpoint(self) -> None:
         self._check_finite_weights()
+        self.state.log_window = self.steps.window_sums()
         self.accelerator.wait_for_everyone()
         save_training_checkpoint(
             self.accelerator,
@@ -411,6 +439,7 @@ class MTTrainer:
         segment_start = time.monotonic()
         prior_seconds, prior_tokens = state.train_seconds, state.target_tokens
         self.steps = StepAccumulator(acc.device)
+        self.steps.restore_window(state.log_window)
         self._window_start, self._window_paused = time.monotonic(), 0.0
         bar = tqdm(
             total=cfg.train.max_updates,
@@ -607,7 +636,8 @@ class MTTrainer:
         }
         averaged_better = False
         if cfg.checkpoint.average_last > 1:
-            paths = list_checkpoints(self.out / "checkpoints")[-cfg.checkpoint.average_last :]
+            sound = [p for p in list_checkpoints(self.out / "checkpoints") if checkpoint_problem(p) is None]
+            paths = sound[-cfg.checkpoint.average_last :]
             acc.print(f"averaging {len(paths)} checkpoints: {', '.join(p.name for p in paths)}")
             load_averaged_weights(model, paths)
             result = validate(self.model, acc, self.data, cfg, self.ids)
@@ -649,14 +679,23 @@ class MTTrainer:
                     record_test_scores(
                         self.out / test_model, split, len(pairs), summary["test"], cfg.eval.beam
                     )
-        if acc.is_main_process:
-            atomic_write_json(self.out / "results.json", summary)
+        if acc.is_main_process:  # results.json last: its presence marks the run complete
             try_write_curves(self.out, log=acc.print)
+            atomic_write_json(self.out / "results.json", summary)
         acc.end_training()
-        if cfg.train.push_to_hub and acc.is_main_process:  # last: everything is saved if the upload fails
-            url = push_best_export(self.out, cfg.train.push_to_hub)
-            acc.print(f"pushed to the Hub: {url}")
+        self.push_if_asked(summary)
         return summary
+
+    def push_if_asked(self, summary: dict) -> None:
+        """Upload ``best/`` when ``train.push_to_hub`` asks and this run has not yet; done after everything
+        is saved (a failed upload loses nothing) and recorded in results.json (a rerun retries only this)."""
+        repo = self.cfg.train.push_to_hub
+        if not repo or not self.accelerator.is_main_process or summary.get("pushed_to") == repo:
+            return
+        url = push_best_export(self.out, repo)
+        self.accelerator.print(f"pushed to the Hub: {url}")
+        summary["pushed_to"] = repo
+        atomic_write_json(self.out / "results.json", summary)
 
 
 def train(cfg: MTConfig) -> dict:
@@ -670,6 +709,7 @@ def train(cfg: MTConfig) -> dict:
                 f"Results: {trainer.out / 'results.json'}"
             )
             trainer.accelerator.end_training()
+            trainer.push_if_asked(done)  # a run killed (or offline) before its upload
             return done
         trainer.fit()
         return trainer.finish()

@@ -98,3 +98,13 @@ class StepAccumulator:
     def reset_window(self) -> None:
         self.window.zero_()
         self.grad_norms.zero_()
+
+    def window_sums(self) -> list[float]:
+        """The unlogged part of the log window (loss, nll, tokens, grad-norm sum and count), for a checkpoint:
+        a resume then logs the same window a run without the interruption logs."""
+        return torch.cat([self.window, self.grad_norms]).tolist()
+
+    def restore_window(self, sums: list[float]) -> None:
+        if sums:
+            self.window.copy_(torch.tensor(sums[:3], dtype=torch.float64))
+            self.grad_norms.copy_(torch.tensor(sums[3:], dtype=torch.float64))
