@@ -5,7 +5,9 @@
     python scripts/evaluate_mt.py --model DIR --data-dir ../shared/data/multi30k --split test --src de --tgt en
     accelerate launch scripts/evaluate_mt.py --model DIR ...        # batches shared over processes
 
-Corpus, data directory and languages default to the model's training_config.yaml when it has one.
+Corpus, data directory and languages, and the decoding options (--beam, --lenpen, --max-len-a/b,
+--batch-tokens: its eval section) default to the model's training_config.yaml when it has one, as in
+fixup-translate.
 
 The logic lives in ``fixup_transformer.cli.evaluate_mt`` (installed as the ``fixup-evaluate-mt`` command).
 """

@@ -5,7 +5,9 @@
     accelerate launch scripts/evaluate_mt.py --model DIR ...        # batches shared over processes
     accelerate launch -m fixup_transformer.cli.evaluate_mt --model DIR ...   # the same without a checkout
 
-Corpus, data directory and languages default to the model's training_config.yaml when it has one.
+Corpus, data directory and languages, and the decoding options (--beam, --lenpen, --max-len-a/b,
+--batch-tokens: its eval section) default to the model's training_config.yaml when it has one, as in
+fixup-translate.
 ``scripts/evaluate_mt.py`` is a thin wrapper around this module.
 """
 
@@ -54,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=float,
         help=f"max new tokens = a * source length + b (default: training config, else {DEFAULTS.max_len_a})",
     )
-    p.add_argument("--max-len-b", type=int, help=f"see --max-len-a (default: else {DEFAULTS.max_len_b})")
+    p.add_argument("--max-len-b", type=int, help=f"see --max-len-a (default: training config, else {DEFAULTS.max_len_b})")
     p.add_argument("--max-new-tokens", type=int, help="fixed output length limit (overrides a/b)")
     p.add_argument(
         "--batch-tokens",

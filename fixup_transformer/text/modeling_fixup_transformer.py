@@ -714,7 +714,8 @@ class FixupTransformerEncoder(FixupTransformerStack):
         init = transformer_init_plan(config).encoder
         super().__init__(config, FixupEncoderLayer, config.encoder_layers, config.vocab_size, init, True)
 
-    @merge_with_config_defaults
+    # No merge_with_config_defaults: its only field here would be config.use_cache, which an encoder has no
+    # use for (under gradient checkpointing it warned that use_cache was being turned off).
     @capture_outputs
     def forward(
         self,
