@@ -106,3 +106,15 @@ def test_a_byte_order_mark_is_not_part_of_the_first_sentence(tmp_path):
     path = tmp_path / "test.en"
     path.write_bytes("\ufeffA man.\nA dog.\n".encode())
     assert read_lines(path) == ["A man.", "A dog."]
+
+
+def test_compound_split_bleu_is_cased_and_counts_a_hyphenated_compound_as_three_tokens():
+    from fixup_transformer.evaluation.bleu import compound_split_bleu
+
+    ref = ["Die EU-Kommission sagt: Nein."]
+    assert compound_split_bleu(ref, ref).score == pytest.approx(100.0)
+    assert compound_split_bleu(["die EU-Kommission sagt: Nein."], ref).score < 100  # cased
+    # "EU-Kommission" is "EU ##AT##-##AT## Kommission": a hypothesis without the hyphen misses one token of it.
+    split = compound_split_bleu(["Die EU Kommission sagt: Nein."], ref)
+    assert 0 < split.score < 100 and "tok:none" in split.signature and "case:mixed" in split.signature
+    assert "compound_split_bleu" in corpus_scores(ref, ref, with_compound_split_bleu=True, target_lang="de")

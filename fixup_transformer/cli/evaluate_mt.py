@@ -56,7 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=float,
         help=f"max new tokens = a * source length + b (default: training config, else {DEFAULTS.max_len_a})",
     )
-    p.add_argument("--max-len-b", type=int, help=f"see --max-len-a (default: training config, else {DEFAULTS.max_len_b})")
+    p.add_argument(
+        "--max-len-b", type=int, help=f"see --max-len-a (default: training config, else {DEFAULTS.max_len_b})"
+    )
     p.add_argument("--max-new-tokens", type=int, help="fixed output length limit (overrides a/b)")
     p.add_argument(
         "--batch-tokens",
@@ -70,6 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="also print lowercased 13a-tokenized BLEU (IWSLT-paper style; on by default when the training "
         "config's eval.tokenized_bleu is)",
+    )
+    p.add_argument(
+        "--compound-split-bleu",
+        action="store_true",
+        help="also print cased, Moses-tokenized, compound-split BLEU (WMT-paper style; on by default when the "
+        "training config's eval.compound_split_bleu is)",
     )
     p.add_argument(
         "--pretokenized-refs",
@@ -105,6 +113,7 @@ def _evaluate(argv) -> int:
         limit=args.limit,
         tokenized_bleu=args.tokenized_bleu or bool(eval_defaults.get("tokenized_bleu")),
         pretokenized_references=args.pretokenized_refs,
+        compound_split_bleu=args.compound_split_bleu or bool(eval_defaults.get("compound_split_bleu")),
     )
     hyps, scores, corpus = evaluate_model(request, settings, accelerator)
     if accelerator.is_main_process:

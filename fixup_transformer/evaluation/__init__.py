@@ -3,6 +3,7 @@
 from .bleu import (
     Score,
     chrf_score,
+    compound_split_bleu,
     corpus_scores,
     format_scores,
     sacrebleu_score,
@@ -15,6 +16,7 @@ __all__ = [
     "GenerationSettings",
     "Score",
     "chrf_score",
+    "compound_split_bleu",
     "corpus_scores",
     "format_scores",
     "sacrebleu_score",

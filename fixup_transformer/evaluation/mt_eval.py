@@ -34,6 +34,7 @@ class EvalRequest:
     split_file: str | None = None
     limit: int | None = None
     tokenized_bleu: bool = False
+    compound_split_bleu: bool = False
     pretokenized_references: bool = False
 
 
@@ -129,5 +130,6 @@ def evaluate_model(
         with_tokenized_bleu=request.tokenized_bleu or request.pretokenized_references,
         pretokenized_references=request.pretokenized_references,
         target_lang=corpus.tgt_lang,
+        with_compound_split_bleu=request.compound_split_bleu,
     )
     return hyps, scores, corpus

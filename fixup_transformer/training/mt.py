@@ -666,7 +666,13 @@ class MTTrainer:
                 accelerator=acc,
                 desc="test",
             )
-            scores = corpus_scores(hyps, [t for _, t in pairs], with_tokenized_bleu=cfg.eval.tokenized_bleu)
+            scores = corpus_scores(
+                hyps,
+                [t for _, t in pairs],
+                with_tokenized_bleu=cfg.eval.tokenized_bleu,
+                target_lang=cfg.data.tgt_lang,
+                with_compound_split_bleu=cfg.eval.compound_split_bleu,
+            )
             summary["test"] = scores_to_json(scores)
             if acc.is_main_process:
                 split = cfg.eval.test_split

@@ -181,6 +181,11 @@ class EvalConfig:
     tokenized_bleu: bool = field_doc(
         False, "Also report lowercased tokenized BLEU (as IWSLT papers), labelled, beside sacreBLEU."
     )
+    compound_split_bleu: bool = field_doc(
+        False,
+        "Also report cased, Moses-tokenized, compound-split BLEU (as WMT en-de papers), labelled, beside "
+        "sacreBLEU.",
+    )
 
 
 @dataclasses.dataclass
