@@ -107,6 +107,30 @@ def test_cleaning_counts_each_reason() -> None:
     assert "dropped 2 empty, 1 too long, 1 length ratio" in str(stats)
 
 
+def test_cleaning_drops_a_pair_with_a_word_longer_than_the_perl_scripts_limit() -> None:
+    pairs = [("x" * 1001 + " Hund", "y dog"), ("x" * 1000 + " Hund", "y dog")]
+    kept, stats = clean_pairs(pairs, max_len=250, max_ratio=1.5)
+    assert kept == [pairs[1]] and stats.long_word == 1 and "1 with a word over 1000 characters" in str(stats)
+
+
+def test_a_corrupt_gzip_file_is_a_corpus_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "train.de.gz"
+    data = bytearray(gzip.compress(("Ein Hund läuft.\n" * 200).encode()))
+    data[30] ^= 0xFF  # inside the deflate stream: zlib's own error, not an OSError
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorpusError, match=f"cannot read {path}"):
+        read_lines(path)
+
+
+def test_a_hub_dataset_without_the_language_names_its_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    rows = datasets.Dataset.from_dict({"translation": [{"de": "Ein Hund.", "en": "A dog."}]})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: rows)
+    with pytest.raises(CorpusError, match=r"has languages \['de', 'en'\], not 'en' and 'fr'"):
+        load_parallel(CorpusConfig("wmt14", "en", "fr"), "validation")
+
+
 def test_real_multi30k_split_sizes(shared_data_dir: Path) -> None:
     config = CorpusConfig("multi30k", "de", "en", data_dir=shared_data_dir / "multi30k")
     sizes = {split: len(load_parallel(config, split)) for split in ("train", "validation", "test")}

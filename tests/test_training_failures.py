@@ -10,6 +10,7 @@ data the ResNet cannot use is refused naming the file.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from transformer_helpers import poison_training_loss
 
 from fixup_transformer.errors import (
     CheckpointError,
+    ConfigError,
     ImageDataError,
     ResumeMismatchError,
     RunLockedError,
@@ -275,6 +277,43 @@ def test_resume_applies_a_new_lr_schedule_and_refuses_shape_changes(multi30k, tm
     assert "lr: 0.001" in (run / "checkpoints" / "checkpoint-6" / "training_config.yaml").read_text()
 
 
+def test_other_training_data_under_the_same_settings_is_not_given_the_old_tokenizer(
+    multi30k, tmp_path, capsys
+):
+    # What the data *is* counts, not where data_dir points: a fingerprint of the cleaned pairs is recorded.
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(multi30k, other)
+    for lang in ("de", "en"):  # the same files with their first 300 pairs dropped
+        lines = gzip.decompress((multi30k / f"train.{lang}.gz").read_bytes()).split(b"\n")
+        (other / f"train.{lang}.gz").write_bytes(gzip.compress(b"\n".join(lines[300:])))
+    run, accelerator = tmp_path / "run", Accelerator(cpu=True)
+    mt_data.prepare_data(tiny_config(multi30k, run), accelerator)
+    with pytest.raises(ResumeMismatchError, match="the training pairs differ"):
+        mt_data.prepare_data(tiny_config(other, run), accelerator, resuming=True)
+    capsys.readouterr()
+    mt_data.prepare_data(tiny_config(other, run), accelerator)  # a fresh run retrains
+    assert "data.train_fingerprint" in capsys.readouterr().out
+
+
+def test_resuming_with_another_number_of_processes_is_refused(multi30k, tmp_path):
+    # batches_done counts one process's share of the epoch: another count would repeat or skip batches.
+    run = tmp_path / "run"
+    mt.train(tiny_config(multi30k, run, train__max_updates=4, **no_test()))
+    state_file = run / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["num_processes"] == 1
+    state_file.write_text(json.dumps({**state, "num_processes": 2}))
+    with pytest.raises(ResumeMismatchError, match=r"saved by 2 process\(es\), this run has 1"):
+        mt.train(tiny_config(multi30k, run, train__max_updates=6, **no_test()))
+
+
+def test_literal_special_tokens_in_a_corpus_are_reported(capsys):
+    mt_data.warn_about_special_token_text([("Ein </s> Hund", "A dog"), ("Zwei", "Two")], print)
+    assert "1 sentence pair(s) contain a literal <pad>, </s>, <unk>" in capsys.readouterr().out
+
+
 def test_a_tokenizer_is_reused_only_if_built_from_the_same_data_settings(multi30k, tmp_path, capsys):
     run = tmp_path / "run"
     accelerator = Accelerator(cpu=True)
@@ -323,6 +362,9 @@ def test_yaml_syntax_error_is_one_line_with_its_position(tmp_path, capfd):
             "must exceed schedule.warmup_updates",
         ),
         (["--checkpoint.average_last", "9"], "checkpoint.average_last=9 needs as many kept checkpoints"),
+        (["--data.max_ratio", "0.9"], "data.max_ratio must be >= 1, got 0.9"),
+        (["--data.tgt_lang", "de"], "data.tgt_lang must be different from data.src_lang"),
+        (["--data.max_len", "1"], "no training pairs left after cleaning"),
         (
             ["--model.max_position_embeddings", "8"],
             "model.max_position_embeddings=8 is shorter than the longest",
@@ -382,3 +424,14 @@ def test_one_channel_images_and_bad_labels_are_refused_naming_the_file(shared_da
         ImageDataError, match=rf"{re.escape(str(labels))}: labels must lie in \[0, 9\].*got 10 at index 5"
     ):
         load_npz(labels)
+
+
+def test_the_position_check_ignores_pairs_the_batching_drops(multi30k, tmp_path):
+    # A pair over data.max_tokens never reaches the model (the sampler drops it), so it cannot need positions.
+    from types import SimpleNamespace
+
+    cfg = tiny_config(multi30k, tmp_path, model__max_position_embeddings=64)
+    lengths = lambda *n: SimpleNamespace(num_tokens=np.array(n))  # noqa: E731
+    mt.check_lengths_fit_positions(SimpleNamespace(train=lengths(10, 3000), valid=lengths(20)), cfg)
+    with pytest.raises(ConfigError, match="max_position_embeddings=64 is shorter"):
+        mt.check_lengths_fit_positions(SimpleNamespace(train=lengths(10, 300), valid=lengths(20)), cfg)

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 from .parallel import Pair
 
+# clean-corpus-n.perl drops a pair with a "word" this long: a URL, a base64 blob or a line without spaces.
+MAX_WORD_CHARS = 1000
+
 
 @dataclass
 class CleaningStats:
@@ -26,10 +29,11 @@ class CleaningStats:
     empty: int = 0
     too_long: int = 0
     ratio: int = 0
+    long_word: int = 0
 
     @property
     def dropped(self) -> int:
-        return self.empty + self.too_long + self.ratio
+        return self.empty + self.too_long + self.ratio + self.long_word
 
     @property
     def total(self) -> int:
@@ -38,7 +42,8 @@ class CleaningStats:
     def __str__(self) -> str:
         return (
             f"kept {self.kept}/{self.total} pairs; dropped {self.empty} empty, "
-            f"{self.too_long} too long, {self.ratio} length ratio"
+            f"{self.too_long} too long, {self.ratio} length ratio, {self.long_word} with a word over "
+            f"{MAX_WORD_CHARS} characters"
         )
 
 
@@ -46,7 +51,8 @@ def clean_pairs(
     pairs: Iterable[Pair], max_len: int = 250, max_ratio: float = 1.5, min_len: int = 1
 ) -> tuple[list[Pair], CleaningStats]:
     """Drop pairs with a side shorter than ``min_len`` words ("empty"), a side longer than ``max_len`` words
-    ("too_long"), or a word-count ratio (longer / shorter side) above ``max_ratio`` ("ratio").
+    ("too_long"), a word-count ratio (longer / shorter side) above ``max_ratio`` ("ratio"), or a word of
+    more than :data:`MAX_WORD_CHARS` characters ("long_word"), the checks of ``clean-corpus-n.perl``.
 
     Kept sentences have their whitespace collapsed to single spaces and stripped, as in the Perl script.
     Returns the kept pairs, in their original order, and a :class:`CleaningStats`.
@@ -64,6 +70,8 @@ def clean_pairs(
             stats.too_long += 1
         elif max(n_src, n_tgt) / min(n_src, n_tgt) > max_ratio:
             stats.ratio += 1
+        elif max(map(len, src_words + tgt_words)) > MAX_WORD_CHARS:
+            stats.long_word += 1
         else:
             kept.append((" ".join(src_words), " ".join(tgt_words)))
     stats.kept = len(kept)

@@ -107,9 +107,15 @@ def load_hub_parallel(
             f"could not load Hub dataset {spec.hub_path!r} (config {spec.hub_config!r}, split {hub_split!r}): "
             f"{type(err).__name__}: {err}. If offline, download it first or set data_dir to local files."
         ) from err
+    where = f"Hub dataset {spec.hub_path!r} (config {spec.hub_config!r}, split {hub_split!r})"
     if spec.hub_field is None:
+        missing = [lang for lang in (src_lang, tgt_lang) if lang not in dataset.column_names]
+        if missing:
+            raise CorpusError(f"{where} has no column {missing[0]!r}; its columns: {dataset.column_names}")
         return list(zip(dataset[src_lang], dataset[tgt_lang], strict=True))
     rows = dataset[spec.hub_field]
+    if rows and any(lang not in rows[0] for lang in (src_lang, tgt_lang)):
+        raise CorpusError(f"{where} has languages {sorted(rows[0])}, not {src_lang!r} and {tgt_lang!r}")
     return [(row[src_lang], row[tgt_lang]) for row in rows]
 
 

@@ -9,6 +9,7 @@ file and the problem instead of truncating or guessing.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 from ..errors import CorpusError
@@ -45,7 +46,7 @@ def read_lines(path: str | Path) -> list[str]:
     try:
         with opener(path, "rb") as handle:
             data = handle.read()
-    except (OSError, EOFError) as err:  # e.g. a truncated or non-gzip ".gz" file
+    except (OSError, EOFError, zlib.error) as err:  # e.g. a truncated, corrupt or non-gzip ".gz" file
         raise CorpusError(f"cannot read {path}: {err}") from err
     if not data:
         raise CorpusError(f"corpus file is empty: {path}")

@@ -62,12 +62,13 @@ from ..data import (
     TokenBatchSampler,
     TranslationCollator,
 )
-from ..errors import NonFiniteLossError
+from ..errors import NonFiniteLossError, ResumeMismatchError
 from ..evaluation.bleu import corpus_scores, format_scores, scores_to_json
 from ..evaluation.translate import translate_corpus
 from ..hardware import resolve_mixed_precision
 from ..text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 from .checkpoint import (
+    STATE_FILE,
     TRAINING_CONFIG_FILE,
     WEIGHTS_FILE,
     atomic_write_json,
@@ -110,6 +111,7 @@ class MTTrainerState(TrainerState):
     best_step: int | None = None
     last_valid_step: int | None = None
     log_window: list[float] = dataclasses.field(default_factory=list)  # StepAccumulator.window_sums()
+    num_processes: int | None = None  # batches_done counts this many processes' shares of each epoch
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -139,14 +141,18 @@ def build_accelerator(cfg: MTConfig) -> Accelerator:
 
 
 def check_lengths_fit_positions(data: MTData, cfg: MTConfig) -> None:
-    """Every training and validation pair must fit the model's positions; found at start-up, not at the
-    first batch that holds the longest pair (``data.max_len`` counts words, positions count pieces)."""
-    longest = max(int(split.num_tokens.max(initial=0)) for split in (data.train, data.valid))
+    """Every training pair that batching keeps (at most ``data.max_tokens`` tokens) and every validation
+    pair must fit the model's positions; found at start-up, not at the first batch that holds the longest
+    pair (``data.max_len`` counts words, positions count pieces)."""
+    train = data.train.num_tokens
+    kept = train[train <= cfg.data.max_tokens]  # longer pairs are dropped by the batch sampler
+    longest = max(int(kept.max(initial=0)), int(data.valid.num_tokens.max(initial=0)))
     if longest > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"model.max_position_embeddings={cfg.model.max_position_embeddings} is shorter than the longest "
             f"training/validation sentence ({longest} pieces with </s>); raise it, or lower data.max_len "
-            f"(now {cfg.data.max_len} words) to drop longer pairs"
+            f"(now {cfg.data.max_len} words) or data.max_tokens (now {cfg.data.max_tokens}) to drop longer "
+            "training pairs"
         )
 
 
@@ -250,6 +256,15 @@ class MTTrainer:
         )
         if resume is None:
             return None, []
+        saved = MTTrainerState.from_dict(json.loads((resume / STATE_FILE).read_text(encoding="utf-8")))
+        running = self.accelerator.num_processes
+        if saved.num_processes is not None and saved.num_processes != running:
+            # The batch position is per process: another count would repeat or skip batches of the epoch.
+            raise ResumeMismatchError(
+                f"{resume} was saved by {saved.num_processes} process(es), this run has {running}: resume "
+                f"with {saved.num_processes} (accelerate launch --num_processes {saved.num_processes}) or "
+                "start a new output_dir"
+            )
         changes = check_resume_config(
             resume / TRAINING_CONFIG_FILE, cfg, FIXED_ON_RESUME, CHANGEABLE_ON_RESUME
         )
@@ -363,6 +378,7 @@ class MTTrainer:
     def _save_checkpoint(self) -> None:
         self._check_finite_weights()
         self.state.log_window = self.steps.window_sums()
+        self.state.num_processes = self.accelerator.num_processes
         self.accelerator.wait_for_everyone()
         save_training_checkpoint(
             self.accelerator,

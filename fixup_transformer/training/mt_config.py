@@ -308,7 +308,9 @@ class MTConfig:
         }
         for key, value in not_negative.items():
             require(value >= 0, key, value, ">= 0")
-        require(d.max_ratio > 0, "data.max_ratio", d.max_ratio, "> 0")
+        # longer side / shorter side is at least 1: a smaller bound would drop every pair
+        require(d.max_ratio >= 1, "data.max_ratio", d.max_ratio, ">= 1")
+        require(d.src_lang != d.tgt_lang, "data.tgt_lang", d.tgt_lang, "different from data.src_lang")
         # 3 special pieces (<pad>, </s>, <unk>) plus at least one real piece.
         require(d.vocab_size >= 4, "data.vocab_size", d.vocab_size, ">= 4")
         for key in ("dropout", "attention_dropout", "activation_dropout"):
