@@ -92,13 +92,26 @@ def test_image_folder(tmp_path):
             )
     (tmp_path / "train" / "dog" / "notes.txt").write_text("ignored")
     data = load_images(str(tmp_path), "train")
-    assert data.classes == ["cat", "dog"] and list(data.labels) == [0, 0, 1, 1, 1]
+    assert data.classes == ["cat", "dog"] and sorted(data.labels) == [0, 0, 1, 1, 1]
     assert data.images.shape == (5, 10, 12, 3)
+    # round-robin over the classes: a prefix (train_samples) is balanced, not one class
+    assert list(data.labels) == [0, 1, 0, 1, 1] and list(data.subset(2).labels) == [0, 1]
     Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(tmp_path / "train" / "cat" / "gray.jpg")
     with pytest.raises(ValueError, match="different sizes"):
         load_image_folder(tmp_path / "train")
     resized = load_image_folder(tmp_path / "train", image_size=8)
     assert resized.images.shape == (6, 8, 8, 3)
+
+
+def test_a_folder_without_train_and_test_parts_is_both_splits_and_says_so(tmp_path):
+    from fixup_transformer.training.image import load_data
+    from fixup_transformer.training.image_config import ImageTrainConfig
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / name / "0.png")
+    with pytest.warns(UserWarning, match="the test images are the training images"):
+        load_data(ImageTrainConfig(train_data=str(tmp_path)))
 
 
 def test_hub_loader_offline_error_is_clear(monkeypatch):

@@ -78,6 +78,15 @@ def test_unknown_or_invalid_config_keys_are_rejected(tmp_path):
         load_config(ImageTrainConfig, None, {"normalization": "groupnorm"})
     with pytest.raises(ValueError, match="6n\\+2"):
         load_config(ImageTrainConfig, None, {"depth": "21"})
+    for key, value, message in [
+        ("train_samples", "-5", "train_samples must be >= 1"),
+        ("gamma", "-1", "gamma must be > 0"),
+        ("milestones", "[-2]", "milestones must be epochs >= 0"),
+        ("crop_padding", "-3", "crop_padding must be >= 0"),
+        ("image_size", "0", "image_size must be >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(ImageTrainConfig, None, {key: value})
 
 
 def _run(args: list[str], launcher: list[str]) -> subprocess.CompletedProcess:

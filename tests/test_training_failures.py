@@ -435,3 +435,16 @@ def test_the_position_check_ignores_pairs_the_batching_drops(multi30k, tmp_path)
     mt.check_lengths_fit_positions(SimpleNamespace(train=lengths(10, 3000), valid=lengths(20)), cfg)
     with pytest.raises(ConfigError, match="max_position_embeddings=64 is shorter"):
         mt.check_lengths_fit_positions(SimpleNamespace(train=lengths(10, 300), valid=lengths(20)), cfg)
+
+
+def test_an_image_warmup_as_long_as_the_run_is_a_config_error(shared_data_dir, tmp_path, capsys):
+    from fixup_transformer.errors import run_script
+    from fixup_transformer.training.image import main as train_image
+
+    argv = [
+        "--train_data", str(shared_data_dir / "cifar10"), "--depth", "8", "--train_samples", "256",
+        "--test_samples", "64", "--batch_size", "64", "--epochs", "1", "--warmup_epochs", "0.9",
+        "--schedule", "cosine", "--num_threads", "1", "--output_dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert run_script(train_image, argv) == 2
+    assert "warmup_epochs 0.9 is 4 updates, as long as the whole run (4)" in capsys.readouterr().err

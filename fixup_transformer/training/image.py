@@ -31,7 +31,7 @@ from ..errors import ImageDataError, NonFiniteLossError
 from ..hub import add_remote_code
 from ..paths import shared_data_dir
 from ..vision.augment import draw_mixup, mix, normalize, random_crop_flip
-from ..vision.data import ImageArrays, load_images
+from ..vision.data import ImageArrays, load_images, split_location
 from ..vision.image_processing_fixup_resnet import FixupResNetImageProcessor
 from ..vision.modeling_fixup_resnet import FixupResNetForImageClassification
 from .checkpoint import (
@@ -77,14 +77,18 @@ def load_data(cfg: ImageTrainConfig) -> tuple[ImageArrays, ImageArrays]:
     """The train and test images of ``cfg``; they must agree on classes and image shape."""
     train_source = _resolve_source(cfg.train_data)
     test_source = _resolve_source(cfg.test_data or cfg.train_data)
-    if not cfg.test_data and train_source.endswith(".npz"):
+    try:
+        same = split_location(train_source, "train") == split_location(test_source, "test")
+    except FileNotFoundError:
+        same = False  # load_images says which source is missing
+    if same:
         warnings.warn(
-            f"test_data is not set: 'test top-1' is measured on the training archive {train_source}; "
-            "pass --test_data for a held-out score",
+            f"the test images are the training images ({split_location(train_source, 'train')}): 'test top-1' "
+            "is not a held-out score; pass --test_data, or a folder with train/ and test/ parts",
             stacklevel=2,
         )
-    train = load_images(train_source, "train").subset(cfg.train_samples)
-    test = load_images(test_source, "test").subset(cfg.test_samples)
+    train = load_images(train_source, "train", cfg.image_size).subset(cfg.train_samples)
+    test = load_images(test_source, "test", cfg.image_size).subset(cfg.test_samples)
     if test.classes != train.classes:
         raise ImageDataError(
             f"class names differ: {train.classes} in {train_source} vs {test.classes} in {test_source}"
@@ -95,6 +99,19 @@ def load_data(cfg: ImageTrainConfig) -> tuple[ImageArrays, ImageArrays]:
             f"{test.images.shape[1:]} ({test_source})"
         )
     return train, test
+
+
+def processor_for_training_images(model_config, height: int, width: int) -> FixupResNetImageProcessor:
+    """The processor exported with a trained model: it gives the model what training and the reported top-1
+    gave it, i.e. the training images' own size (a no-op resize for such images; no crop, unlike the
+    ImageNet evaluation preset) and the family's channel statistics."""
+    statistics = FixupResNetImageProcessor.for_config(model_config)
+    return FixupResNetImageProcessor(
+        size={"height": height, "width": width},
+        do_center_crop=False,
+        image_mean=statistics.image_mean,
+        image_std=statistics.image_std,
+    )
 
 
 @torch.no_grad()
@@ -165,9 +182,10 @@ class ImageTrainer:
         cfg, acc = self.cfg, self.accelerator
         set_seed(cfg.seed)
         train, test = load_data(cfg)
-        model_config = cfg.model_config(train.classes, image_size=train.images.shape[1])
+        height, width = train.images.shape[1:3]
+        model_config = cfg.model_config(train.classes, image_size=height)
         model = FixupResNetForImageClassification(model_config)
-        self.processor = FixupResNetImageProcessor.for_config(model_config)
+        self.processor = processor_for_training_images(model_config, height, width)
         self.num_labels = model_config.num_labels
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -183,7 +201,14 @@ class ImageTrainer:
             )
         self.total_steps = cfg.epochs * self.steps_per_epoch
         optimizer = build_optimizer(model, cfg.optim)
-        self.scheduler = build_scheduler(optimizer, cfg.schedule_config(self.steps_per_epoch), cfg.optim.lr)
+        schedule = cfg.schedule_config(self.steps_per_epoch)
+        if cfg.schedule == "cosine" and schedule.warmup_updates >= schedule.total_updates:
+            # warmup_epochs < epochs can still round to a warmup as long as the run
+            raise ConfigError(
+                f"warmup_epochs {cfg.warmup_epochs} is {schedule.warmup_updates} updates, as long as the whole "
+                f"run ({schedule.total_updates}): the cosine schedule needs fewer"
+            )
+        self.scheduler = build_scheduler(optimizer, schedule, cfg.optim.lr)
         # The scheduler is deliberately not `prepare`d (Accelerate would step it once per process);
         # it is registered so that save_state/load_state include it.
         self.model, self.optimizer = acc.prepare(model, optimizer)

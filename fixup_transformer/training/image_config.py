@@ -42,6 +42,11 @@ class ImageTrainConfig:
     test_data: str | None = field_doc(None, "Test images, same forms as train_data (default: as train_data).")
     train_samples: int | None = field_doc(None, "Use only the first N training images (None = all).")
     test_samples: int | None = field_doc(None, "Evaluate on the first N test images (None = all).")
+    image_size: int | None = field_doc(
+        None,
+        "Resize the images of image folders to this square side (None: keep; they must then share one size). "
+        "The exported image processor resizes to the same size.",
+    )
     # ---- augmentation ----
     crop_padding: int = field_doc(4, "Random-crop zero padding in pixels (0 disables cropping).")
     hflip: bool = field_doc(True, "Random horizontal flips.")
@@ -105,6 +110,12 @@ class ImageTrainConfig:
         require(self.mixup_alpha >= 0, "mixup_alpha", self.mixup_alpha, ">= 0")
         ok = 0 <= self.warmup_epochs < self.epochs
         require(ok, "warmup_epochs", self.warmup_epochs, "in [0, epochs)")
+        for name in ("train_samples", "test_samples", "image_size"):
+            if getattr(self, name) is not None:
+                require(getattr(self, name) >= 1, name, getattr(self, name), ">= 1 (or null: all)")
+        require(self.crop_padding >= 0, "crop_padding", self.crop_padding, ">= 0")
+        require(all(m >= 0 for m in self.milestones), "milestones", self.milestones, "epochs >= 0")
+        self.schedule_config(1).validate(prefix="")  # gamma and the rest, named as this config names them
         self.optim.validate()
         # Builds (and so checks) the model config: bad depth / family combinations fail before any data loads.
         try:

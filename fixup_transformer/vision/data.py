@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,9 +119,16 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None) ->
     shapes = {a.shape for a in images}
     if len(shapes) > 1:
         raise ValueError(
-            f"images under {root} have different sizes {sorted(shapes)}; pass image_size to resize"
+            f"images under {root} have different sizes {sorted(shapes)}; set image_size to resize them"
         )
-    return ImageArrays(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
+    # Read class by class, returned round-robin over the classes (first image of each class, then the second,
+    # ...): a prefix (train_samples / test_samples) is then balanced, not one class.
+    rank_in_class, seen = [], Counter()
+    for label in labels:
+        rank_in_class.append(seen[label])
+        seen[label] += 1
+    order = sorted(range(len(labels)), key=lambda i: (rank_in_class[i], labels[i]))
+    return ImageArrays(np.stack(images)[order], np.asarray(labels, dtype=np.int64)[order], classes)
 
 
 def load_hub_cifar10(split: str, dataset_name: str = "uoft-cs/cifar10") -> ImageArrays:
@@ -156,19 +164,28 @@ def load_images(source: str, split: str, image_size: int | None = None) -> Image
         raise ImageDataError(f"cannot load {split} images from {source}: {err}") from None
 
 
+def split_location(source: str, split: str) -> str:
+    """Where :func:`load_images` reads ``split`` of ``source``: ``hub:<name>:<split>`` or a path. Two splits
+    with one location are the same images (e.g. a single archive, or a folder without train/test parts)."""
+    if source.startswith("hub:"):
+        return f"{source}:{split}"
+    path = Path(os.path.expandvars(os.path.expanduser(source)))
+    if path.suffix == ".npz":
+        return str(path.resolve())
+    if split in CIFAR10_LOCAL_SPLITS and (path / CIFAR10_LOCAL_SPLITS[split]).is_file():
+        return str((path / CIFAR10_LOCAL_SPLITS[split]).resolve())
+    if (path / split).is_dir():
+        return str((path / split).resolve())
+    if path.is_dir():
+        return str(path.resolve())
+    raise FileNotFoundError(f"image data source {source!r} (split {split!r}) not found")
+
+
 def _load_images(source: str, split: str, image_size: int | None) -> ImageArrays:
     if source.startswith("hub:"):
         return load_hub_cifar10(split, source[4:])
-    path = Path(os.path.expandvars(os.path.expanduser(source)))
-    if path.suffix == ".npz":
-        return load_npz(path)
-    if split in CIFAR10_LOCAL_SPLITS and (path / CIFAR10_LOCAL_SPLITS[split]).is_file():
-        return load_npz(path / CIFAR10_LOCAL_SPLITS[split])
-    if (path / split).is_dir():
-        return load_image_folder(path / split, image_size)
-    if path.is_dir():
-        return load_image_folder(path, image_size)
-    raise FileNotFoundError(f"image data source {source!r} (split {split!r}) not found")
+    location = Path(split_location(source, split))
+    return load_npz(location) if location.suffix == ".npz" else load_image_folder(location, image_size)
 
 
 __all__ = [
@@ -177,4 +194,5 @@ __all__ = [
     "load_image_folder",
     "load_hub_cifar10",
     "load_images",
+    "split_location",
 ]
