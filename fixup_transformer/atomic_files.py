@@ -25,9 +25,18 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 def plain_file_mode() -> int:
     """The mode a plain ``open`` gives a new file (0666 & ~umask); ``mkstemp``'s own is 0600."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux reports it; reading it with os.umask means setting it, briefly, under every other thread.
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
 @contextlib.contextmanager

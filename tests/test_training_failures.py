@@ -448,3 +448,27 @@ def test_an_image_warmup_as_long_as_the_run_is_a_config_error(shared_data_dir, t
     ]  # fmt: skip
     assert run_script(train_image, argv) == 2
     assert "warmup_epochs 0.9 is 4 updates, as long as the whole run (4)" in capsys.readouterr().err
+
+
+def test_resuming_an_image_run_on_changed_images_is_refused(shared_data_dir, tmp_path, capsys):
+    # The settings can be equal while the files under train_data changed: the epoch's permutation and the
+    # batch position would then index other images.
+    from fixup_transformer.errors import run_script
+    from fixup_transformer.training.image import main as train_image
+
+    with np.load(shared_data_dir / "cifar10" / "test_shared.npz") as real:
+        x, y, classes = real["x"][:128], real["y"][:128], real["classes"]
+    data = tmp_path / "train.npz"
+    np.savez(data, x=x, y=y, classes=classes)
+    argv = [
+        "--train_data", str(data), "--test_data", str(data), "--depth", "8", "--width_multiplier", "0.25",
+        "--batch_size", "32", "--epochs", "1", "--num_threads", "1", "--progress_bar", "false",
+        "--output_dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert run_script(train_image, [*argv, "--stop_after_steps", "2"]) == 0
+    x = x.copy()
+    x[0, 0, 0, 0] ^= 1
+    np.savez(data, x=x, y=y, classes=classes)
+    capsys.readouterr()
+    assert run_script(train_image, [*argv, "--resume"]) == 2
+    assert "the training images differ from the ones it was trained on" in capsys.readouterr().err

@@ -8,6 +8,7 @@ source. The tests skip without the shared data.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -276,6 +277,13 @@ def test_evaluate_usage_errors_are_one_line_before_decoding(run_dir, multi30k, t
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (extra, err)
     assert not (tmp_path / "no").exists()
+
+    bad_type = tmp_path / "bad_config"
+    shutil.copytree(model, bad_type)
+    config = json.loads((bad_type / "config.json").read_text())
+    (bad_type / "config.json").write_text(json.dumps({**config, "d_model": float(config["d_model"])}))
+    assert evaluate_mt.main(["--model", str(bad_type), "--data-dir", str(multi30k), "--cpu"]) == 2
+    assert "field 'd_model'" in capsys.readouterr().err
 
     for missing, message in [
         ("model.safetensors", "cannot load the model in"),

@@ -16,8 +16,9 @@ It is labelled "tokenized BLEU" everywhere and is not a sacreBLEU-comparable sco
 somewhat above the detokenized cased sacreBLEU of the same output.
 
 ``compound_split_bleu`` is the number WMT en-de papers report (the Transformer, fairseq's "Scaling NMT" and
-Fixup's 29.3): cased BLEU on Moses-tokenized text (``tokenizer.perl -a``, as fairseq's WMT preparation) with
-hyphenated compounds split into three tokens (fairseq's ``compound_split_bleu.sh``). Labelled as such.
+Fixup's 29.3): cased BLEU on Moses-tokenized text (``tokenizer.perl -l de``, no ``-a``) with hyphenated
+compounds split into three tokens, ``A ##AT##-##AT## B`` (tensor2tensor's ``get_ende_bleu.sh``, fairseq's
+``compound_split_bleu.sh``). Labelled as such.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def moses_tokenized(lines: Sequence[str], lang: str) -> list[str]:
     """Moses tokenization with Moses' escapes (``it &apos;s``), as fairseq's IWSLT preparation writes text.
 
     Output that carries Moses' escapes anywhere is Moses-processed already (a model trained on tokenized
-    text; raw text never contains them) and is returned as it is: tokenizing it again would split and
+    text; raw text never contains them) and is returned as it is, decided for the whole corpus: tokenizing it again would split and
     escape it twice (``&apos; s``, ``&amp;apos;``).
     """
     if any(escape in line for line in lines for escape in MOSES_ESCAPES):
@@ -109,14 +110,14 @@ def tokenized_bleu(
 
 
 def compound_split_bleu(hypotheses: Sequence[str], references: Sequence[str], lang: str = "de") -> Score:
-    """Cased BLEU on Moses-tokenized (aggressive hyphen splitting), compound-split text; see the docstring."""
+    """Cased BLEU on Moses-tokenized, compound-split text; see the module docstring."""
     _check(hypotheses, references)
     from sacremoses import MosesTokenizer
 
     tokenizer = MosesTokenizer(lang=lang)
 
     def prepared(line: str) -> str:
-        tokens = tokenizer.tokenize(line, aggressive_dash_splits=True, escape=True, return_str=True)
+        tokens = tokenizer.tokenize(line, escape=True, return_str=True)
         return re.sub(r"(\S)-(\S)", r"\1 ##AT##-##AT## \2", tokens)
 
     metric = BLEU(tokenize="none", force=True)

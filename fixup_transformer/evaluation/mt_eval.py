@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from huggingface_hub.errors import StrictDataclassError
 
 from ..data import CorpusConfig, load_parallel
 from ..errors import ConfigError, ModelDirError
@@ -60,7 +61,8 @@ def corpus_for(request: EvalRequest) -> CorpusConfig:
             f"source/target languages unknown ({request.model_dir} records no training data settings): "
             "pass --src and --tgt"
         )
-    split_files = dict(defaults.get("split_files") or {}) if not request.corpus else {}
+    same_corpus = request.corpus in (None, defaults.get("corpus"))
+    split_files = dict(defaults.get("split_files") or {}) if same_corpus else {}
     if request.split_file:
         split_files[request.split] = request.split_file
     return CorpusConfig(
@@ -98,11 +100,11 @@ def load_model_and_tokenizer(model_dir: str | Path, device=None):
     # transformers' messages name what was missing; the error type makes it one line, exit code 2.
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, StrictDataclassError) as err:  # it reads config.json too
         raise ModelDirError(f"cannot load the tokenizer in {model_dir}: {err}") from err
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
-    except OSError as err:  # e.g. no weights file
+    except (OSError, ValueError, StrictDataclassError) as err:  # no weights file, a config.json field's value
         raise ModelDirError(f"cannot load the model in {model_dir}: {err}") from err
     if device is not None:
         model.to(device)

@@ -134,6 +134,18 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+def newest_sound_checkpoints(checkpoints_dir: str | os.PathLike, count: int) -> list[Path]:
+    """The newest ``count`` checkpoints that pass :func:`checkpoint_problem`, oldest first (for averaging):
+    only those are verified, newest first, not every kept one."""
+    sound: list[Path] = []
+    for path in reversed(list_checkpoints(checkpoints_dir)):
+        if len(sound) == count:
+            break
+        if checkpoint_problem(path) is None:
+            sound.append(path)
+    return sound[::-1]
+
+
 ABANDONED_PREFIX = "abandoned-"
 
 
@@ -151,9 +163,10 @@ def set_aside_checkpoints_after(checkpoints_dir: str | os.PathLike, step: int) -
     for path in sorted(checkpoints_dir.iterdir(), key=lambda p: checkpoint_step(p) or -1):
         n = checkpoint_step(path)
         if n is not None and n > step and path.is_dir():
-            target = path.with_name(ABANDONED_PREFIX + path.name)
-            if target.exists():
-                shutil.rmtree(target)
+            target, n = path.with_name(ABANDONED_PREFIX + path.name), 1
+            while target.exists():  # set aside by an earlier resume too: keep both
+                n += 1
+                target = path.with_name(f"{ABANDONED_PREFIX}{path.name}.{n}")
             os.replace(path, target)
             moved.append(target)
     if moved:

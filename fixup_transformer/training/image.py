@@ -19,6 +19,7 @@ a ``TrainerState`` saved with every checkpoint, the time budget decided together
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 import warnings
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import ImageDataError, NonFiniteLossError
+from ..errors import ImageDataError, NonFiniteLossError, ResumeMismatchError
 from ..hub import add_remote_code
 from ..paths import shared_data_dir
 from ..vision.augment import draw_mixup, mix, normalize, random_crop_flip
@@ -35,6 +36,7 @@ from ..vision.data import ImageArrays, load_images, split_location
 from ..vision.image_processing_fixup_resnet import FixupResNetImageProcessor
 from ..vision.modeling_fixup_resnet import FixupResNetForImageClassification
 from .checkpoint import (
+    STATE_FILE,
     TRAINING_CONFIG_FILE,
     export_pretrained,
     find_resume_checkpoint,
@@ -59,6 +61,9 @@ class ImageTrainerState(TrainerState):
 
     loss_sum: float = 0.0
     loss_count: int = 0
+    data_fingerprint: str | None = (
+        None  # of the training images and labels, in order (ImageArrays.fingerprint)
+    )
 
 
 def _generator(*keys: int) -> torch.Generator:
@@ -190,6 +195,7 @@ class ImageTrainer:
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         (self.train_x, self.train_y), (self.test_x, self.test_y) = train.tensors(), test.tensors()
+        self.data_fingerprint = train.fingerprint()
         self.steps_per_epoch = len(self.train_y) // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(self.train_y)} training images")
@@ -214,7 +220,7 @@ class ImageTrainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         acc.register_for_checkpointing(self.scheduler)
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=acc.is_main_process)
-        self.state = ImageTrainerState()
+        self.state = ImageTrainerState(data_fingerprint=self.data_fingerprint)
         self._resume()
         self.clock = WallClock(self.state.time_breakdown)
         if acc.is_main_process:
@@ -233,7 +239,16 @@ class ImageTrainer:
         # Only settings that this loop re-reads may change (a changed lr would be silently overridden by
         # the optimizer state in the checkpoint); anything else is refused, naming the keys.
         changes = check_resume_config(path / TRAINING_CONFIG_FILE, self.cfg, ("*",), CHANGEABLE_ON_RESUME)
+        saved = ImageTrainerState.from_dict(json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
+        if saved.data_fingerprint not in (None, self.data_fingerprint):
+            # The settings may all be equal while the files under train_data changed: the batch position
+            # and the epoch's permutation would then index other images.
+            raise ResumeMismatchError(
+                f"cannot resume from {path}: the training images differ from the ones it was trained on "
+                f"({saved.data_fingerprint} -> {self.data_fingerprint}); use a new output_dir"
+            )
         self.state = ImageTrainerState.from_dict(load_training_checkpoint(self.accelerator, path))
+        self.state.data_fingerprint = self.data_fingerprint
         self.metrics.truncate_after(self.state.step, drop_at_step=("final",))
         if self.accelerator.is_main_process:  # newer checkpoints are not this run's timeline (mt.py says why)
             for moved in set_aside_checkpoints_after(self.out / "checkpoints", self.state.step):

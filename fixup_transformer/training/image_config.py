@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from huggingface_hub.errors import StrictDataclassError
+
 from ..vision.configuration_fixup_resnet import FixupResNetConfig
 from .config import ConfigError, field_doc, require
 from .optim import OptimConfig
@@ -120,7 +122,7 @@ class ImageTrainConfig:
         # Builds (and so checks) the model config: bad depth / family combinations fail before any data loads.
         try:
             self.model_config()
-        except ValueError as err:
+        except (ValueError, StrictDataclassError) as err:
             raise ConfigError(str(err)) from None
 
     def model_config(

@@ -79,6 +79,7 @@ from .checkpoint import (
     list_checkpoints,
     load_averaged_weights,
     load_training_checkpoint,
+    newest_sound_checkpoints,
     save_training_checkpoint,
     set_aside_checkpoints_after,
 )
@@ -110,7 +111,8 @@ class MTTrainerState(TrainerState):
     best_metric_key: str | None = None  # what best_metric measures (None: a checkpoint from before this)
     best_step: int | None = None
     last_valid_step: int | None = None
-    log_window: list[float] = dataclasses.field(default_factory=list)  # StepAccumulator.window_sums()
+    # StepAccumulator.window_sums() and the window's seconds so far, at the checkpoint
+    log_window: list[float] = dataclasses.field(default_factory=list)
     num_processes: int | None = None  # batches_done counts this many processes' shares of each epoch
 
 
@@ -277,9 +279,13 @@ class MTTrainer:
         self.state = MTTrainerState.from_dict(load_training_checkpoint(self.accelerator, path))
         self._saved_step = self.state.step
         self.metrics.truncate_after(self.state.step, drop_at_step=("resume",))  # this resume writes its own
+        best_step = export_step(self.out / "best")  # read by every process before the main one moves it
+        stale_best = (self.out / "best").is_dir() and best_step != self.state.best_step
         if self.accelerator.is_main_process:
-            self._set_aside_the_abandoned_timeline(path)
+            self._set_aside_the_abandoned_timeline(path, best_step if stale_best else None)
         self.accelerator.wait_for_everyone()
+        if stale_best:  # the resumed run's own best export is gone: its next validation is the best so far
+            self.state.best_metric = self.state.best_step = self.state.best_metric_key = None
         self.accelerator.print(
             f"resumed from {path} (update {self.state.step}, epoch {self.state.epoch + 1})"
         )
@@ -300,7 +306,7 @@ class MTTrainer:
             }
         )
 
-    def _set_aside_the_abandoned_timeline(self, path: Path) -> None:
+    def _set_aside_the_abandoned_timeline(self, path: Path, stale_best_step: int | None) -> None:
         """Checkpoints and a ``best/`` export newer than the resumed state came from updates this run does
         not continue (it resumed from an older or explicitly named checkpoint, or past an unusable newer
         one): renamed out of the way, never deleted, so they neither outrank this run's checkpoints (auto-
@@ -309,14 +315,13 @@ class MTTrainer:
         for moved in set_aside_checkpoints_after(self.out / "checkpoints", step):
             log(f"{moved.name}: a newer checkpoint than the resumed {path.name}, set aside (not this run's)")
         best = self.out / "best"
-        best_step = export_step(best)
-        if best.is_dir() and best_step != self.state.best_step:
-            aside = best.with_name(f"best.abandoned-step-{best_step}")
+        if stale_best_step is not None:
+            aside = best.with_name(f"best.abandoned-step-{stale_best_step}")
             shutil.rmtree(aside, ignore_errors=True)
             os.replace(best, aside)
             log(
-                f"best/ (update {best_step}) is not the resumed run's best (update {self.state.best_step}): "
-                f"moved to {aside.name}"
+                f"best/ (update {stale_best_step}) is not the resumed run's best (update "
+                f"{self.state.best_step}): moved to {aside.name}; the best model is judged anew from here"
             )
 
     def _apply_optim_settings(self, fresh_groups: list[dict]) -> None:
@@ -377,7 +382,8 @@ class MTTrainer:
 
     def _save_checkpoint(self) -> None:
         self._check_finite_weights()
-        self.state.log_window = self.steps.window_sums()
+        window_seconds = time.monotonic() - self._window_start - self._window_paused
+        self.state.log_window = [*self.steps.window_sums(), window_seconds]
         self.state.num_processes = self.accelerator.num_processes
         self.accelerator.wait_for_everyone()
         save_training_checkpoint(
@@ -455,8 +461,10 @@ class MTTrainer:
         segment_start = time.monotonic()
         prior_seconds, prior_tokens = state.train_seconds, state.target_tokens
         self.steps = StepAccumulator(acc.device)
-        self.steps.restore_window(state.log_window)
-        self._window_start, self._window_paused = time.monotonic(), 0.0
+        self.steps.restore_window(state.log_window[:5])
+        # A window cut by a checkpoint also resumes its clock, so the first tokens/s after a resume is a rate.
+        elapsed = state.log_window[5] if len(state.log_window) > 5 else 0.0
+        self._window_start, self._window_paused = time.monotonic() - elapsed, 0.0
         bar = tqdm(
             total=cfg.train.max_updates,
             initial=state.step,
@@ -652,8 +660,7 @@ class MTTrainer:
         }
         averaged_better = False
         if cfg.checkpoint.average_last > 1:
-            sound = [p for p in list_checkpoints(self.out / "checkpoints") if checkpoint_problem(p) is None]
-            paths = sound[-cfg.checkpoint.average_last :]
+            paths = newest_sound_checkpoints(self.out / "checkpoints", cfg.checkpoint.average_last)
             acc.print(f"averaging {len(paths)} checkpoints: {', '.join(p.name for p in paths)}")
             load_averaged_weights(model, paths)
             result = validate(self.model, acc, self.data, cfg, self.ids)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from huggingface_hub.errors import StrictDataclassError
+
 from ..evaluation.translate import GenerationSettings
 from ..text.configuration_fixup_transformer import CHOICES, FixupTransformerConfig
 from .config import ConfigError, config_section, field_doc, require
@@ -263,7 +265,7 @@ class MTConfig:
         fields = {name: getattr(self.model, name) for name in ARCHITECTURE_FIELDS}
         try:
             FixupTransformerConfig(vocab_size=self.data.vocab_size, **fields)
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, StrictDataclassError) as err:
             raise ConfigError(f"model: {err}") from None
 
     def _check_ranges(self) -> None:

@@ -181,15 +181,18 @@ def prepare_data(cfg: MTConfig, accelerator: Accelerator, resuming: bool = False
         test_pairs = _limit(load_parallel(corpus, cfg.eval.test_split), cfg.data.test_limit)
 
     tokenizer_dir = Path(cfg.data.tokenizer_dir or Path(cfg.output_dir) / "tokenizer")
+    # Decided by every process (a refusal must stop them all, not leave the others at a barrier); built once.
+    if cfg.data.tokenizer_dir:  # the user's tokenizer, used as given
+        if not (tokenizer_dir / "tokenizer.json").exists():
+            raise ConfigError(f"data.tokenizer_dir={tokenizer_dir} has no tokenizer.json")
+        build = False
+    else:
+        fingerprint = training_data_fingerprint(train_pairs)
+        build = _needs_new_tokenizer(tokenizer_dir, cfg, resuming, log, fingerprint)
     with accelerator.main_process_first():
         if accelerator.is_main_process:
-            if cfg.data.tokenizer_dir:  # the user's tokenizer, used as given
-                if not (tokenizer_dir / "tokenizer.json").exists():
-                    raise ConfigError(f"data.tokenizer_dir={tokenizer_dir} has no tokenizer.json")
-            else:
-                fingerprint = training_data_fingerprint(train_pairs)
-                if _needs_new_tokenizer(tokenizer_dir, cfg, resuming, log, fingerprint):
-                    _build_tokenizer(train_pairs, tokenizer_dir, cfg, log, fingerprint)
+            if build:
+                _build_tokenizer(train_pairs, tokenizer_dir, cfg, log, fingerprint)
             warn_about_special_token_text(train_pairs + valid_pairs + (test_pairs or []), log)
         tokenizer = load_tokenizer(tokenizer_dir)
     return MTData(

@@ -7,6 +7,7 @@ runs on have two cores). Vision data lives here, apart from the MT text pipeline
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from collections import Counter
@@ -61,6 +62,13 @@ class ImageArrays:
         if n is None or n >= len(self):
             return self
         return ImageArrays(self.images[:n], self.labels[:n], self.classes)
+
+    def fingerprint(self) -> str:
+        """``<images>:<hash>`` of the images, labels and classes, in order: what the data is, not where."""
+        digest = hashlib.sha256(np.ascontiguousarray(self.images).data)
+        digest.update(np.ascontiguousarray(self.labels, dtype=np.int64).data)
+        digest.update("\n".join(self.classes).encode())
+        return f"{len(self)}:{digest.hexdigest()[:16]}"
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 ``[N, C, H, W]`` images and int64 labels, ready to index batches from."""
