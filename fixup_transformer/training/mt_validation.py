@@ -32,6 +32,7 @@ def validation_loss(
     sampler = SortedBatchSampler(
         dataset.num_tokens,
         cfg.data.max_tokens,
+        max_sentences=cfg.data.max_sentences,  # the training batches' bound on sentences holds here too
         num_replicas=accelerator.num_processes,
         rank=accelerator.process_index,
     )
