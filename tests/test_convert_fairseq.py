@@ -332,6 +332,32 @@ def test_dictionary_lines_split_as_fairseq_reads_them(tmp_path):
     assert list(read_dictionary(path).symbols[4:]) == ["a\u2028b", "c\x85d", "e\x0cf"]
 
 
+def test_an_overwrite_line_gives_the_symbol_a_new_index_as_fairseq_does(tmp_path):
+    from fixup_transformer.convert.fairseq_options import read_dictionary
+
+    path = tmp_path / "dict.de.txt"
+    path.write_text("a 3\n<unk> 0 #fairseq:overwrite\nb 1\n", encoding="utf-8")
+    assert list(read_dictionary(path).symbols[4:]) == ["a", "<unk>", "b"]  # fairseq: indices 4, 5, 6
+
+
+def test_the_export_never_replaces_its_own_input_or_a_folder_that_is_no_export(tmp_path, capsys):
+    arch = ARCHS["zero"]
+    (tmp_path / "checkpoints").mkdir()
+    path, _ = save_checkpoint(tmp_path / "checkpoints", "zero", arch)
+    for lang, stack in (("de", "encoder"), ("en", "decoder")):
+        write_dictionary(tmp_path / "checkpoints" / f"dict.{lang}.txt", arch.rows(stack))
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    argv = ["to-hf", str(path), str(tmp_path / "checkpoints"), "--data-dir", str(tmp_path / "checkpoints")]
+    assert main(argv) == 2 and "holds the input" in capsys.readouterr().err
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me")
+    argv = ["to-hf", str(path), str(other), "--data-dir", str(tmp_path / "checkpoints")]
+    assert main(argv) == 2 and "is not a model export" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    assert (other / "todo.txt").read_text() == "keep me"
+
+
 def fairseq_preprocess_dictionary(sentences: list[list[str]], path) -> list[str]:
     """dict.<lang>.txt as fairseq-preprocess writes it: words by count (ties alphabetical), the 4 specials
     implied, padded to a multiple of 8 ids with madeupwordNNNN (Dictionary.finalize)."""

@@ -368,6 +368,14 @@ def convert_fairseq_to_hf(
     data_dir: str | Path | None = None,
 ) -> Path:
     """Write an export directory of this model type from a fairseq checkpoint; returns the directory."""
+    inputs = [checkpoint_path, *(dict_paths or []), *([data_dir] if data_dir else [])]
+    out = Path(output_dir).resolve()
+    for path in inputs:
+        resolved = Path(path).resolve()
+        if resolved == out or out in resolved.parents:
+            raise ConversionError(
+                f"output_dir {output_dir} holds the input {path}; the export replaces its folder: choose another"
+            )
     source = read_fairseq_checkpoint(checkpoint_path)
     try:
         dictionaries = _dictionaries(dict_paths, data_dir, source.options)

@@ -147,12 +147,9 @@ def read_dictionary(path: str | Path) -> FairseqDictionary:
             raise ValueError(
                 f"{path}:{number}: expected '<symbol> <count> [#fairseq:overwrite]', got {line!r}"
             )
-        if word in known:
-            if not overwrite:
-                raise ValueError(
-                    f"{path}:{number}: duplicate symbol {word!r} (fairseq refuses this file too)"
-                )
-            continue
+        if word in known and not overwrite:
+            raise ValueError(f"{path}:{number}: duplicate symbol {word!r} (fairseq refuses this file too)")
+        # "#fairseq:overwrite" gives the symbol a new index, as fairseq's add_symbol(overwrite=True) does.
         known.add(word)
         symbols.append(word)
     return FairseqDictionary(path, tuple(symbols))

@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..atomic_files import atomic_write_text, fsync_dir, replacing
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, ModelDirError
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
@@ -433,6 +433,12 @@ def export_pretrained(
     """
     output_dir = Path(output_dir)
     recover_dir(output_dir)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / "config.json").is_file():
+        # Replacing is for an earlier export; any other folder (a data or checkpoint folder) would be lost.
+        raise ModelDirError(
+            f"{output_dir} exists and is not a model export (no config.json): refusing to replace it; "
+            "name a new or empty folder"
+        )
     with atomic_directory(output_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
