@@ -373,7 +373,7 @@ def saved_activation_mb(trainer: Trainer) -> float:
             storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(trainer.args):
         loss = trainer.model(
             input_ids=trainer.input_ids, attention_mask=trainer.attention_mask, labels=trainer.labels
         ).loss
@@ -728,6 +728,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for name in ("repeats", "mem_repeats", "train_steps", "mem_steps"):
+        if getattr(args, name) < 1:  # checked before minutes of measurement, not after
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     for name, value in SIZES.get(args.size, {}).items():
         setattr(args, name, value)
     if args.tokens:

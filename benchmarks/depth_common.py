@@ -37,7 +37,13 @@ def summarize(
     """One result row: losses and gradient norms per step, divergence, and the per-layer picture at init."""
     losses, grads = run.losses, run.grad_norms
     finite = [v for v in losses if math.isfinite(v)]
-    diverged_at = divergence_step(losses, DIVERGENCE_FACTOR)
+    # A step whose loss is finite but whose gradient is not also stops the run (record_training): non-finite.
+    nonfinite = first_nonfinite_step(
+        [v if math.isfinite(g) else math.nan for v, g in zip(losses, grads, strict=True)]
+    )
+    diverged_at = min(
+        (s for s in (divergence_step(losses, DIVERGENCE_FACTOR), nonfinite) if s is not None), default=None
+    )
     init = run.records[0]
     timed = [r.seconds for r in run.records[1:]] or [init.seconds]
     return {
@@ -53,7 +59,7 @@ def summarize(
         "loss_decreased": bool(math.isfinite(losses[-1]) and losses[-1] < losses[0]),
         "initial_grad_norm": grads[0],
         "max_grad_norm": max(grads, key=lambda v: v if math.isfinite(v) else math.inf),
-        "first_nonfinite_step": first_nonfinite_step(losses),
+        "first_nonfinite_step": nonfinite,
         "diverged": diverged_at is not None,
         "divergence_step": diverged_at,
         "init_activation_rms_first_layer": init.activation_rms[0],

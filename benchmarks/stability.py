@@ -18,6 +18,7 @@ are rebuilt. A CPU run of one 12+12 cell takes ~30 s on a quiet 2-core machine; 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -82,7 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--merge", type=Path, nargs="*", default=[], help="other results.json files to merge into this one"
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error("--steps must be >= 1")
+    if min(args.warmups) < 0:
+        p.error("--warmups must be >= 0")
+    return args
 
 
 def task_batches(task: str, args: argparse.Namespace) -> tuple[list[dict], int]:
@@ -93,8 +99,21 @@ def task_batches(task: str, args: argparse.Namespace) -> tuple[list[dict], int]:
     )
 
 
+def cell_setup(args: argparse.Namespace, vocab: int) -> dict:
+    """What else a cell's losses depend on: a cell is reused (or merged) only under the same setup."""
+    setup = {"d_model": args.d_model, "heads": args.heads, "ffn_dim": args.ffn_dim, "steps": args.steps}
+    return {
+        **setup,
+        "batch_size": args.batch_size,
+        "length": args.length,
+        "vocab": vocab,
+        "device": args.device,
+    }
+
+
 def cell_key(result: dict) -> tuple:
-    return tuple(result[k] for k in KEY_FIELDS)
+    # Cells written before setups were recorded carry none: they are never taken for a new run's cell.
+    return (*(result[k] for k in KEY_FIELDS), json.dumps(result.get("setup"), sort_keys=True))
 
 
 def label(result: dict) -> str:
@@ -219,14 +238,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         for layers, lr, warmup, precision, variant, optimizer, clip_norm in grid:
             cell = Cell(variant, layers, lr, warmup, precision, optimizer, clip_norm)
-            if (task, variant, layers, lr, warmup, precision, optimizer, clip_norm) in done:
+            setup = cell_setup(args, vocab)
+            if cell_key({"task": task, **dataclasses.asdict(cell), "setup": setup}) in done:
                 continue
             result = {"task": task, **run_cell(cell, batches, args.steps, vocab, width, device=args.device)}
+            result["setup"] = setup
             results.append(result)
-            atomic_write_json(results_path, {"width": vars(width), "steps": args.steps, "cells": results})
+            atomic_write_json(results_path, {"cells": results})  # each cell carries its own setup
             print(markdown_table([result]).splitlines()[-1], flush=True)
     if args.merge:
-        atomic_write_json(results_path, {"width": vars(width), "steps": args.steps, "cells": results})
+        atomic_write_json(results_path, {"cells": results})
     atomic_write_text(
         args.output_dir / "stability.md", markdown_summary(results) + "\n" + markdown_table(results)
     )

@@ -31,6 +31,7 @@ averaged model on validation, so every system is scored the same way. The job ke
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import functools
 import json
 import os
@@ -107,7 +108,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--set expects KEY=VALUE, got {item!r}")
     if args.late_stops < 0:
         p.error("--late-stops must be >= 0")
+    ignored = [
+        key for key in recipe_overrides(args) if any(fnmatch.fnmatch(key, pat) for pat in NOT_IN_THE_TWIN)
+    ]
+    if ignored and "marian" in args.systems:
+        p.error(
+            f"--set {', '.join(ignored)}: the Marian twin's loop does not implement these; the systems "
+            "would no longer share the recipe"
+        )
     return args
+
+
+# Recipe keys the Marian twin's minimal loop does not implement (one AdamW, one batch per update, the job's
+# mixed precision, Marian's own relu/scaled-embedding settings): --set of one would change the job alone.
+NOT_IN_THE_TWIN = (
+    "optim.name",
+    "optim.decay_*",
+    "train.update_freq",
+    "train.mixed_precision",
+    "train.max_epochs",
+    "model.activation_function",
+    "model.scale_embedding",
+)
 
 
 def recipe_overrides(args: argparse.Namespace) -> dict[str, str]:
@@ -136,6 +158,9 @@ def run_job(system: str, args: argparse.Namespace) -> dict:
         command += ["--data.test_limit", str(args.test_limit)]
     if args.max_updates is not None:
         command += ["--train.max_updates", str(args.max_updates)]
+    # The twin is tested at its last update; so is the job (its own default picks the best or averaged
+    # checkpoint on validation, which the twin's loop never gets).
+    command += ["--eval.test_model", "last"]
     for key, value in recipe_overrides(args).items():
         command += [f"--{key}", value]
     start = time.monotonic()
@@ -248,6 +273,7 @@ def marian_twin(cfg: MTConfig, tokenizer):
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.eos_token_id,
+        forced_eos_token_id=None,  # MarianConfig's default (0 = <pad>) would replace a max-length last word
         tie_word_embeddings=m.tie_word_embeddings,
     )
     torch.manual_seed(cfg.seed)
@@ -316,6 +342,8 @@ def run_marian(args: argparse.Namespace) -> dict:
                 with accelerator.autocast():
                     loss, _, ntok = loss_sums(model, batch, pad, eos)
                 (loss / ntok).backward()
+                if o.clip_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
@@ -326,7 +354,7 @@ def run_marian(args: argparse.Namespace) -> dict:
                 curve.append([updates, float(window[0] / window[1])])
                 window.zero_()
             if args.late_stops > 1 and updates % cfg.checkpoint.save_interval_updates == 0:
-                snapshots = [*snapshots, (updates, _weights_copy(model))][-(args.late_stops - 1) :]
+                snapshots = [*snapshots, (updates, _weights_copy(model))][-args.late_stops :]
             bar.update(1)
         if batches_done == sampler.batches_per_rank:
             epoch, batches_done = epoch + 1, 0
