@@ -7,7 +7,7 @@ on fixed batches, and records first / min / max / last loss, fp16 skipped steps 
 
 Tasks: ``copy`` (one fixed batch of random tokens, target = source) and ``multi30k`` (real de-en
 training batches, a joint SentencePiece vocabulary, cycled). Results accumulate in
-``<output-dir>/results.json`` (a cell already there is not rerun), then the Markdown table and the plot
+``<output-dir>/results.json`` (a cell already there under the same setup is not rerun), then the Markdown table and the plot
 are rebuilt. A CPU run of one 12+12 cell takes ~30 s on a quiet 2-core machine; 50+50 cells take minutes.
 
     python benchmarks/stability.py --layers 6 18 --lrs 5e-4 1e-3 --warmups 0 --precisions fp32 fp16
@@ -111,9 +111,18 @@ def cell_setup(args: argparse.Namespace, vocab: int) -> dict:
     }
 
 
-def cell_key(result: dict) -> tuple:
-    # Cells written before setups were recorded carry none: they are never taken for a new run's cell.
-    return (*(result[k] for k in KEY_FIELDS), json.dumps(result.get("setup"), sort_keys=True))
+def same_cell(a: dict, b: dict) -> bool:
+    """The same grid cell under the same setup, compared on the setup fields both record (older files
+    record only width and steps)."""
+    if any(a[k] != b[k] for k in KEY_FIELDS):
+        return False
+    setup_a, setup_b = a.get("setup") or {}, b.get("setup") or {}
+    return all(setup_a[k] == setup_b[k] for k in setup_a.keys() & setup_b.keys())
+
+
+def setup_label(result: dict) -> str:
+    s = result.get("setup") or {}
+    return " ".join(f"{k} {s[k]}" for k in ("d_model", "steps", "batch_size", "vocab") if k in s)
 
 
 def label(result: dict) -> str:
@@ -127,11 +136,14 @@ def label(result: dict) -> str:
 
 
 def load_results(path: Path) -> list[dict]:
-    cells = json.loads(path.read_text())["cells"] if path.exists() else []
-    for cell in cells:
+    saved = json.loads(path.read_text()) if path.exists() else {"cells": []}
+    # Files from before cells carried their setup name it once, in a header: the cells get that part.
+    header = {**saved.get("width", {}), **({"steps": saved["steps"]} if "steps" in saved else {})}
+    for cell in saved["cells"]:
         cell.setdefault("optimizer", "adam")  # results from before the optimizer axis ran plain Adam
         cell.setdefault("clip_norm", 0.0)  # ... and from before the clip axis, no clipping
-    return cells
+        cell.setdefault("setup", header)
+    return saved["cells"]
 
 
 def fmt(value) -> str:
@@ -180,13 +192,15 @@ def markdown_summary(results: list[dict]) -> str:
 
 
 def markdown_table(results: list[dict]) -> str:
+    mixed = len({setup_label(r) for r in results}) > 1  # cells of several setups: say which is which
     header = "| task | N+N | lr | warmup | precision | variant | first / min / max / last loss | skipped (after settling) | verdict |"
-    lines = [header, "|" + "---|" * 9]
+    lines = [header + (" setup |" if mixed else ""), "|" + "---|" * (10 if mixed else 9)]
     for r in sorted(results, key=lambda r: (r["task"], r["layers"], r["lr"], r["warmup"], r["precision"])):
         losses = " / ".join(fmt(r[k]) for k in ("first_loss", "min_loss", "max_loss", "last_loss"))
         lines.append(
             f"| {r['task']} | {r['layers']}+{r['layers']} | {r['lr']:g} | {r['warmup']} | {r['precision']} | "
             f"{label(r)} | {losses} | {r['skipped_steps']} ({r['skipped_after_settling']}) | {verdict(r)} |"
+            + (f" {setup_label(r)} |" if mixed else "")
         )
     return "\n".join(lines) + "\n"
 
@@ -222,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     results_path = args.output_dir / "results.json"
     results = load_results(results_path)
     for other in args.merge:  # grids split over several processes, each with its own output dir
-        results += [r for r in load_results(other) if cell_key(r) not in {cell_key(x) for x in results}]
-    done = {cell_key(r) for r in results}
+        results += [r for r in load_results(other) if not any(same_cell(r, x) for x in results)]
     width = Width(args.d_model, args.heads, args.ffn_dim)
     for task in [] if args.report_only else args.tasks:
         batches, vocab = task_batches(task, args)
@@ -239,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         for layers, lr, warmup, precision, variant, optimizer, clip_norm in grid:
             cell = Cell(variant, layers, lr, warmup, precision, optimizer, clip_norm)
             setup = cell_setup(args, vocab)
-            if cell_key({"task": task, **dataclasses.asdict(cell), "setup": setup}) in done:
+            if any(same_cell({"task": task, **dataclasses.asdict(cell), "setup": setup}, r) for r in results):
                 continue
             result = {"task": task, **run_cell(cell, batches, args.steps, vocab, width, device=args.device)}
             result["setup"] = setup

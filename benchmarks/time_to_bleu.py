@@ -4,10 +4,11 @@ Each system trains for ``--minutes`` of wall-clock training time on the same mac
 Multi30k test2016 with sacreBLEU (beam and length penalty of the config):
 
 * ``fixup``: the README's main job, ``scripts/train_mt.py --config configs/multi30k_de_en.yaml``, as a
-  user runs it (validation, checkpoints, exports and all come out of its budget).
+  user runs it (validation, checkpoints, exports and all come out of its budget), except that it is tested
+  at its last update (``--eval.test_model last``), as the twin is.
 * ``layernorm``: the same job with its LayerNorm twin config (post-LN, transformers' N(0, 0.02) init).
-* ``marian``: transformers' ``MarianMTModel`` (post-LN, biased linears, tied embeddings: its defaults) at
-  the same size, trained by a minimal loop with the same recipe: the same SentencePiece settings, the same
+* ``marian``: transformers' ``MarianMTModel`` (post-LN, biased linears, its N(0, 0.02) init) at the same
+  size and layout (one shared embedding, the output projection untied as the job's), trained by a minimal loop with the same recipe: the same SentencePiece settings, the same
   token batches (this project's ``TokenBatchSampler``), AdamW (0.9, 0.98), the same lr, warmup, label
   smoothing, dropout and weight decay; no validation, scored at its last update. The baseline a user
   would otherwise write.
@@ -20,8 +21,8 @@ example side by side with ``--threads 1``); ``--report-only`` prints the table f
 One run's test score depends on where the clock happens to stop (13 updates apart, two runs of the main
 job differed by 0.8 BLEU; docs/benchmarks.md). ``--late-stops K`` therefore also scores, for each system,
 the weights at its last K stopping points (every ``checkpoint.save_interval_updates`` updates, and the last
-update) and reports their mean and spread. These are raw weights, without the job's choice of the best or
-averaged model on validation, so every system is scored the same way. The job keeps
+update) and reports their mean and spread. Like the headline score, these are raw weights, never the
+job's choice of the best or averaged model on validation, so every system is scored the same way. The job keeps
 ``checkpoint.keep_last`` checkpoints, so K is at most that.
 
     python benchmarks/time_to_bleu.py --minutes 30 --output-dir runs/time_to_bleu
@@ -108,14 +109,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--set expects KEY=VALUE, got {item!r}")
     if args.late_stops < 0:
         p.error("--late-stops must be >= 0")
-    ignored = [
-        key for key in recipe_overrides(args) if any(fnmatch.fnmatch(key, pat) for pat in NOT_IN_THE_TWIN)
-    ]
-    if ignored and "marian" in args.systems:
-        p.error(
-            f"--set {', '.join(ignored)}: the Marian twin's loop does not implement these; the systems "
-            "would no longer share the recipe"
-        )
+    # Refused in every invocation: systems run separately (side by side) are compared later all the same.
+    for patterns, why in (
+        (NOT_IN_THE_TWIN, "the Marian twin's loop does not implement these"),
+        (SET_BY_THIS_SCRIPT, "set for every system by this script's own options"),
+    ):
+        refused = [
+            key for key in recipe_overrides(args) if any(fnmatch.fnmatch(key, pat) for pat in patterns)
+        ]
+        if refused:
+            p.error(f"--set {', '.join(refused)}: {why}; the systems would no longer share the recipe")
     return args
 
 
@@ -129,6 +132,16 @@ NOT_IN_THE_TWIN = (
     "train.max_epochs",
     "model.activation_function",
     "model.scale_embedding",
+)
+# Keys this script sets for every system from --minutes, --max-updates, --test-limit and --threads (and the
+# last-update test of both): a --set of one would reach the job and not the twin.
+SET_BY_THIS_SCRIPT = (
+    "train.max_minutes",
+    "train.max_updates",
+    "train.num_threads",
+    "data.test_limit",
+    "eval.test_model",
+    "output_dir",
 )
 
 

@@ -415,6 +415,18 @@ def load_averaged_weights(model: torch.nn.Module, paths: Sequence[str | os.PathL
 # Hugging Face export
 
 
+def check_replaceable_export(output_dir: str | os.PathLike) -> None:
+    """Refuse (:class:`ModelDirError`) to replace a non-empty folder that is not a model export: replacing
+    is for an earlier export; any other folder (data, checkpoints) would be lost. Trainers call it on every
+    process before an export, so a refusal stops them all."""
+    output_dir = Path(output_dir)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / "config.json").is_file():
+        raise ModelDirError(
+            f"{output_dir} exists and is not a model export (no config.json): refusing to replace it; "
+            "name a new or empty folder"
+        )
+
+
 def export_pretrained(
     model,
     output_dir: str | os.PathLike,
@@ -433,12 +445,7 @@ def export_pretrained(
     """
     output_dir = Path(output_dir)
     recover_dir(output_dir)
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / "config.json").is_file():
-        # Replacing is for an earlier export; any other folder (a data or checkpoint folder) would be lost.
-        raise ModelDirError(
-            f"{output_dir} exists and is not a model export (no config.json): refusing to replace it; "
-            "name a new or empty folder"
-        )
+    check_replaceable_export(output_dir)
     with atomic_directory(output_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:

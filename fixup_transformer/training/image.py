@@ -38,6 +38,7 @@ from ..vision.modeling_fixup_resnet import FixupResNetForImageClassification
 from .checkpoint import (
     STATE_FILE,
     TRAINING_CONFIG_FILE,
+    check_replaceable_export,
     export_pretrained,
     find_resume_checkpoint,
     load_training_checkpoint,
@@ -240,7 +241,13 @@ class ImageTrainer:
         # the optimizer state in the checkpoint); anything else is refused, naming the keys.
         changes = check_resume_config(path / TRAINING_CONFIG_FILE, self.cfg, ("*",), CHANGEABLE_ON_RESUME)
         saved = ImageTrainerState.from_dict(json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
-        if saved.data_fingerprint not in (None, self.data_fingerprint):
+        if saved.data_fingerprint is None:
+            self.accelerator.print(
+                f"{path.name} predates training-data fingerprints: nothing checks that {self.cfg.train_data} "
+                "still holds the same images in the same order (image folders are read round-robin over "
+                "classes since 2026-11-27)"
+            )
+        elif saved.data_fingerprint != self.data_fingerprint:
             # The settings may all be equal while the files under train_data changed: the batch position
             # and the epoch's permutation would then index other images.
             raise ResumeMismatchError(
@@ -447,6 +454,7 @@ class ImageTrainer:
             "stopped_early": stop,
         }
         self.metrics.write(final)
+        check_replaceable_export(self.out / "final")  # every process: a refusal must not hang the others
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
             with self.clock.section("exports"):

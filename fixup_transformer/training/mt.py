@@ -72,6 +72,7 @@ from .checkpoint import (
     TRAINING_CONFIG_FILE,
     WEIGHTS_FILE,
     atomic_write_json,
+    check_replaceable_export,
     checkpoint_problem,
     export_pretrained,
     export_step,
@@ -401,6 +402,7 @@ class MTTrainer:
             self._export_pretrained(name, extra)
 
     def _export_pretrained(self, name: str, extra: dict) -> None:
+        check_replaceable_export(self.out / name)  # every process: a refusal must not hang the others
         if self.accelerator.is_main_process:
             export_pretrained(
                 self.accelerator.unwrap_model(self.model),

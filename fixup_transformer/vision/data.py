@@ -136,7 +136,8 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None) ->
         rank_in_class.append(seen[label])
         seen[label] += 1
     order = sorted(range(len(labels)), key=lambda i: (rank_in_class[i], labels[i]))
-    return ImageArrays(np.stack(images)[order], np.asarray(labels, dtype=np.int64)[order], classes)
+    labels_in_order = np.asarray([labels[i] for i in order], dtype=np.int64)
+    return ImageArrays(np.stack([images[i] for i in order]), labels_in_order, classes)
 
 
 def load_hub_cifar10(split: str, dataset_name: str = "uoft-cs/cifar10") -> ImageArrays:

@@ -1,0 +1,53 @@
+"""The benchmark scripts' own rules that decide whether a reported number is fair (no benchmark is run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "optim.name=radam",
+        "train.update_freq=2",
+        "data.test_limit=5",
+        "eval.test_model=auto",
+        "train.max_updates=9",
+    ],
+)
+def test_time_to_bleu_refuses_overrides_that_would_reach_one_system_only(override, capsys):
+    time_to_bleu = load("time_to_bleu")
+    with pytest.raises(SystemExit):  # also when the job runs alone: side-by-side runs are compared later
+        time_to_bleu.parse_args(["--systems", "fixup", "--set", override])
+    assert "would no longer share the recipe" in capsys.readouterr().err
+    args = time_to_bleu.parse_args(["--set", "optim.lr=2e-3", "--set", "model.init=t_fixup"])
+    assert time_to_bleu.recipe_overrides(args) == {"optim.lr": "2e-3", "model.init": "t_fixup"}
+
+
+def test_stability_cells_are_reused_only_under_the_same_setup(tmp_path):
+    stability = load("stability")
+    cell = {"task": "copy", "variant": "fixup", "layers": 1, "lr": 1e-3, "warmup": 0, "precision": "fp32"}
+    cell |= {"optimizer": "adam", "clip_norm": 0.0}
+    old_format = tmp_path / "results.json"  # a header for the whole file, no setup per cell
+    old_format.write_text(
+        json.dumps({"width": {"d_model": 512, "heads": 8, "ffn_dim": 2048}, "steps": 30, "cells": [cell]})
+    )
+    (loaded,) = stability.load_results(old_format)
+    assert loaded["setup"] == {"d_model": 512, "heads": 8, "ffn_dim": 2048, "steps": 30}
+    same = {**cell, "setup": {"d_model": 512, "heads": 8, "ffn_dim": 2048, "steps": 30, "batch_size": 16}}
+    assert stability.same_cell(loaded, same)
+    assert not stability.same_cell(loaded, {**same, "setup": {**same["setup"], "steps": 2}})
+    assert not stability.same_cell(loaded, {**same, "lr": 5e-4})
