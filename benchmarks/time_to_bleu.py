@@ -66,6 +66,7 @@ from fixup_transformer.training.checkpoint import (  # noqa: E402
     atomic_write_json,
     list_checkpoints,
     load_averaged_weights,
+    read_trainer_state,
 )
 from fixup_transformer.training.config import load_config  # noqa: E402
 from fixup_transformer.training.metrics import read_metrics  # noqa: E402
@@ -181,7 +182,7 @@ def run_job(system: str, args: argparse.Namespace) -> dict:
     wall = time.monotonic() - start
     results = json.loads((out / "results.json").read_text())
     checkpoints = list_checkpoints(out / "checkpoints")
-    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    state = read_trainer_state(checkpoints[-1])
     cfg = load_config(MTConfig, out / "config.yaml")
     cfg.output_dir = str(out)  # as seen from here: its tokenizer is reused
     data = mt_data.prepare_data(cfg, _accelerator(), resuming=True)
@@ -216,7 +217,7 @@ def _job_late_scores(cfg: MTConfig, data, out: Path, checkpoints: list[Path]) ->
 
 
 def _checkpoint_update(path: Path) -> int:
-    return json.loads((path / "trainer_state.json").read_text())["step"]
+    return read_trainer_state(path)["step"]
 
 
 def late_test_scores(model, data, cfg: MTConfig, stops: list[tuple[int, Callable]]) -> list[dict]:

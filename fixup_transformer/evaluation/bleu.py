@@ -75,8 +75,8 @@ def moses_tokenized(lines: Sequence[str], lang: str) -> list[str]:
     """Moses tokenization with Moses' escapes (``it &apos;s``), as fairseq's IWSLT preparation writes text.
 
     Output that carries Moses' escapes anywhere is Moses-processed already (a model trained on tokenized
-    text; raw text never contains them) and is returned as it is, decided for the whole corpus: tokenizing it again would split and
-    escape it twice (``&apos; s``, ``&amp;apos;``).
+    text; raw text never contains them) and is returned as it is, decided for the whole corpus: tokenizing
+    it again would split and escape it twice (``&apos; s``, ``&amp;apos;``).
     """
     if any(escape in line for line in lines for escape in MOSES_ESCAPES):
         return list(lines)

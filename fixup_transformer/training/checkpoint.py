@@ -149,6 +149,17 @@ def newest_sound_checkpoints(checkpoints_dir: str | os.PathLike, count: int) -> 
 ABANDONED_PREFIX = "abandoned-"
 
 
+def set_aside(path: Path, name: str) -> Path:
+    """Rename ``path`` to ``name`` beside it (``name.2``, ``name.3``, ... when taken, e.g. set aside by an
+    earlier resume too): out of the way, never deleted. Returns the new path."""
+    target, n = path.with_name(name), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{name}.{n}")
+    os.replace(path, target)
+    return target
+
+
 def set_aside_checkpoints_after(checkpoints_dir: str | os.PathLike, step: int) -> list[Path]:
     """Rename ``checkpoint-<n>`` with ``n > step`` to ``abandoned-checkpoint-<n>``; returns the new paths.
 
@@ -163,12 +174,7 @@ def set_aside_checkpoints_after(checkpoints_dir: str | os.PathLike, step: int) -
     for path in sorted(checkpoints_dir.iterdir(), key=lambda p: checkpoint_step(p) or -1):
         n = checkpoint_step(path)
         if n is not None and n > step and path.is_dir():
-            target, n = path.with_name(ABANDONED_PREFIX + path.name), 1
-            while target.exists():  # set aside by an earlier resume too: keep both
-                n += 1
-                target = path.with_name(f"{ABANDONED_PREFIX}{path.name}.{n}")
-            os.replace(path, target)
-            moved.append(target)
+            moved.append(set_aside(path, ABANDONED_PREFIX + path.name))
     if moved:
         fsync_dir(checkpoints_dir)
     return moved
@@ -227,7 +233,7 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     if not is_complete_checkpoint(path):
         return f"missing {STATE_FILE}"
     try:
-        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+        state = read_trainer_state(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         return f"unreadable {STATE_FILE} ({err})"
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
@@ -337,6 +343,11 @@ def save_training_checkpoint(
     return final
 
 
+def read_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's ``trainer_state.json`` (our counters), read without loading any weights."""
+    return json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))
+
+
 def load_training_checkpoint(accelerator, path: str | os.PathLike) -> dict[str, Any]:
     """Restore model/optimizer/scheduler/scaler/RNG through Accelerate; return our ``trainer_state``."""
     path = Path(path)
@@ -344,8 +355,7 @@ def load_training_checkpoint(accelerator, path: str | os.PathLike) -> dict[str, 
         raise FileNotFoundError(f"{path} is not a complete checkpoint (missing {STATE_FILE})")
     try:
         accelerator.load_state(str(path))
-        with open(path / STATE_FILE, encoding="utf-8") as f:
-            return json.load(f)
+        return read_trainer_state(path)
     except (OSError, RuntimeError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         # Accelerate/torch errors (size mismatches, truncated pickles) never say which checkpoint it was.
         raise CheckpointError(f"cannot restore checkpoint {path}: {type(err).__name__}: {err}") from err

@@ -19,7 +19,6 @@ a ``TrainerState`` saved with every checkpoint, the time budget decided together
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 import warnings
@@ -36,12 +35,12 @@ from ..vision.data import ImageArrays, load_images, split_location
 from ..vision.image_processing_fixup_resnet import FixupResNetImageProcessor
 from ..vision.modeling_fixup_resnet import FixupResNetForImageClassification
 from .checkpoint import (
-    STATE_FILE,
     TRAINING_CONFIG_FILE,
     check_replaceable_export,
     export_pretrained,
     find_resume_checkpoint,
     load_training_checkpoint,
+    read_trainer_state,
     save_training_checkpoint,
     set_aside_checkpoints_after,
 )
@@ -62,9 +61,8 @@ class ImageTrainerState(TrainerState):
 
     loss_sum: float = 0.0
     loss_count: int = 0
-    data_fingerprint: str | None = (
-        None  # of the training images and labels, in order (ImageArrays.fingerprint)
-    )
+    # of the training images and labels, in order (ImageArrays.fingerprint)
+    data_fingerprint: str | None = None
 
 
 def _generator(*keys: int) -> torch.Generator:
@@ -84,12 +82,13 @@ def load_data(cfg: ImageTrainConfig) -> tuple[ImageArrays, ImageArrays]:
     train_source = _resolve_source(cfg.train_data)
     test_source = _resolve_source(cfg.test_data or cfg.train_data)
     try:
-        same = split_location(train_source, "train") == split_location(test_source, "test")
+        train_location = split_location(train_source, "train")
+        same = train_location == split_location(test_source, "test")
     except FileNotFoundError:
         same = False  # load_images says which source is missing
     if same:
         warnings.warn(
-            f"the test images are the training images ({split_location(train_source, 'train')}): 'test top-1' "
+            f"the test images are the training images ({train_location}): 'test top-1' "
             "is not a held-out score; pass --test_data, or a folder with train/ and test/ parts",
             stacklevel=2,
         )
@@ -240,7 +239,7 @@ class ImageTrainer:
         # Only settings that this loop re-reads may change (a changed lr would be silently overridden by
         # the optimizer state in the checkpoint); anything else is refused, naming the keys.
         changes = check_resume_config(path / TRAINING_CONFIG_FILE, self.cfg, ("*",), CHANGEABLE_ON_RESUME)
-        saved = ImageTrainerState.from_dict(json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
+        saved = ImageTrainerState.from_dict(read_trainer_state(path))
         if saved.data_fingerprint is None:
             self.accelerator.print(
                 f"{path.name} predates training-data fingerprints: nothing checks that {self.cfg.train_data} "

@@ -45,8 +45,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import shutil
 import time
 from itertools import islice
 from pathlib import Path
@@ -68,7 +66,6 @@ from ..evaluation.translate import translate_corpus
 from ..hardware import resolve_mixed_precision
 from ..text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 from .checkpoint import (
-    STATE_FILE,
     TRAINING_CONFIG_FILE,
     WEIGHTS_FILE,
     atomic_write_json,
@@ -81,7 +78,9 @@ from .checkpoint import (
     load_averaged_weights,
     load_training_checkpoint,
     newest_sound_checkpoints,
+    read_trainer_state,
     save_training_checkpoint,
+    set_aside,
     set_aside_checkpoints_after,
 )
 from .config import ConfigError, dump_yaml, to_dict
@@ -112,8 +111,9 @@ class MTTrainerState(TrainerState):
     best_metric_key: str | None = None  # what best_metric measures (None: a checkpoint from before this)
     best_step: int | None = None
     last_valid_step: int | None = None
-    # StepAccumulator.window_sums() and the window's seconds so far, at the checkpoint
+    # The log window cut by the checkpoint: StepAccumulator.window_sums() and its seconds so far
     log_window: list[float] = dataclasses.field(default_factory=list)
+    log_window_seconds: float = 0.0
     num_processes: int | None = None  # batches_done counts this many processes' shares of each epoch
 
 
@@ -259,7 +259,7 @@ class MTTrainer:
         )
         if resume is None:
             return None, []
-        saved = MTTrainerState.from_dict(json.loads((resume / STATE_FILE).read_text(encoding="utf-8")))
+        saved = MTTrainerState.from_dict(read_trainer_state(resume))
         running = self.accelerator.num_processes
         if saved.num_processes is not None and saved.num_processes != running:
             # The batch position is per process: another count would repeat or skip batches of the epoch.
@@ -315,11 +315,8 @@ class MTTrainer:
         step, log = self.state.step, self.accelerator.print
         for moved in set_aside_checkpoints_after(self.out / "checkpoints", step):
             log(f"{moved.name}: a newer checkpoint than the resumed {path.name}, set aside (not this run's)")
-        best = self.out / "best"
         if stale_best_step is not None:
-            aside = best.with_name(f"best.abandoned-step-{stale_best_step}")
-            shutil.rmtree(aside, ignore_errors=True)
-            os.replace(best, aside)
+            aside = set_aside(self.out / "best", f"best.abandoned-step-{stale_best_step}")
             log(
                 f"best/ (update {stale_best_step}) is not the resumed run's best (update "
                 f"{self.state.best_step}): moved to {aside.name}; the best model is judged anew from here"
@@ -383,8 +380,8 @@ class MTTrainer:
 
     def _save_checkpoint(self) -> None:
         self._check_finite_weights()
-        window_seconds = time.monotonic() - self._window_start - self._window_paused
-        self.state.log_window = [*self.steps.window_sums(), window_seconds]
+        self.state.log_window = self.steps.window_sums()
+        self.state.log_window_seconds = time.monotonic() - self._window_start - self._window_paused
         self.state.num_processes = self.accelerator.num_processes
         self.accelerator.wait_for_everyone()
         save_training_checkpoint(
@@ -463,10 +460,9 @@ class MTTrainer:
         segment_start = time.monotonic()
         prior_seconds, prior_tokens = state.train_seconds, state.target_tokens
         self.steps = StepAccumulator(acc.device)
-        self.steps.restore_window(state.log_window[:5])
+        self.steps.restore_window(state.log_window)
         # A window cut by a checkpoint also resumes its clock, so the first tokens/s after a resume is a rate.
-        elapsed = state.log_window[5] if len(state.log_window) > 5 else 0.0
-        self._window_start, self._window_paused = time.monotonic() - elapsed, 0.0
+        self._window_start, self._window_paused = time.monotonic() - state.log_window_seconds, 0.0
         bar = tqdm(
             total=cfg.train.max_updates,
             initial=state.step,
