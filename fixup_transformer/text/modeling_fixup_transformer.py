@@ -58,6 +58,7 @@ from ..fixup import (
     zero_,
 )
 from .configuration_fixup_transformer import FixupTransformerConfig
+from .dropout import dropout
 from .folding import fold_into_linear, scaled_shifted_linear
 from .output_loss import IGNORE_INDEX, label_smoothed_loss_sums, linear_label_smoothed_loss_sums
 
@@ -451,9 +452,7 @@ class FixupFeedForward(nn.Module):
             hidden_states, self.fc1, self.input_shift, output_shift=self.activation_shift, fold=fold
         )
         hidden_states = self.activation(hidden_states)
-        hidden_states = nn.functional.dropout(
-            hidden_states, p=self.activation_dropout, training=self.training
-        )
+        hidden_states = dropout(hidden_states, p=self.activation_dropout, training=self.training)
         return scaled_shifted_linear(
             hidden_states, self.fc2, self.output_shift, output_scale=self.output_scale, fold=fold
         )
@@ -477,7 +476,7 @@ class ResidualConnection(nn.Module):
         return self.pre_norm(hidden_states)
 
     def forward(self, residual: torch.Tensor, branch_output: torch.Tensor) -> torch.Tensor:
-        branch_output = nn.functional.dropout(branch_output, p=self.dropout, training=self.training)
+        branch_output = dropout(branch_output, p=self.dropout, training=self.training)
         return self.post_norm(residual + branch_output)
 
 
@@ -703,7 +702,7 @@ class FixupTransformerStack(FixupTransformerPreTrainedModel):
             positions = counted.clamp(min=0)
         positions = positions + self.config.position_offset  # fairseq: the first token is at padding_idx + 1
         hidden_states = inputs_embeds + self.embed_positions(positions, inputs_embeds.dtype)
-        hidden_states = nn.functional.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        hidden_states = dropout(hidden_states, p=self.config.dropout, training=self.training)
         return inputs_embeds, hidden_states
 
 
