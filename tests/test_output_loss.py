@@ -144,3 +144,27 @@ def test_a_second_backward_through_the_loss_is_an_error_not_a_double_scaled_grad
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_padding_rows_are_not_projected_on_cpu(monkeypatch):
+    hidden, weight, labels = _inputs()  # every fifth label is -100
+    projected_rows = []
+    original = torch.nn.functional.linear
+
+    def counting_linear(x, w, *args):
+        projected_rows.append(x.shape[0])
+        return original(x, w, *args)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counting_linear)
+    loss, _ = linear_label_smoothed_loss_sums(hidden, weight, labels, 0.01)
+    assert sum(projected_rows) == int((labels != -100).sum())
+    grad_hidden, _ = _grads(loss, hidden, weight)
+    assert torch.count_nonzero(grad_hidden[labels == -100]) == 0
+
+
+def test_a_batch_without_labels_has_zero_loss_and_zero_gradients():
+    hidden, weight, labels = _inputs()
+    loss, nll = linear_label_smoothed_loss_sums(hidden, weight, torch.full_like(labels, -100), 0.01)
+    assert loss.item() == 0.0 and nll.item() == 0.0
+    grad_hidden, grad_weight = _grads(loss, hidden, weight)
+    assert torch.count_nonzero(grad_hidden) == 0 and torch.count_nonzero(grad_weight) == 0

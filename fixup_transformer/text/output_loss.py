@@ -115,7 +115,14 @@ def linear_label_smoothed_loss_sums(
     """
     flat_hidden = hidden.reshape(-1, hidden.size(-1))
     flat_labels = labels.reshape(-1).to(hidden.device)
-    elements = CPU_CHUNK_ELEMENTS if hidden.device.type == "cpu" else CHUNK_ELEMENTS
+    on_cpu = hidden.device.type == "cpu"
+    if on_cpu:
+        # Padding has no loss: on CPU its rows are dropped before the output projection, the largest
+        # matmul of a small model (a V x d product per token). On a GPU finding them would be a host sync.
+        labelled = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)
+        if labelled.numel() < flat_labels.numel():
+            flat_hidden, flat_labels = flat_hidden.index_select(0, labelled), flat_labels[labelled]
+    elements = CPU_CHUNK_ELEMENTS if on_cpu else CHUNK_ELEMENTS
     chunk = chunk_tokens or max(1, elements // weight.size(0))
     return _LinearSmoothedCrossEntropy.apply(flat_hidden, weight, flat_labels, float(uniform), chunk)
 
