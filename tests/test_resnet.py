@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import fixup_transformer.vision as V
 from fixup_transformer.fixup import ScalarBias, ScalarScale, he_normal_std, scalar_parameter_names
@@ -251,8 +253,9 @@ def test_problem_type_picks_transformers_loss(num_labels):
 def test_gradient_checkpointing_is_refused_for_batchnorm_and_exact_for_fixup():
     # A recomputed forward would update BatchNorm's running statistics a second time per step.
     batchnorm = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(8, normalization="batchnorm"))
-    with pytest.raises(ValueError, match="BatchNorm running statistics twice"):
-        batchnorm.gradient_checkpointing_enable()
+    for enable in (batchnorm.activation_checkpointing_enable, batchnorm.gradient_checkpointing_enable):
+        with pytest.raises(ValueError, match="BatchNorm running statistics twice"):
+            enable()
     torch.manual_seed(0)
     x, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
     grads = []
@@ -263,7 +266,9 @@ def test_gradient_checkpointing_is_refused_for_batchnorm_and_exact_for_fixup():
             for parameter in model.parameters():
                 parameter.add_(0.1 * torch.randn_like(parameter))
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # transformers' current API: no deprecation warning
+                model.activation_checkpointing_enable()
         model(x, labels=labels).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1])
@@ -293,3 +298,11 @@ def test_batchnorm_baseline_trains_a_step_and_keeps_running_stats(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = V.FixupResNetForImageClassification.from_pretrained(tmp_path)
     assert torch.equal(loaded.resnet.stem.norm.running_mean, bn.running_mean)
+
+
+def test_one_label_without_problem_type_is_a_regression_as_in_transformers():
+    torch.manual_seed(0)
+    model = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(8, num_labels=1))
+    x, targets = torch.randn(2, 3, 32, 32), torch.tensor([0.3, -1.2])
+    output = model(x, labels=targets)
+    torch.testing.assert_close(output.loss, F.mse_loss(output.logits.squeeze(-1), targets))

@@ -48,6 +48,11 @@ def test_seq2seq_trainer_trains_and_predicts_with_generate(shared_data_dir, tmp_
     assert losses[-1] < losses[0]
     prediction = trainer.predict(dataset)
     assert prediction.predictions.shape[0] == len(dataset)
+    # Without generation the predictions are the model's outputs: one row per sample in each (the
+    # per-batch nll_loss is not one of them, as the loss is not).
+    trainer.args.predict_with_generate = False
+    outputs = trainer.predict(dataset).predictions
+    assert [array.shape[0] for array in outputs] == [len(dataset)] * len(outputs)
 
 
 def test_lora_adapters_attach_to_the_attention_and_ffn_projections():
@@ -63,6 +68,19 @@ def test_lora_adapters_attach_to_the_attention_and_ffn_projections():
     loss.backward()
     generated = peft_model.generate(input_ids=source, max_new_tokens=4)
     assert generated.shape[0] == 2
+
+
+def test_a_lora_adapter_on_the_embeddings_trains_and_generates():
+    peft = pytest.importorskip("peft", reason="peft is not installed")
+    torch.manual_seed(0)
+    model = FixupTransformerForConditionalGeneration(tiny_config())
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["embed_tokens", "qkv_proj"]))
+    source = torch.randint(3, 97, (2, 6))
+    peft_model(input_ids=source, labels=torch.randint(3, 97, (2, 5))).loss.backward()
+    assert any(p.grad is not None for n, p in peft_model.named_parameters() if "embed_tokens.lora" in n)
+    with pytest.raises(RuntimeError, match="outside the vocabulary"):  # read from the wrapped table
+        peft_model(input_ids=torch.tensor([[97, 1]]), labels=torch.tensor([[3, 1]]))
+    assert peft_model.generate(input_ids=source, max_new_tokens=3).shape[0] == 2
 
 
 def test_lora_adapters_act_in_training_forwards_on_every_projection():

@@ -92,7 +92,7 @@ class FixupTransformerConfig(PreTrainedConfig):
     """
 
     model_type = "fixup_transformer"
-    keys_to_ignore_at_inference = ["cache"]
+    keys_to_ignore_at_inference = ["cache", "nll_loss"]  # nll_loss: one per batch, not per sample
     attribute_map = {
         "num_attention_heads": "encoder_attention_heads",
         "hidden_size": "d_model",

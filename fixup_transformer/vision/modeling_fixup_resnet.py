@@ -219,14 +219,28 @@ class FixupResNetPreTrainedModel(InitsOwnedModules, PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["FixupBasicBlock", "FixupBottleneck"]
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
+    def _refuse_checkpointing_with_batchnorm(self) -> None:
         if self.config.normalization == "batchnorm":
             # The recomputed forward would update every running mean/var a second time per step.
             raise ValueError(
                 "gradient checkpointing recomputes each block's forward, which would update the BatchNorm "
                 "running statistics twice per step; it is supported for normalization='none' (Fixup)"
             )
-        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    # Both public entry points (`activation_checkpointing_enable`, and the deprecated
+    # `gradient_checkpointing_enable`) end in the private method where transformers has it; overriding a
+    # public one instead would make transformers warn about deprecation on every call.
+    if hasattr(PreTrainedModel, "_activation_checkpointing_enable"):
+
+        def _activation_checkpointing_enable(self, *args, **kwargs) -> None:
+            self._refuse_checkpointing_with_batchnorm()
+            super()._activation_checkpointing_enable(*args, **kwargs)
+
+    else:  # transformers releases before the rename
+
+        def gradient_checkpointing_enable(self, *args, **kwargs) -> None:
+            self._refuse_checkpointing_with_batchnorm()
+            super().gradient_checkpointing_enable(*args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -393,14 +407,17 @@ class FixupResNetForImageClassification(FixupResNetPreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch,)` or `torch.FloatTensor` of shape `(batch, num_labels)`):
             Class indices, or target distributions (mixup / label smoothing); cross-entropy either way.
             With `config.problem_type` `"regression"` (MSE) or `"multi_label_classification"` (binary
-            cross-entropy, `(batch, num_labels)` 0/1 targets), transformers' loss for that problem.
+            cross-entropy, `(batch, num_labels)` 0/1 targets), transformers' loss for that problem; with one
+            label and no `problem_type`, regression, as in transformers.
         """
         if pixel_values is None:
             raise ValueError("pixel_values is required")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
-        loss = classification_loss(logits, labels, self.config.problem_type) if labels is not None else None
+        # transformers' convention: one output and no problem_type set is a regression
+        problem_type = self.config.problem_type or ("regression" if self.num_labels == 1 else None)
+        loss = classification_loss(logits, labels, problem_type) if labels is not None else None
         if not return_dict:
             out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
             return ((loss,) + out) if loss is not None else out
