@@ -208,6 +208,21 @@ def test_two_processes_train_like_one_and_stop_together_on_the_time_budget(share
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
 
+    # Paused mid-epoch and resumed on 2 processes: the epoch's loss counts both ranks' share before the
+    # pause (only the main process writes the checkpoint's state).
+    paused = tmp_path / "paused"
+    for extra in (["--stop_after_steps", "3"], ["--resume", "auto"]):
+        returncode, stderr = run_process_group(
+            [*launch, *two_cpu_processes(), script, *common, *extra, "--output_dir", str(paused)], 300
+        )
+        assert returncode == 0, stderr[-3000:]
+
+    def epoch_losses(run):
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r["train_loss"] for r in records if r["kind"] == "epoch"]
+
+    assert epoch_losses(paused) == epoch_losses(two)
+
     budget = tmp_path / "budget"
     overrides = ["--epochs", "50", "--max_minutes", "0.01", "--output_dir", str(budget)]
     returncode, stderr = run_process_group([*launch, *two_cpu_processes(), script, *common, *overrides], 300)

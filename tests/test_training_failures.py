@@ -472,3 +472,16 @@ def test_resuming_an_image_run_on_changed_images_is_refused(shared_data_dir, tmp
     capsys.readouterr()
     assert run_script(train_image, [*argv, "--resume"]) == 2
     assert "the training images differ from the ones it was trained on" in capsys.readouterr().err
+
+
+def test_a_multi_process_launch_that_accelerate_ran_as_single_processes_is_refused(monkeypatch):
+    # Without GPUs and without cpu=True, `accelerate launch --num_processes 2` starts two independent
+    # one-process runs that would race for the output folder.
+    from fixup_transformer.training.process import check_process_count
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"one of 2 processes.*set up 1: .*pass --train.cpu true"):
+        check_process_count(1, "--train.cpu true")
+    check_process_count(2, "--train.cpu true")
+    monkeypatch.delenv("WORLD_SIZE")
+    check_process_count(1, "--cpu true")

@@ -48,6 +48,7 @@ from .config import ConfigError, dump_config, dump_yaml, parse_config
 from .image_config import ImageTrainConfig
 from .metrics import MetricsWriter
 from .optim import build_optimizer
+from .process import check_process_count, keep_alive
 from .resume import check_resume_config, format_changes
 from .runlock import lock_run_dir
 from .schedules import build_scheduler
@@ -174,6 +175,7 @@ class ImageTrainer:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
+        check_process_count(self.accelerator.num_processes, "--cpu true")
         self.lock = lock_run_dir(self.out, self.accelerator, log=self.accelerator.print)  # before any write
         try:
             self._setup()
@@ -292,7 +294,10 @@ class ImageTrainer:
 
         cfg, acc, state = self.cfg, self.accelerator, self.state
         perm = torch.randperm(len(self.train_y), generator=_generator(cfg.seed, state.epoch))
-        self._loss_sum = torch.full((), state.loss_sum, dtype=torch.float64, device=acc.device)
+        # A resumed epoch's loss so far is the sum over every process (see the end of this method): the main
+        # process carries it, the others start from zero, and the reduced epoch loss is the same.
+        carried = state.loss_sum if acc.is_main_process else 0.0
+        self._loss_sum = torch.full((), carried, dtype=torch.float64, device=acc.device)
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=state.batches_done,
@@ -324,14 +329,16 @@ class ImageTrainer:
             if stop:
                 break
         bar.close()
-        state.loss_sum = float(self._loss_sum)
+        # Only the main process writes the checkpoint's state: it keeps the sum over all processes.
+        state.loss_sum = float(acc.reduce(self._loss_sum.clone(), "sum"))
         return stop
 
     def _batch(self, perm: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's share of batch ``b`` of the epoch, augmented, on the device.
 
         The random draws (crops, flips, mixup partners) are made for the whole global batch and then
-        sliced, so that a run gives the same updates on any number of processes.
+        sliced, so that a run gives the same updates on any number of processes (normalization-free
+        models; the BatchNorm twin normalizes each process's share with its own batch statistics).
         """
         cfg, acc = self.cfg, self.accelerator
         idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
@@ -482,6 +489,7 @@ def train(cfg: ImageTrainConfig) -> dict:
         return trainer.finish(trainer.fit())
     finally:
         trainer.close()
+        keep_alive(trainer)  # multi-process: freed only by exit_process (gloo teardown deadlock, process.py)
 
 
 def main(argv: list[str] | None = None) -> dict:

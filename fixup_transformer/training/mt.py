@@ -92,7 +92,7 @@ from .mt_step import compiled_forward_loss, forward_loss_sums, train_step
 from .mt_validation import best_metric_key, best_metric_value, generation_settings, validate
 from .optim import build_optimizer
 from .plots import try_write_curves
-from .process import keep_alive
+from .process import check_process_count, keep_alive
 from .resume import check_resume_config, format_changes
 from .runlock import lock_run_dir
 from .schedules import build_scheduler
@@ -135,6 +135,7 @@ def build_accelerator(cfg: MTConfig) -> Accelerator:
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         step_scheduler_with_optimizer=False,  # one schedule step per update, however many processes
     )
+    check_process_count(accelerator.num_processes, "--train.cpu true")
     if cfg.train.mixed_precision == "auto":
         accelerator.print(f"train.mixed_precision auto -> {precision} on {accelerator.device}")
     skipped = [name for name in cfg.train.trackers if name not in trackers]
@@ -282,6 +283,9 @@ class MTTrainer:
         self.metrics.truncate_after(self.state.step, drop_at_step=("resume",))  # this resume writes its own
         best_step = export_step(self.out / "best")  # read by every process before the main one moves it
         stale_best = (self.out / "best").is_dir() and best_step != self.state.best_step
+        # A process still reading after the move would keep the stale best metric and skip the next best
+        # export, whose barrier the others then wait at forever.
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self._set_aside_the_abandoned_timeline(path, best_step if stale_best else None)
         self.accelerator.wait_for_everyone()
@@ -445,9 +449,10 @@ class MTTrainer:
         self.metrics.write(record)
         self.accelerator.log({k: v for k, v in result.items() if isinstance(v, float)}, step=self.state.step)
         text = ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
-        (bar.write if bar is not None else self.accelerator.print)(
-            f"update {self.state.step}: {text}{' (best)' if improved else ''}"
-        )
+        if self.accelerator.is_main_process:  # tqdm's write prints on every process
+            (bar.write if bar is not None else print)(
+                f"update {self.state.step}: {text}{' (best)' if improved else ''}"
+            )
         return result
 
     # -- training --------------------------------------------------------------------------------------

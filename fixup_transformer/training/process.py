@@ -21,6 +21,23 @@ def is_multi_process() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def check_process_count(num_processes: int, cpu_option: str) -> None:
+    """Refuse a launch of several processes that Accelerate turned into independent one-process runs.
+
+    Without GPUs and without ``cpu=True``, ``accelerate launch --num_processes N`` starts N processes that
+    each set up a single-process run: each would train the whole model alone and they would race for
+    the output folder. Raises :class:`~fixup_transformer.errors.ConfigError` naming the option to set.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and num_processes != world_size:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"launched as one of {world_size} processes (WORLD_SIZE), but Accelerate set up {num_processes}: "
+            f"on a machine without GPUs pass {cpu_option} for multi-process CPU training (gloo)"
+        )
+
+
 _KEPT: list[object] = []
 
 
