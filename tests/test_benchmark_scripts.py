@@ -51,3 +51,19 @@ def test_stability_cells_are_reused_only_under_the_same_setup(tmp_path):
     assert stability.same_cell(loaded, same)
     assert not stability.same_cell(loaded, {**same, "setup": {**same["setup"], "steps": 2}})
     assert not stability.same_cell(loaded, {**same, "lr": 5e-4})
+
+
+def test_dropout_speed_switches_only_the_dropout_and_restores_the_models(tmp_path):
+    dropout_speed = load("dropout_speed")
+    from fixup_transformer.text import modeling_fixup_transformer
+    from fixup_transformer.text.dropout import dropout
+
+    output = tmp_path / "dropout.json"
+    argv = ["--models", "multi30k_job", "--repeats", "1", "--steps", "1", "--calls", "1", "--threads", "1"]
+    assert dropout_speed.main([*argv, "--output", str(output)]) == 0
+    results = json.loads(output.read_text())["results"]
+    assert [r["shape"] for r in results["alone"]] == [[2048, 256], [1920, 512], [1920, 2048]]
+    assert [r["model"] for r in results["training_step"]] == ["multi30k_job"]
+    assert modeling_fixup_transformer.dropout is dropout  # the model's own dropout again afterwards
+    with pytest.raises(SystemExit):
+        dropout_speed.main(["--repeats", "0"])

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from transformer_helpers import random_batch, tiny_config
 
 from fixup_transformer.text import FixupTransformerForConditionalGeneration
-from fixup_transformer.text.dropout import dropout, keep_threshold
+from fixup_transformer.text.dropout import _ByteMaskDropout, dropout, keep_threshold
 
 
 def _saved_tensors(function, *args):
@@ -70,23 +70,31 @@ def test_identity_zeros_and_errors_like_f_dropout():
     assert dropout(inputs, 0.5, training=False) is inputs
     assert dropout(inputs, 0.0, training=True) is inputs
     assert torch.equal(dropout(inputs, 1.0, training=True), torch.zeros_like(inputs))
-    with pytest.raises(ValueError, match="dropout probability"):
-        dropout(inputs, 1.5, training=True)
-    with pytest.raises(ValueError, match="dropout probability"):
-        dropout(inputs, -0.1, training=True)
+    for p, training in ((1.5, True), (-0.1, True), (1.5, False)):
+        with pytest.raises(ValueError, match="dropout probability"):
+            dropout(inputs, p, training=training)
 
 
-def test_the_model_trains_with_it_and_keeps_no_float_dropout_masks():
+@pytest.mark.parametrize("p", [1e-4, 1 - 1e-4])
+def test_a_p_that_65536_levels_would_round_badly_goes_to_f_dropout(p):
+    inputs = torch.randn(64, 32, requires_grad=True)
+    saved, _ = _saved_tensors(dropout, inputs, p, True)
+    assert torch.bool not in [t.dtype for t in saved]
+
+
+def test_the_model_trains_with_it_at_every_dropout_site(monkeypatch):
     torch.manual_seed(0)
     config = tiny_config(dropout=0.3, activation_dropout=0.2)
     model = FixupTransformerForConditionalGeneration(config).train()
     source, labels = random_batch(4, 9), random_batch(4, 7, seed=1)
-    saved, output = _saved_tensors(lambda: model(input_ids=source, labels=labels).loss)
-    masks = [t for t in saved if t.dtype == torch.bool and t.dim() >= 2]
-    # embeddings (2) + residual branches (2 per encoder layer, 3 per decoder layer) + FFN activations
-    layers = config.encoder_layers, config.decoder_layers
-    assert len(masks) >= 2 + 2 * layers[0] + 3 * layers[1] + sum(layers)
-    output.backward()
+    calls = []
+    apply = _ByteMaskDropout.apply
+    monkeypatch.setattr(_ByteMaskDropout, "apply", lambda *args: calls.append(args[1]) or apply(*args))
+    model(input_ids=source, labels=labels).loss.backward()
+    encoder, decoder = config.encoder_layers, config.decoder_layers
+    # embeddings of both stacks, each residual branch (2 per encoder layer, 3 per decoder layer), and the
+    # FFN activations
+    assert sorted(calls) == sorted([0.3] * (2 + 2 * encoder + 3 * decoder) + [0.2] * (encoder + decoder))
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 

@@ -114,6 +114,18 @@ def test_a_folder_without_train_and_test_parts_is_both_splits_and_says_so(tmp_pa
         load_data(ImageTrainConfig(train_data=str(tmp_path)))
 
 
+def test_a_single_class_is_refused_before_training_a_regression(tmp_path):
+    from fixup_transformer.training.image import load_data
+    from fixup_transformer.training.image_config import ImageTrainConfig
+
+    np.savez(
+        tmp_path / "one.npz", x=np.zeros((4, 8, 8, 3), np.uint8), y=np.zeros(4, np.int64), classes=["cat"]
+    )
+    config = ImageTrainConfig(train_data=str(tmp_path / "one.npz"), test_data=str(tmp_path / "one.npz"))
+    with pytest.warns(UserWarning), pytest.raises(ImageDataError, match=r"one.npz: 1 class\(es\) \['cat'\]"):
+        load_data(config)
+
+
 def test_hub_loader_offline_error_is_clear(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

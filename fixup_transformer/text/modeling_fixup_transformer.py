@@ -640,7 +640,7 @@ class FixupTransformerPreTrainedModel(InitsOwnedModules, PreTrainedModel):
         if not self.config.share_encoder_decoder_embeddings and isinstance(base, FixupTransformerModel):
             decoder = base.decoder
             decoder.embed_tokens = self._get_resized_embeddings(
-                decoder.embed_tokens, embeddings.weight.shape[0], mean_resizing=mean_resizing
+                decoder.embed_tokens, embeddings.num_embeddings, mean_resizing=mean_resizing
             )
             self.config.decoder_vocab_size = None  # both vocabularies now have the new size
         return embeddings
@@ -693,8 +693,9 @@ class FixupTransformerStack(FixupTransformerPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError(f"Pass exactly one of `{name}` and the matching `inputs_embeds`.")
         if inputs_embeds is None:
-            # `.weight`, not `.num_embeddings`: an adapter-wrapped table (PEFT's LoRA Embedding) has only the former
-            check_token_ids(input_ids, self.embed_tokens.weight.shape[0], name)
+            # An adapter-wrapped table (PEFT's LoRA Embedding) has no num_embeddings; its base layer has.
+            table = getattr(self.embed_tokens, "get_base_layer", lambda: self.embed_tokens)()
+            check_token_ids(input_ids, table.num_embeddings, name)
             inputs_embeds = self.embed_tokens(input_ids)
         inputs_embeds = inputs_embeds * self.embed_scale
         positions = _positions(inputs_embeds.shape[1], past_length, inputs_embeds.device, self.config)

@@ -58,7 +58,8 @@ from .wallclock import WallClock
 
 @dataclasses.dataclass
 class ImageTrainerState(TrainerState):
-    """The shared counters plus the epoch's running training loss (this process's share)."""
+    """The shared counters plus the epoch's running training loss (the mean over processes of each
+    process's sum of its share's batch losses, which is what the epoch loss reduces)."""
 
     loss_sum: float = 0.0
     loss_count: int = 0
@@ -95,6 +96,10 @@ def load_data(cfg: ImageTrainConfig) -> tuple[ImageArrays, ImageArrays]:
         )
     train = load_images(train_source, "train", cfg.image_size).subset(cfg.train_samples)
     test = load_images(test_source, "test", cfg.image_size).subset(cfg.test_samples)
+    if len(train.classes) < 2:  # one output is a regression in transformers' convention, not a classifier
+        raise ImageDataError(
+            f"{train_source}: {len(train.classes)} class(es) {train.classes}; classification needs 2 or more"
+        )
     if test.classes != train.classes:
         raise ImageDataError(
             f"class names differ: {train.classes} in {train_source} vs {test.classes} in {test_source}"
@@ -294,10 +299,9 @@ class ImageTrainer:
 
         cfg, acc, state = self.cfg, self.accelerator, self.state
         perm = torch.randperm(len(self.train_y), generator=_generator(cfg.seed, state.epoch))
-        # A resumed epoch's loss so far is the sum over every process (see the end of this method): the main
-        # process carries it, the others start from zero, and the reduced epoch loss is the same.
-        carried = state.loss_sum if acc.is_main_process else 0.0
-        self._loss_sum = torch.full((), carried, dtype=torch.float64, device=acc.device)
+        # A resumed epoch's loss so far is the mean over processes of their sums (see the end of this
+        # method): every process starts from it, so the mean over any number of processes stays exact.
+        self._loss_sum = torch.full((), state.loss_sum, dtype=torch.float64, device=acc.device)
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=state.batches_done,
@@ -329,8 +333,8 @@ class ImageTrainer:
             if stop:
                 break
         bar.close()
-        # Only the main process writes the checkpoint's state: it keeps the sum over all processes.
-        state.loss_sum = float(acc.reduce(self._loss_sum.clone(), "sum"))
+        # Only the main process writes the checkpoint's state: it keeps the mean over all processes.
+        state.loss_sum = float(acc.reduce(self._loss_sum.clone(), "mean"))
         return stop
 
     def _batch(self, perm: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,7 +404,6 @@ class ImageTrainer:
     def _end_epoch(self) -> None:
         """Record the finished epoch (and evaluate when due); reset the epoch counters."""
         cfg, state = self.cfg, self.state
-        state.loss_sum = float(self._loss_sum)
         train_loss = self._epoch_loss()
         epoch = state.epoch + 1
         state.epoch, state.batches_done, state.loss_sum, state.loss_count = epoch, 0, 0.0, 0
