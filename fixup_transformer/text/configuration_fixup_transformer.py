@@ -81,8 +81,10 @@ class FixupTransformerConfig(PreTrainedConfig):
             spread over all classes as torch's `cross_entropy(label_smoothing=...)` does.
         loss_without_logits: when `labels` are given in training mode with gradients on, compute the loss
             from the decoder output chunk by chunk without keeping the `[tokens, vocabulary]` logits (the
-            largest activation of a translation model; `output_loss.py`); `logits` is then `None`. Set
-            False to get training logits (e.g. for accuracy). Evaluation always returns logits.
+            largest activation of a translation model; `output_loss.py`); `logits` is then `None`, and with
+            `return_dict=False` the tuple has no logits entry (transformers drops `None` outputs), so index
+            outputs by name in training. Set False to get training logits (e.g. for accuracy). Evaluation
+            always returns logits.
         linear_bias: give the attention and FFN linears biases, as fairseq's LayerNorm Transformer has
             (converted checkpoints); only with `normalization="post_ln"` or `"pre_ln"`. Off by default.
         position_offset: the position of the first token (fairseq: `padding_idx + 1` = 2). Learned position
