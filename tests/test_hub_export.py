@@ -170,6 +170,7 @@ def test_generated_code_is_self_contained_and_keeps_line_numbers(tmp_path):
         "modeling_fixup_transformer.py",
         "folding.py",
         "output_loss.py",  # the training loss without logits
+        "dropout.py",  # CPU dropout with one-byte masks
         "fixup.py",
         "choices.py",  # the configs' "must be one of" check, shared with the ResNet
     }
