@@ -485,3 +485,26 @@ def test_a_multi_process_launch_that_accelerate_ran_as_single_processes_is_refus
     check_process_count(2, "--train.cpu true")
     monkeypatch.delenv("WORLD_SIZE")
     check_process_count(1, "--cpu true")
+
+
+def test_both_trainers_check_the_process_count_before_taking_the_output_folder(monkeypatch, tmp_path):
+    import accelerate
+
+    from fixup_transformer.training import mt
+    from fixup_transformer.training.image import ImageTrainer
+    from fixup_transformer.training.image_config import ImageTrainConfig
+
+    class SingleProcessAccelerator:  # what Accelerate sets up without GPUs and without cpu=True
+        num_processes = 1
+
+        def __init__(self, **kwargs):
+            pass
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(mt, "Accelerator", SingleProcessAccelerator)
+    monkeypatch.setattr(accelerate, "Accelerator", SingleProcessAccelerator)
+    with pytest.raises(ConfigError, match="pass --train.cpu true"):
+        mt.build_accelerator(tiny_config(tmp_path, tmp_path / "mt", train__trackers=[]))
+    with pytest.raises(ConfigError, match="pass --cpu true"):
+        ImageTrainer(ImageTrainConfig(output_dir=str(tmp_path / "image")))
+    assert not (tmp_path / "image").exists()  # refused before the run lock is taken
