@@ -1,7 +1,7 @@
 """CPU dropout with one-byte masks (``text/dropout.py``) against ``F.dropout``: alone, and in a training step.
 
 1. Dropout alone: forward + backward of one tensor per shape, the two functions alternating (A B, B A, ...),
-   median milliseconds.
+   median milliseconds per call.
 2. A whole training step (forward, backward, AdamW) of one Fixup model built by ``bench_vs_marian.py``, the
    model's dropout switched between the two in alternating repetitions; medians and the median of paired
    ratios. Everything else (weights, batches, optimizer) is shared, so only the dropout differs.
@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -44,26 +43,20 @@ MODELS = {
 }  # fmt: skip
 
 
-def alternate(functions: dict, run, repeats: int) -> dict[str, list[float]]:
-    """Seconds of ``run(function)`` per name, in A B / B A order, after one untimed round."""
-    seconds: dict[str, list[float]] = {name: [] for name in functions}
-    names = list(functions)
-    for rep in range(repeats + 1):
-        for name in names if rep % 2 == 0 else names[::-1]:
-            started = time.perf_counter()
-            run(functions[name])
-            if rep:
-                seconds[name].append(time.perf_counter() - started)
-    return seconds
-
-
-def summary(seconds: dict[str, list[float]], unit: float) -> dict:
-    base, new = seconds["F.dropout"], seconds["byte_mask"]
+def compare(run, repeats: int, unit: float) -> dict:
+    """``run(function)`` for both implementations, interleaved by ``bench_vs_marian.interleaved`` (one untimed
+    call each, then A B / B A ...): median time per call times ``unit``, and the median of paired speed-ups."""
+    jobs = {
+        name: bench_vs_marian.Timed(lambda f=function: run(f), 1.0)
+        for name, function in IMPLEMENTATIONS.items()
+    }
+    calls_per_s = bench_vs_marian.interleaved(jobs, warmup=1, repeats=repeats, label="", verbose=False)
+    base, new = (calls_per_s[name]["values"] for name in IMPLEMENTATIONS)
     return {
-        "f_dropout": statistics.median(base) * unit,
-        "byte_mask": statistics.median(new) * unit,
-        "ratio": statistics.median(new) / statistics.median(base),
-        "paired_speedup": statistics.median(b / n for b, n in zip(base, new, strict=True)),
+        "f_dropout": unit / statistics.median(base),
+        "byte_mask": unit / statistics.median(new),
+        "ratio": statistics.median(base) / statistics.median(new),
+        "paired_speedup": statistics.median(n / b for b, n in zip(base, new, strict=True)),
     }
 
 
@@ -75,7 +68,7 @@ def dropout_alone(shape: tuple[int, int], p: float, calls: int, repeats: int) ->
             inputs = base.detach().requires_grad_()
             function(inputs, p, True).backward(base)
 
-    return {"shape": list(shape), "p": p, **summary(alternate(IMPLEMENTATIONS, run, repeats), 1000 / calls)}
+    return {"shape": list(shape), "p": p, **compare(run, repeats, unit=1000 / calls)}  # ms per dropout call
 
 
 def training_step(name: str, args: argparse.Namespace) -> dict:
@@ -89,10 +82,10 @@ def training_step(name: str, args: argparse.Namespace) -> dict:
             trainer.step()
 
     try:
-        seconds = alternate(IMPLEMENTATIONS, run, args.repeats)
+        seconds = compare(run, args.repeats, unit=1.0)
     finally:
         modeling_fixup_transformer.dropout = byte_mask_dropout
-    return {"model": name, "steps_per_repetition": args.steps, **summary(seconds, 1.0)}
+    return {"model": name, "steps_per_repetition": args.steps, **seconds}
 
 
 def main(argv: list[str] | None = None) -> int:

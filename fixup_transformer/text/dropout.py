@@ -4,11 +4,11 @@ On CPU, ``F.dropout`` draws its mask with ``bernoulli_`` and keeps it, in the in
 fp32), until backward. Here each 64-bit random word gives four 16-bit uniform draws and the mask kept for
 backward is ``bool``. Same distribution up to p's rounding to a multiple of 1/65536 (the scale uses the exact
 keep probability, so the expectation is unchanged); p within 2**-10 of 0 or 1, where that rounding would
-be more than 1/128 of p or of 1 - p, goes to ``F.dropout``. Measured on the project's CPU only (AMD EPYC;
-fp32, 1 and 2 threads, 2048 x 256 to 1920 x 2048 elements): forward + backward took 0.33-0.52x the time of
-``F.dropout``, and whole training steps were 1.08-1.10x faster (``benchmarks/dropout_speed.py``,
-docs/benchmarks.md). Not measured on Intel CPUs, where torch may draw ``bernoulli_`` through MKL. On CUDA, inside ``torch.compile`` and under
-functorch transforms, ``F.dropout`` is used: the first two already run one fused kernel with a one-byte
+be more than 1/128 of p or of 1 - p, goes to ``F.dropout``. Measured on the project's CPU only (AMD EPYC,
+fp32, 2 threads, ``benchmarks/dropout_speed.py``, docs/benchmarks.md): forward + backward 2.4-2.8x faster
+than ``F.dropout`` for 2048 x 256 to 1920 x 2048 elements, whole training steps 1.11-1.13x faster. Not
+measured on Intel CPUs, where torch may draw ``bernoulli_`` through MKL. On CUDA, inside ``torch.compile`` and
+under functorch transforms, ``F.dropout`` is used: the first two already run one fused kernel with a one-byte
 mask, and the custom autograd function below has no forward-mode or vmap rule.
 """
 

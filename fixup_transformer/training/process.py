@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ..errors import ConfigError
+
 
 def is_multi_process() -> bool:
     """True when launched as one of several processes (``torchrun``/``accelerate launch`` set WORLD_SIZE)."""
@@ -30,8 +32,6 @@ def check_process_count(num_processes: int, cpu_option: str) -> None:
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and num_processes != world_size:
-        from ..errors import ConfigError
-
         raise ConfigError(
             f"launched as one of {world_size} processes (WORLD_SIZE), but Accelerate set up {num_processes}: "
             f"on a machine without GPUs pass {cpu_option} for multi-process CPU training (gloo)"
