@@ -1,4 +1,5 @@
-"""Where files are: the repository root, the shared data folder, and config paths with ``${VAR}``.
+"""Where files are: the repository root, the shared data folder, config paths with ``${VAR}``, and the name
+of the resolved training config saved beside a model's weights.
 
 Used by the training loops, the evaluation and the benchmarks alike, so it depends on nothing of theirs
 (only on the config error type, which makes a bad path an exit-code-2 usage error).
@@ -10,9 +11,12 @@ import os
 import re
 from pathlib import Path
 
-from .training.config import ConfigError
+from .errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Written into every checkpoint and export by training, read back by evaluation and resume.
+TRAINING_CONFIG_FILE = "training_config.yaml"
 
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 

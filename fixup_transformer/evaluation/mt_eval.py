@@ -16,8 +16,7 @@ from huggingface_hub.errors import StrictDataclassError
 
 from ..data import CorpusConfig, load_parallel
 from ..errors import ConfigError, ModelDirError
-from ..paths import resolve_path
-from ..training.checkpoint import TRAINING_CONFIG_FILE
+from ..paths import TRAINING_CONFIG_FILE, resolve_path
 from .bleu import Score, corpus_scores
 from .translate import GenerationSettings, translate_corpus
 

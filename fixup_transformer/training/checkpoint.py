@@ -33,11 +33,11 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic_files import atomic_write_text, fsync_dir, replacing
 from ..errors import CheckpointError, ConfigError, ModelDirError
+from ..paths import TRAINING_CONFIG_FILE
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
-TRAINING_CONFIG_FILE = "training_config.yaml"
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
