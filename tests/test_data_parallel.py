@@ -131,6 +131,18 @@ def test_a_hub_dataset_without_the_language_names_its_columns(monkeypatch: pytes
         load_parallel(CorpusConfig("wmt14", "en", "fr"), "validation")
 
 
+def test_a_script_hub_dataset_says_to_use_local_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    def refuse(*args, **kwargs):  # what datasets >= 4 raises for a Hub repo that ships a loading script
+        raise RuntimeError("Dataset scripts are no longer supported, but found iwslt14-de-en.py")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    with pytest.raises(CorpusError, match=r"script dataset.*set data\.data_dir") as caught:
+        load_parallel(CorpusConfig("iwslt14"), "validation")
+    assert "download it first" not in str(caught.value)  # downloading again cannot help
+
+
 def test_real_multi30k_split_sizes(shared_data_dir: Path) -> None:
     config = CorpusConfig("multi30k", "de", "en", data_dir=shared_data_dir / "multi30k")
     sizes = {split: len(load_parallel(config, split)) for split in ("train", "validation", "test")}
@@ -155,3 +167,11 @@ def test_real_iwslt14_and_wmt_dev_sets(shared_data_dir: Path) -> None:
     pairs = load_parallel(wmt, "validation")
     assert len(pairs) == 3000
     assert pairs[0][0] == "Eine republikanische Strategie, um der Wiederwahl von Obama entgegenzutreten"
+
+
+def test_split_files_with_a_key_that_is_not_a_split_is_refused(tmp_path):
+    # ``valid:`` instead of ``validation:`` would otherwise load the table's default stem without a word.
+    with pytest.raises(CorpusError, match=r"split_files: unknown split 'valid'; the splits are \['train'"):
+        CorpusConfig("iwslt14", data_dir=tmp_path, split_files={"valid": "valid.tok.lc"})
+    with pytest.raises(CorpusError, match="data_dir is not set"):
+        CorpusConfig("iwslt14", split_files={"validation": "valid.tok.lc"})

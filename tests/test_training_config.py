@@ -142,3 +142,14 @@ def test_model_section_is_the_model_config_restricted_to_the_recipe_fields():
         ConfigError, match=r"model\.init.*choose one of \['fixup', 't_fixup', 'xavier', 'normal'\]"
     ):
         load_config(MTConfig, None, {"model.init": "kaiming"})
+
+
+def test_mt_config_names_a_split_files_key_that_is_not_a_split(tmp_path):
+    from fixup_transformer.training.mt_config import MTConfig
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        "data:\n  data_dir: /data\n  split_files: {dev: valid.tok.lc}\ntrain:\n  max_updates: 1\n"
+    )
+    with pytest.raises(ConfigError, match=r"data\.split_files: unknown split 'dev'"):
+        load_config(MTConfig, path)

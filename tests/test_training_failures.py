@@ -508,3 +508,33 @@ def test_both_trainers_check_the_process_count_before_taking_the_output_folder(m
     with pytest.raises(ConfigError, match="pass --cpu true"):
         ImageTrainer(ImageTrainConfig(output_dir=str(tmp_path / "image")))
     assert not (tmp_path / "image").exists()  # refused before the run lock is taken
+
+
+def test_the_mt_process_group_waits_as_long_as_the_config_says(monkeypatch, tmp_path):
+    # The first process trains SentencePiece while the others wait in a barrier: Accelerate's default NCCL
+    # timeout (10 minutes) would kill a large-corpus run before its first update.
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    from fixup_transformer.training import mt
+
+    seen = {}
+
+    class RecordingAccelerator:
+        num_processes = 1
+
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+        def print(self, *args):
+            pass
+
+    monkeypatch.setattr(mt, "Accelerator", RecordingAccelerator)
+    mt.build_accelerator(
+        tiny_config(tmp_path, tmp_path / "mt", train__trackers=[], train__ddp_timeout_minutes=90)
+    )
+    (handler,) = [h for h in seen["kwargs_handlers"] if isinstance(h, InitProcessGroupKwargs)]
+    assert handler.timeout == timedelta(minutes=90)
+    with pytest.raises(ConfigError, match="train.ddp_timeout_minutes"):
+        tiny_config(tmp_path, tmp_path / "mt", train__ddp_timeout_minutes=0)

@@ -81,6 +81,9 @@ class CorpusConfig:
     split_files: dict[str, str] = field(default_factory=dict)
     cache_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        check_split_files(self.split_files, self.data_dir)
+
     @property
     def spec(self) -> CorpusSpec:
         """The table entry for :attr:`name`; a local ``data_dir`` also works for names not in the table."""
@@ -89,6 +92,18 @@ class CorpusConfig:
         if self.data_dir is not None:
             return CorpusSpec(hub_path="")
         raise CorpusError(f"unknown corpus {self.name!r}; known: {sorted(CORPORA)} (or set data_dir)")
+
+
+def check_split_files(split_files: Mapping[str, str], data_dir: str | Path | None) -> None:
+    """Refuse what would be silently ignored: a key that is not a split (``valid:`` for ``validation:`` would
+    load the default file instead, e.g. a BPE'd ``valid.de`` of a fairseq folder) or stems without local files."""
+    unknown = sorted(set(split_files) - set(SPLITS))
+    if unknown:
+        raise CorpusError(f"split_files: unknown split {unknown[0]!r}; the splits are {list(SPLITS)}")
+    if split_files and data_dir is None:
+        raise CorpusError(
+            "split_files names local file stems, but data_dir is not set (the Hub would be used)"
+        )
 
 
 def load_hub_parallel(
@@ -103,9 +118,17 @@ def load_hub_parallel(
             spec.hub_path, spec.hub_config, split=hub_split, cache_dir=cache_dir
         )
     except Exception as err:  # offline, unknown id, missing split: all surface as one clear error
+        if "Dataset scripts are no longer supported" in str(err):
+            # datasets >= 4 refuses Hub repos that ship a loading script; downloading again cannot help.
+            advice = (
+                "This Hub copy is a script dataset, which the installed `datasets` no longer runs: prepare "
+                "the corpus as local {split}.{lang}[.gz] files and set data.data_dir to their folder."
+            )
+        else:
+            advice = "If offline, download it first or set data_dir to local files."
         raise CorpusError(
             f"could not load Hub dataset {spec.hub_path!r} (config {spec.hub_config!r}, split {hub_split!r}): "
-            f"{type(err).__name__}: {err}. If offline, download it first or set data_dir to local files."
+            f"{type(err).__name__}: {err}. {advice}"
         ) from err
     where = f"Hub dataset {spec.hub_path!r} (config {spec.hub_config!r}, split {hub_split!r})"
     if spec.hub_field is None:

@@ -46,13 +46,14 @@ import dataclasses
 import json
 import math
 import time
+from datetime import timedelta
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..atomic_files import atomic_write_text
@@ -134,6 +135,7 @@ def build_accelerator(cfg: MTConfig) -> Accelerator:
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         step_scheduler_with_optimizer=False,  # one schedule step per update, however many processes
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.train.ddp_timeout_minutes))],
     )
     check_process_count(accelerator.num_processes, "--train.cpu true")
     if cfg.train.mixed_precision == "auto":

@@ -14,6 +14,7 @@ from typing import Literal
 
 from huggingface_hub.errors import StrictDataclassError
 
+from ..data.corpora import CorpusError, check_split_files
 from ..evaluation.translate import GenerationSettings
 from ..text.configuration_fixup_transformer import CHOICES, FixupTransformerConfig
 from .config import ConfigError, config_section, field_doc, require
@@ -140,6 +141,12 @@ class TrainConfig:
     trackers: list[str] = field_doc(
         ["tensorboard"], "Accelerate trackers (those not installed are skipped); [] for none."
     )
+    ddp_timeout_minutes: float = field_doc(
+        30.0,
+        "How long processes wait for each other in a collective call before the run fails (transformers' "
+        "ddp_timeout default). The longest wait is at start-up: the first process trains SentencePiece "
+        "while the others wait; raise it for very large corpora.",
+    )
     push_to_hub: str | None = field_doc(
         None,
         "Hub repository (user/name) that the best export (model, code, tokenizer, card) is pushed to at the "
@@ -242,6 +249,10 @@ class MTConfig:
                 raise ConfigError(
                     f"train.push_to_hub must be 'user/name' or 'org/name', got {t.push_to_hub!r}"
                 )
+        try:
+            check_split_files(self.data.split_files, self.data.data_dir)
+        except CorpusError as err:
+            raise ConfigError(f"data.{err}") from None
         self.optim.validate()
         self.schedule.validate()
         self.schedule.check_length(t.max_updates, "train.max_updates")
@@ -291,6 +302,7 @@ class MTConfig:
             "train.max_epochs": t.max_epochs,
             "train.max_minutes": t.max_minutes,
             "train.num_threads": t.num_threads,
+            "train.ddp_timeout_minutes": t.ddp_timeout_minutes,
             "train.log_interval": t.log_interval,
             "eval.valid_beam": e.valid_beam,
             "eval.beam": e.beam,
