@@ -367,7 +367,7 @@ def test_yaml_syntax_error_is_one_line_with_its_position(tmp_path, capfd):
         (["--data.max_len", "1"], "no training pairs left after cleaning"),
         (
             ["--model.max_position_embeddings", "8"],
-            "model.max_position_embeddings=8 is shorter than the longest",
+            "model.max_position_embeddings=8 is shorter than validation pair",
         ),
     ],
 )
@@ -433,8 +433,13 @@ def test_the_position_check_ignores_pairs_the_batching_drops(multi30k, tmp_path)
     cfg = tiny_config(multi30k, tmp_path, model__max_position_embeddings=64)
     lengths = lambda *n: SimpleNamespace(num_tokens=np.array(n))  # noqa: E731
     mt.check_lengths_fit_positions(SimpleNamespace(train=lengths(10, 3000), valid=lengths(20)), cfg)
-    with pytest.raises(ConfigError, match="max_position_embeddings=64 is shorter"):
+    with pytest.raises(
+        ConfigError, match="max_position_embeddings=64 is shorter than the longest training pair"
+    ):
         mt.check_lengths_fit_positions(SimpleNamespace(train=lengths(10, 300), valid=lengths(20)), cfg)
+    # Validation is never filtered: the error names the line of the pair that does not fit.
+    with pytest.raises(ConfigError, match=r"validation pair 2 \(line 2 of the validation files: 70 pieces"):
+        mt.check_lengths_fit_positions(SimpleNamespace(train=lengths(10), valid=lengths(20, 70, 30)), cfg)
 
 
 def test_an_image_warmup_as_long_as_the_run_is_a_config_error(shared_data_dir, tmp_path, capsys):

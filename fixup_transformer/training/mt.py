@@ -152,13 +152,22 @@ def check_lengths_fit_positions(data: MTData, cfg: MTConfig) -> None:
     pair (``data.max_len`` counts words, positions count pieces)."""
     train = data.train.num_tokens
     kept = train[train <= cfg.data.max_tokens]  # longer pairs are dropped by the batch sampler
-    longest = max(int(kept.max(initial=0)), int(data.valid.num_tokens.max(initial=0)))
-    if longest > cfg.model.max_position_embeddings:
+    valid = data.valid.num_tokens
+    longest_train, longest_valid = int(kept.max(initial=0)), int(valid.max(initial=0))
+    positions = cfg.model.max_position_embeddings
+    if longest_valid > positions:
+        # Validation is never filtered, so its index is the line in the validation files.
+        line = int(valid.argmax()) + 1
         raise ConfigError(
-            f"model.max_position_embeddings={cfg.model.max_position_embeddings} is shorter than the longest "
-            f"training/validation sentence ({longest} pieces with </s>); raise it, or lower data.max_len "
-            f"(now {cfg.data.max_len} words) or data.max_tokens (now {cfg.data.max_tokens}) to drop longer "
-            "training pairs"
+            f"model.max_position_embeddings={positions} is shorter than validation pair {line} (line {line} of "
+            f"the validation files: {longest_valid} pieces with </s>); raise it, or set data.valid_limit below "
+            f"{line} to score only the pairs before it"
+        )
+    if longest_train > positions:
+        raise ConfigError(
+            f"model.max_position_embeddings={positions} is shorter than the longest training pair kept "
+            f"({longest_train} pieces with </s>); raise it, or lower data.max_len (now {cfg.data.max_len} words) "
+            f"or data.max_tokens (now {cfg.data.max_tokens}) to drop longer training pairs"
         )
 
 
