@@ -48,3 +48,9 @@ def resolve_mixed_precision(requested: str, cpu: bool = False) -> str:
     if not cpu and torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     return "bf16" if cpu_has_amx_bf16() else "no"
+
+
+def sum_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype of running sums kept on ``device`` (losses, token counts, gradient norms): float64, so
+    millions of additions lose nothing, except on Apple's MPS, which has no float64."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64

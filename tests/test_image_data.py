@@ -97,10 +97,35 @@ def test_image_folder(tmp_path):
     # round-robin over the classes: a prefix (train_samples) is balanced, not one class
     assert list(data.labels) == [0, 1, 0, 1, 1] and list(data.subset(2).labels) == [0, 1]
     Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(tmp_path / "train" / "cat" / "gray.jpg")
-    with pytest.raises(ValueError, match="different sizes"):
+    with pytest.raises(ValueError, match=r"different sizes, e\.g\. 5x5 \(.*gray\.jpg\), 12x10 \(.*0\.png\)"):
         load_image_folder(tmp_path / "train")
     resized = load_image_folder(tmp_path / "train", image_size=8)
     assert resized.images.shape == (6, 8, 8, 3)
+
+
+def test_image_folder_turns_photos_upright_like_the_pipeline(tmp_path):
+    # A phone photo stored sideways with an EXIF orientation tag: training must see what pipeline() sees.
+    from transformers.image_utils import load_image
+
+    (tmp_path / "cat").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display
+    path = tmp_path / "cat" / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(
+        path, exif=exif
+    )
+    served = np.asarray(load_image(str(path)))
+    assert served.shape == (48, 32, 3)
+    assert load_image_folder(tmp_path).images[0].shape == served.shape
+
+
+def test_an_unreadable_image_is_named(tmp_path):
+    (tmp_path / "cat").mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "cat" / "ok.png")
+    whole = (tmp_path / "cat" / "ok.png").read_bytes()
+    (tmp_path / "cat" / "cut.png").write_bytes(whole[: len(whole) // 2])  # a half-written copy
+    with pytest.raises(ImageDataError, match=r"cut\.png: cannot read the image"):
+        load_images(str(tmp_path), "train")
 
 
 def test_a_folder_without_train_and_test_parts_is_both_splits_and_says_so(tmp_path):

@@ -67,6 +67,8 @@ def test_shipped_configs_load_and_the_batchnorm_twin_differs_only_in_normalizati
     assert {k for k in a if a[k] != b[k]} == {"normalization", "init", "output_dir"}
     assert (big.depth, big.epochs, big.batch_size, big.milestones) == (110, 200, 128, [100, 150])
     assert big.optim.name == "sgd" and big.optim.lr == 0.1 and big.optim.scalar_lr_multiplier == 0.1
+    # The authors' ResNet-110 run: mixup with their script's weight decay (5e-4 goes with mixup off).
+    assert (big.mixup_alpha, big.optim.weight_decay) == (1.0, 1e-4)
 
 
 def test_unknown_or_invalid_config_keys_are_rejected(tmp_path):
@@ -244,3 +246,22 @@ def test_a_rerun_of_a_spent_time_budget_trains_no_extra_update(shared_data_dir, 
     result = _run([*argv, "--resume", "auto"], [sys.executable])
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == steps
+
+
+def test_evaluate_top1_leaves_the_model_in_the_mode_it_came_in():
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from fixup_transformer.training.image import evaluate_top1
+
+    model = V.FixupResNetForImageClassification(
+        V.FixupResNetConfig.cifar(8, normalization="batchnorm", init="kaiming")
+    )
+    images, labels = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 2, 3])
+    cfg = SimpleNamespace(eval_batch_size=2, channels_last=False)
+    mean, std = [0.5] * 3, [0.25] * 3
+    for training in (True, False):
+        model.train(training)
+        assert 0.0 <= evaluate_top1(model, images, labels, Accelerator(cpu=True), mean, std, cfg) <= 1.0
+        assert model.training is training and all(m.training is training for m in model.modules())

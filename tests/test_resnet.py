@@ -214,6 +214,16 @@ def test_bad_inputs_raise_clear_errors():
         model(x, labels=torch.rand(2, 5))
 
 
+def test_label_range_is_checked_on_the_device_off_cpu():
+    # On a GPU, reading the labels' min/max back would stall every training step. Meta tensors cannot be
+    # read at all, so a host read here raises: the check must stay on the device.
+    from fixup_transformer.vision.modeling_fixup_resnet import classification_loss
+
+    logits = torch.empty(4, 10, device="meta")
+    loss = classification_loss(logits, torch.empty(4, dtype=torch.long, device="meta"))
+    assert loss.device.type == "meta" and loss.shape == ()
+
+
 def test_soft_labels_give_the_mixup_loss():
     torch.manual_seed(0)
     model = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(8))

@@ -174,3 +174,16 @@ def test_compiled_training_steps_match_eager_ones_over_changing_lengths():
     for key, value in runs["eager"][1].items():
         torch.testing.assert_close(runs["compiled"][1][key], value, rtol=1e-4, atol=1e-5, msg=key)
     assert graphs[1] == graphs[0]  # lengths 12 and 8 reuse the graphs of 7 and 9
+
+
+def test_running_sums_are_float64_except_where_the_device_has_none():
+    from fixup_transformer.hardware import sum_dtype
+    from fixup_transformer.training.step_guard import StepAccumulator
+
+    assert sum_dtype("cpu") == sum_dtype(torch.device("cuda")) == torch.float64
+    assert sum_dtype("mps") == torch.float32  # Apple's MPS has no float64: a float64 sum would fail at once
+    # The loop's accumulators follow it (meta stands in for an accelerator here; it has float64).
+    accumulator = StepAccumulator(torch.device("meta"))
+    assert {accumulator.window.dtype, accumulator.grad_norms.dtype, accumulator.first_bad.dtype} == {
+        torch.float64
+    }

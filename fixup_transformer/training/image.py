@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ImageDataError, NonFiniteLossError, ResumeMismatchError
+from ..hardware import sum_dtype
 from ..hub import add_remote_code
 from ..paths import shared_data_dir
 from ..vision.augment import draw_mixup, mix, normalize, random_crop_flip
@@ -127,7 +128,9 @@ def processor_for_training_images(model_config, height: int, width: int) -> Fixu
 
 @torch.no_grad()
 def evaluate_top1(model, images: torch.Tensor, labels: torch.Tensor, accelerator, mean, std, cfg) -> float:
-    """Top-1 accuracy over this process's share of the data, summed over processes."""
+    """Top-1 accuracy over this process's share of the data, summed over processes; the model is left in the
+    mode it came in."""
+    was_training = model.training
     model.eval()
     rank, world = accelerator.process_index, accelerator.num_processes
     images, labels = images[rank::world], labels[rank::world]
@@ -142,7 +145,7 @@ def evaluate_top1(model, images: torch.Tensor, labels: torch.Tensor, accelerator
         y = labels[start : start + cfg.eval_batch_size].to(accelerator.device)
         correct += (logits.argmax(-1) == y).sum()
         total += y.numel()
-    model.train()
+    model.train(was_training)
     correct, total = accelerator.reduce(correct, "sum"), accelerator.reduce(total, "sum")
     return float(correct) / max(1, int(total))
 
@@ -301,7 +304,7 @@ class ImageTrainer:
         perm = torch.randperm(len(self.train_y), generator=_generator(cfg.seed, state.epoch))
         # A resumed epoch's loss so far is the mean over processes of their sums (see the end of this
         # method): every process starts from it, so the mean over any number of processes stays exact.
-        self._loss_sum = torch.full((), state.loss_sum, dtype=torch.float64, device=acc.device)
+        self._loss_sum = torch.full((), state.loss_sum, dtype=sum_dtype(acc.device), device=acc.device)
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=state.batches_done,
@@ -377,7 +380,7 @@ class ImageTrainer:
         self.lr_used = self.optimizer.param_groups[0]["lr"]  # before the schedule moves on (host float)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._loss_sum += loss.detach().to(torch.float64)
+        self._loss_sum += loss.detach().to(self._loss_sum.dtype)
 
     def _epoch_loss(self) -> float:
         """Mean training loss of the epoch so far (one host read); a non-finite one stops the run."""

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 from accelerate import Accelerator
 
+from ..hardware import sum_dtype
 from ..text.modeling_fixup_transformer import IGNORE_INDEX, shift_tokens_right
 from .mt_config import MTConfig
 from .step_guard import optimizer_step_unless
@@ -90,7 +91,7 @@ def train_step(
     total_tokens = accelerator.reduce(local_tokens, "sum")
     # DDP averages gradients over processes, hence the factor num_processes: the result is d(sum)/d(total).
     scale = accelerator.num_processes / total_tokens.clamp(min=1.0)
-    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    sums = torch.zeros(3, device=device, dtype=sum_dtype(device))
     for k, batch in enumerate(batches):
         sync = k == len(batches) - 1
         with accelerator.no_sync(model) if not sync else contextlib.nullcontext():

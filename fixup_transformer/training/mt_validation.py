@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from ..data import SortedBatchSampler, TranslationCollator
 from ..evaluation.bleu import sacrebleu_score
 from ..evaluation.translate import GenerationSettings, translate_corpus
+from ..hardware import sum_dtype
 from .mt_config import MTConfig
 from .mt_data import MTData
 from .mt_step import forward_loss_sums, to_device
@@ -36,7 +37,7 @@ def validation_loss(
         num_replicas=accelerator.num_processes,
         rank=accelerator.process_index,
     )
-    sums = torch.zeros(3, device=accelerator.device, dtype=torch.float64)
+    sums = torch.zeros(3, device=accelerator.device, dtype=sum_dtype(accelerator.device))
     try:
         for batch_ids in sampler:
             batch = to_device(collate([dataset[i] for i in batch_ids]), accelerator.device)

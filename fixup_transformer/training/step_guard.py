@@ -18,6 +18,8 @@ import dataclasses
 
 import torch
 
+from ..hardware import sum_dtype
+
 
 def uses_device_skip(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer`` (or the one Accelerate wraps) can skip a step on the device (fused torch optim)."""
@@ -63,11 +65,12 @@ class StepAccumulator:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.window = torch.zeros(3, dtype=torch.float64, device=device)  # loss, nll, tokens since reset
-        self.total_tokens = torch.zeros((), dtype=torch.float64, device=device)
-        self.grad_norms = torch.zeros(2, dtype=torch.float64, device=device)  # sum, count since reset
+        dtype = sum_dtype(device)
+        self.window = torch.zeros(3, dtype=dtype, device=device)  # loss, nll, tokens since reset
+        self.total_tokens = torch.zeros((), dtype=dtype, device=device)
+        self.grad_norms = torch.zeros(2, dtype=dtype, device=device)  # sum, count since reset
         # (update, loss per token, grad norm) of the first step that was not finite; update -1: none yet.
-        self.first_bad = torch.tensor([-1.0, 0.0, 0.0], dtype=torch.float64, device=device)
+        self.first_bad = torch.tensor([-1.0, 0.0, 0.0], dtype=dtype, device=device)
         self.halted = torch.zeros((), dtype=torch.bool, device=device)
 
     def add(self, sums: torch.Tensor, grad_norm: torch.Tensor | None, not_finite: torch.Tensor, update: int):
@@ -76,12 +79,12 @@ class StepAccumulator:
         self.window += torch.where(applied, sums, torch.zeros_like(sums))
         self.total_tokens += torch.where(applied, sums[2], torch.zeros_like(sums[2]))
         norm = torch.full((), float("nan"), device=self.device) if grad_norm is None else grad_norm
-        norm = norm.detach().to(torch.float64)
+        norm = norm.detach().to(self.window.dtype)
         counted = applied & torch.isfinite(norm)
         self.grad_norms += torch.where(counted, torch.stack([norm, torch.ones_like(norm)]), 0.0)
         loss_per_token = sums[0] / sums[2].clamp(min=1)
         # torch.full is a fill kernel; torch.tensor(x, device=...) would copy from pageable host memory.
-        at = torch.full((), float(update), dtype=torch.float64, device=self.device)
+        at = torch.full((), float(update), dtype=self.window.dtype, device=self.device)
         record = torch.stack([at, loss_per_token, norm])
         self.first_bad = torch.where(not_finite & ~self.halted, record, self.first_bad)
         self.halted = self.halted | not_finite
@@ -106,5 +109,5 @@ class StepAccumulator:
 
     def restore_window(self, sums: list[float]) -> None:
         if sums:
-            self.window.copy_(torch.tensor(sums[:3], dtype=torch.float64))
-            self.grad_norms.copy_(torch.tensor(sums[3:], dtype=torch.float64))
+            self.window.copy_(torch.tensor(sums[:3], dtype=self.window.dtype))
+            self.grad_norms.copy_(torch.tensor(sums[3:], dtype=self.grad_norms.dtype))

@@ -20,7 +20,7 @@ import torch
 from ..errors import ImageDataError
 
 NPZ_KEYS = ("x", "y", "classes")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Local file names of the shared CIFAR-10 copy (see shared/data/README.md, section 4).
 CIFAR10_LOCAL_SPLITS = {"train": "train_subset.npz", "test": "test_shared.npz"}
 
@@ -105,29 +105,37 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None) ->
     Images are converted to RGB; with ``image_size`` they are resized to a square of that side, otherwise
     they must all have the same size.
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     root = Path(root)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not classes:
         raise FileNotFoundError(f"no class sub-folders in image folder {root}")
-    images, labels = [], []
+    images, labels, file_of_shape = [], [], {}
     for label, name in enumerate(classes):
         for file in sorted((root / name).iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            with Image.open(file) as img:
-                img = img.convert("RGB")
-                if image_size is not None and img.size != (image_size, image_size):
-                    img = img.resize((image_size, image_size), Image.BILINEAR)
-                images.append(np.asarray(img, dtype=np.uint8))
+            try:
+                with Image.open(file) as img:
+                    # Upright as the camera meant it, as transformers' load_image (the pipeline) serves it.
+                    img = ImageOps.exif_transpose(img).convert("RGB")
+                    if image_size is not None and img.size != (image_size, image_size):
+                        img = img.resize((image_size, image_size), Image.BILINEAR)
+                    array = np.asarray(img, dtype=np.uint8)
+            except (OSError, ValueError) as err:  # truncated or not an image: Pillow's message has no path
+                raise ImageDataError(f"{file}: cannot read the image ({err})") from None
+            images.append(array)
             labels.append(label)
+            file_of_shape.setdefault(array.shape, file)
     if not images:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {root}")
-    shapes = {a.shape for a in images}
-    if len(shapes) > 1:
+    if len(file_of_shape) > 1:
+        examples = ", ".join(
+            f"{shape[1]}x{shape[0]} ({file})" for shape, file in sorted(file_of_shape.items())
+        )
         raise ValueError(
-            f"images under {root} have different sizes {sorted(shapes)}; set image_size to resize them"
+            f"images under {root} have different sizes, e.g. {examples}; set image_size to resize them"
         )
     # Read class by class, returned round-robin over the classes (first image of each class, then the second,
     # ...): a prefix (train_samples / test_samples) is then balanced, not one class.

@@ -379,7 +379,12 @@ def classification_loss(
         return F.cross_entropy(logits.float(), labels.float())
     if labels.ndim != 1:
         raise ValueError(f"class-index labels must have shape (batch,), got {tuple(labels.shape)}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
+    if labels.numel() and labels.device.type != "cpu":
+        # On an accelerator a host read of min/max would stall every training step: check on the device
+        # (raised at the next synchronisation, with this message).
+        in_range = ((labels >= 0) & (labels < num_labels)).all()
+        torch._assert_async(in_range, f"labels must be class indices in [0, {num_labels - 1}]")
+    elif labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
         raise ValueError(
             f"labels must be class indices in [0, {num_labels - 1}], got values in "
             f"[{int(labels.min())}, {int(labels.max())}]"
