@@ -16,7 +16,8 @@ Multi30k test2016 with sacreBLEU (beam and length penalty of the config):
 Reported per system: updates, epochs, target tokens per second end to end (over the training budget plus
 the job's end-of-training validation, checkpoint and export; test decoding excluded) and in steps alone, where the time went, and test sacreBLEU / chrF2 with signatures. Results go to
 ``<output-dir>/<system>.json`` as each system ends, so systems can also run as separate invocations (for
-example side by side with ``--threads 1``); ``--report-only`` prints the table from what is there.
+example side by side with ``--threads 1``); ``--report-only`` prints the table from what is there, and
+``--summarize-only`` redoes a job system's summary from its finished run folder without training it again.
 
 One run's test score depends on where the clock happens to stop (13 updates apart, two runs of the main
 job differed by 0.8 BLEU; docs/benchmarks.md). ``--late-stops K`` therefore also scores, for each system,
@@ -104,7 +105,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also score the weights at each system's last K stopping points (mean and spread; 0: off)",
     )
     p.add_argument("--report-only", action="store_true", help="train nothing; print the table")
+    p.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="train nothing; summarize (and with --late-stops score) the finished runs of the job systems in "
+        "--output-dir, e.g. after the summary itself failed (wall_seconds is then unknown)",
+    )
     args = p.parse_args(argv)
+    if args.summarize_only and "marian" in args.systems:
+        p.error("--summarize-only: the Marian twin keeps no run folder; it can only be trained again")
     for item in args.overrides:
         if "=" not in item:
             p.error(f"--set expects KEY=VALUE, got {item!r}")
@@ -179,7 +188,13 @@ def run_job(system: str, args: argparse.Namespace) -> dict:
         command += [f"--{key}", value]
     start = time.monotonic()
     subprocess.run(command, check=True, cwd=REPO)
-    wall = time.monotonic() - start
+    return summarize_job(system, args, wall_seconds=time.monotonic() - start)
+
+
+def summarize_job(system: str, args: argparse.Namespace, wall_seconds: float | None) -> dict:
+    """The summary of a job's finished run in ``<output-dir>/<system>`` (with ``--late-stops``, its last
+    checkpoints scored on test). ``wall_seconds``: the whole command's, when this process ran it."""
+    out = args.output_dir / system
     results = json.loads((out / "results.json").read_text())
     checkpoints = list_checkpoints(out / "checkpoints")
     state = read_trainer_state(checkpoints[-1])
@@ -196,7 +211,7 @@ def run_job(system: str, args: argparse.Namespace) -> dict:
         train_seconds=results.get("training_wall_seconds", state["train_seconds"]),
         time_breakdown=results["time_breakdown"],
         test=results["test"],
-        wall_seconds=wall,
+        wall_seconds=wall_seconds,
         note=f"test model: {results.get('test_model')}",
         valid_loss=_last_valid_loss(out),
         train_curve=[[r["step"], r["loss"]] for r in read_metrics(out / "metrics.jsonl", "train")],
@@ -460,7 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for system in args.systems:
-            result = run_marian(args) if system == "marian" else run_job(system, args)
+            if args.summarize_only:
+                result = summarize_job(system, args, wall_seconds=None)
+            else:
+                result = run_marian(args) if system == "marian" else run_job(system, args)
             result["minutes"] = args.minutes
             result["threads"] = args.threads
             atomic_write_json(args.output_dir / f"{system}.json", result)

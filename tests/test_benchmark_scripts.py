@@ -37,6 +37,14 @@ def test_time_to_bleu_refuses_overrides_that_would_reach_one_system_only(overrid
     assert time_to_bleu.recipe_overrides(args) == {"optim.lr": "2e-3", "model.init": "t_fixup"}
 
 
+def test_time_to_bleu_summarizes_only_systems_that_keep_a_run_folder(capsys):
+    time_to_bleu = load("time_to_bleu")
+    with pytest.raises(SystemExit):
+        time_to_bleu.parse_args(["--summarize-only", "--systems", "fixup", "marian"])
+    assert "the Marian twin keeps no run folder" in capsys.readouterr().err
+    assert time_to_bleu.parse_args(["--summarize-only", "--systems", "fixup", "layernorm"]).summarize_only
+
+
 def test_stability_cells_are_reused_only_under_the_same_setup(tmp_path):
     stability = load("stability")
     cell = {"task": "copy", "variant": "fixup", "layers": 1, "lr": 1e-3, "warmup": 0, "precision": "fp32"}

@@ -454,6 +454,78 @@ def test_unsupported_architecture_options_are_named(tmp_path):
         convert_fairseq_to_hf(path, tmp_path / "hf")
 
 
+def test_t_fixup_fork_checkpoints_are_refused_by_name(tmp_path):
+    # T-Fixup's fork keeps LayerNorm weights it never uses: without this check it would pass for fairseq's
+    # transformer and fail later with a message that names no file.
+    arch = ARCHS["post_ln"]
+    path = tmp_path / "tfixup.pt"
+    torch.save(checkpoint_dict(arch, fairseq_state(arch), dont_use_layernorm=True, Tfixup=True), path)
+    with pytest.raises(
+        ConversionError, match=r"tfixup\.pt: T-Fixup fork checkpoints \(--dont-use-layernorm\)"
+    ):
+        convert_fairseq_to_hf(path, tmp_path / "hf")
+
+
+def test_to_fairseq_copies_only_plain_dictionary_names_beside_the_output(tmp_path):
+    arch = ARCHS["zero"]
+    path, _ = save_checkpoint(tmp_path, "zero", arch)
+    data = tmp_path / "data-bin"
+    data.mkdir()
+    for lang, stack in (("de", "encoder"), ("en", "decoder")):
+        write_dictionary(data / f"dict.{lang}.txt", arch.rows(stack))
+    assert main(["to-hf", str(path), str(tmp_path / "hf"), "--data-dir", str(data)]) == 0
+    source = tmp_path / "hf" / "fairseq" / "source.json"
+    record = json.loads(source.read_text())
+    for name in ("../../outside.txt", "checkpoint.pt"):  # out of the folder; over the checkpoint itself
+        source.write_text(json.dumps({**record, "dictionaries": [name]}))
+        with pytest.raises(ConversionError, match="is not a plain file name beside the output"):
+            convert_hf_to_fairseq(tmp_path / "hf", tmp_path / "back" / "checkpoint.pt")
+        assert not (tmp_path / "back" / "checkpoint.pt").exists() and not (tmp_path / "outside.txt").exists()
+
+
+def test_to_fairseq_refuses_a_model_resized_after_conversion(tmp_path):
+    arch = ARCHS["zero"]
+    path, _ = save_checkpoint(tmp_path, "zero", arch)
+    data = tmp_path / "data-bin"
+    data.mkdir()
+    for lang, stack in (("de", "encoder"), ("en", "decoder")):
+        write_dictionary(data / f"dict.{lang}.txt", arch.rows(stack))
+    convert_fairseq_to_hf(path, tmp_path / "hf", data_dir=data)
+    model = FixupTransformerForConditionalGeneration.from_pretrained(tmp_path / "hf")
+    model.resize_token_embeddings(model.config.vocab_size + 8)
+    model.save_pretrained(tmp_path / "hf")  # the fairseq/ sidecar stays as it was
+    with pytest.raises(ConversionError, match="no longer fit its embeddings"):
+        convert_hf_to_fairseq(tmp_path / "hf", tmp_path / "back" / "checkpoint.pt")
+
+
+def test_a_model_section_without_languages_keeps_the_task_s(tmp_path):
+    # fairseq 0.12 stores a legacy --arch's args as cfg.model, with source_lang=None where the task inferred it.
+    from fixup_transformer.convert.fairseq_options import flat_options
+
+    config = {
+        "task": {"source_lang": "en", "target_lang": "de"},
+        "model": {"source_lang": None, "dropout": 0.3},
+    }
+    options = flat_options("cfg", config)
+    assert (options["source_lang"], options["target_lang"], options["dropout"]) == ("en", "de", 0.3)
+
+
+@pytest.mark.parametrize("shape", ["shared", "cycle"])
+def test_a_config_built_to_explode_is_refused_quickly(shape):
+    # A pickle can share one list many times (60 doublings: 2**60 entries from a ~1 KB file) or make a list
+    # contain itself; copying the config must stop with an error, not hang or recurse without end.
+    from fixup_transformer.convert.safe_load import plain
+
+    value: list = []
+    if shape == "shared":
+        for _ in range(60):
+            value = [value, value]
+    else:
+        value.append(value)
+    with pytest.raises(ValueError, match="more than 100000 entries|nests deeper than 64 levels"):
+        plain(argparse.Namespace(arch="transformer", extra=value))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Loading only weights and plain config
 

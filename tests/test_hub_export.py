@@ -350,6 +350,13 @@ def test_model_cards_carry_hub_metadata_scores_and_budget(run):
         assert {"translation", "fixup", "normalization-free"} <= set(data.tags)
         info = json.loads((run_dir / name / "export_info.json").read_text())
         assert info["export"] == name and info["budget"]["updates"] == info["step"]
+        # A plain generate() decodes as the run's test did, not with transformers' 20-token default.
+        generation = json.loads((run_dir / name / "generation_config.json").read_text())
+        assert (generation["num_beams"], generation["length_penalty"]) == (
+            training_config["eval"]["beam"],
+            training_config["eval"]["lenpen"],
+        )
+        assert generation["max_length"] > 20
         assert f"{info['budget']['updates']} updates" in card.text and "minutes of training" in card.text
         config_block = re.search(r"```yaml\n(.*?)```", card.text, flags=re.S).group(1)
         assert yaml.safe_load(config_block) == training_config

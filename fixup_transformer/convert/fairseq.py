@@ -176,6 +176,9 @@ def _reject_unsupported_options(options: dict[str, Any]) -> None:
         ("cross_self_attention", "cross_self_attention"),
         ("adaptive_input", "adaptive input embeddings"),
         ("no_cross_attention", "decoders without cross-attention"),
+        # T-Fixup's fork keeps (unused) LayerNorm weights, so it would otherwise pass for fairseq's transformer.
+        ("dont_use_layernorm", "T-Fixup fork checkpoints (--dont-use-layernorm)"),
+        ("Tfixup", "T-Fixup fork checkpoints (--Tfixup)"),
     ):
         if option(options, name, bool, False):
             raise ConversionError(f"{what} are not supported by this model type")
@@ -381,9 +384,9 @@ def convert_fairseq_to_hf(
         dictionaries = _dictionaries(dict_paths, data_dir, source.options)
         config = build_hf_config(source, dictionaries)
         record = _sidecar_record(source, dictionaries)
+        model = _converted_model(source, config)
     except ValueError as error:
         raise ConversionError(f"{checkpoint_path}: {error}") from None
-    model = _converted_model(source, config)
     buffers = {key: value for key, value in source.state.items() if is_buffer_key(key)}
 
     def finalize(tmp: Path) -> None:
@@ -431,6 +434,10 @@ def _check_exportable(config: FixupTransformerConfig, layout: Layout, model_dir:
         )
     if config.decoder_start_token_id != FAIRSEQ_SPECIALS["eos"]:
         problems.append("fairseq starts decoding with </s> = 2: needs decoder_start_token_id=2")
+    if config.eos_token_id != FAIRSEQ_SPECIALS["eos"]:
+        problems.append(
+            f"fairseq stops decoding at </s> = 2: needs eos_token_id=2 (got {config.eos_token_id})"
+        )
     if layout.flavor == FIXUP:
         if config.normalization != "none" or config.scalars_folded or config.linear_bias:
             problems.append(
@@ -572,14 +579,47 @@ def convert_hf_to_fairseq(model_dir: str | Path, output_path: str | Path) -> Pat
     buffers_path = model_dir / SIDECAR_DIR / BUFFERS_FILE
     state.update(load_file(buffers_path) if record and buffers_path.is_file() else _default_buffers(layout))
     state = _ordered(state, record.get("keys") if record else None)
+    dictionary_names = _dictionary_names(record, model_dir, output_path)
+    # The sidecar is written once, at conversion: a model resized since (resize_token_embeddings, then
+    # save_pretrained) no longer matches its dictionaries, and fairseq could not load the pair.
+    encoder_rows = state["encoder.embed_tokens.weight"].shape[0]
+    decoder_rows = state.get("decoder.embed_tokens.weight", state["encoder.embed_tokens.weight"]).shape[0]
+    try:
+        _check_dictionaries(
+            [read_dictionary(model_dir / SIDECAR_DIR / name) for name in dictionary_names],
+            (encoder_rows, decoder_rows),
+            config.share_encoder_decoder_embeddings,
+        )
+    except ConversionError as error:
+        raise ConversionError(
+            f"{model_dir}: its fairseq dictionaries no longer fit its embeddings (resized after the conversion?): "
+            f"{error}"
+        ) from None
     if record:
         config_kind, fairseq_config = record["config_kind"], from_json_compatible(record["config"])
     else:
         config_kind, fairseq_config = "args", _default_args(config, layout)
     _atomic_torch_save(_fairseq_checkpoint(config_kind, fairseq_config, state), output_path)
-    for name in record.get("dictionaries", []) if record else []:
+    for name in dictionary_names:
         shutil.copyfile(model_dir / SIDECAR_DIR / name, output_path.parent / name)
     return output_path
+
+
+def _dictionary_names(record: dict[str, Any] | None, model_dir: Path, output_path: Path) -> list[str]:
+    """The sidecar's dictionary file names, which are copied beside the output: plain names only, so an
+    export (e.g. from the Hub) cannot make the copy write outside that folder or over the checkpoint."""
+    names = record.get("dictionaries", []) if record else []
+    for name in names:
+        if (
+            not isinstance(name, str)
+            or Path(name).name != name
+            or name in ("", ".", "..")
+            or name == output_path.name
+        ):
+            raise ConversionError(
+                f"{model_dir / SIDECAR_DIR}: dictionary name {name!r} is not a plain file name beside the output"
+            )
+    return names
 
 
 # ---------------------------------------------------------------------------------------------------------

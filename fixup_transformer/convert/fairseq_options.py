@@ -58,13 +58,17 @@ def _flatten_model_section(section: dict[str, Any]) -> dict[str, Any]:
 
 
 def flat_options(kind: str, config: Any) -> dict[str, Any]:
-    """All options under their legacy flat names (model, task and criterion merged; model wins)."""
+    """All options under their legacy flat names (model, task and criterion merged; model wins unless None)."""
     if kind == "args":
         return _flatten_model_section(_as_dict(config))
     options: dict[str, Any] = {}
     for section in ("criterion", "task", "common"):
         options.update(_as_dict(config.get(section)))
-    options.update(_flatten_model_section(_as_dict(config.get("model"))))
+    # fairseq 0.12 stores a legacy --arch's args as the model section, with source_lang=None etc. where the
+    # task inferred the value: an unset (None) model option must not hide the task's.
+    for key, value in _flatten_model_section(_as_dict(config.get("model"))).items():
+        if value is not None or key not in options:
+            options[key] = value
     return options
 
 

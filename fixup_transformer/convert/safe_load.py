@@ -201,32 +201,62 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 # Back to plain Python values
 
 
+# A real fairseq config has a few hundred entries, nested a few levels. A pickle can share one object many
+# times by reference (a 1 KB file can describe 2**60 list entries) or make it contain itself: copying such a
+# tree would hang or recurse without end, so the copy is bounded and refuses what exceeds the bounds.
+MAX_CONFIG_ENTRIES = 100_000
+MAX_CONFIG_DEPTH = 64
+
+
 def plain(value: Any) -> Any:
     """Plain dicts/lists/scalars for a config that may contain omegaconf stand-ins or Namespaces.
 
     omegaconf containers keep their items in ``_content`` (a dict or list of nodes) and value nodes keep
     theirs in ``_val``; an enum member is rebuilt as its value. Other stand-ins are returned unchanged
-    (reading an option from one fails later with a clear error).
+    (reading an option from one fails later with a clear error). The result is a tree (shared references are
+    copied) of at most :data:`MAX_CONFIG_ENTRIES` entries and :data:`MAX_CONFIG_DEPTH` levels; a config
+    beyond either bound raises ``ValueError``.
     """
-    if isinstance(value, argparse.Namespace):
-        return argparse.Namespace(**{key: plain(item) for key, item in vars(value).items()})
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(plain(item) for item in value)
-    if isinstance(value, StandIn):
-        return _plain_stand_in(value)
-    return value
+    return _Plainer().copy(value, 0)
 
 
-def _plain_stand_in(value: StandIn) -> Any:
-    state = value.state
-    if isinstance(state, dict):
-        if "_content" in state:
-            return plain(state["_content"])
-        if "_val" in state:
-            return plain(state["_val"])
-    if value.global_name.startswith("omegaconf.") and state is None and not value.__dict__.get("_args"):
+class _Plainer:
+    def __init__(self) -> None:
+        self.entries = 0
+
+    def copy(self, value: Any, depth: int) -> Any:
+        self.entries += 1
+        if self.entries > MAX_CONFIG_ENTRIES:
+            raise ValueError(
+                f"the stored config has more than {MAX_CONFIG_ENTRIES} entries (a crafted file?)"
+            )
+        if depth > MAX_CONFIG_DEPTH:
+            raise ValueError(
+                f"the stored config nests deeper than {MAX_CONFIG_DEPTH} levels (a reference cycle?)"
+            )
+        inner = depth + 1
+        if isinstance(value, argparse.Namespace):
+            return argparse.Namespace(**{key: self.copy(item, inner) for key, item in vars(value).items()})
+        if isinstance(value, dict):
+            return {key: self.copy(item, inner) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.copy(item, inner) for item in value)
+        if isinstance(value, StandIn):
+            return self.stand_in(value, inner)
+        return value
+
+    def stand_in(self, value: StandIn, depth: int) -> Any:
+        state = value.state
+        if isinstance(state, dict):
+            if "_content" in state:
+                return self.copy(state["_content"], depth)
+            if "_val" in state:
+                return self.copy(state["_val"], depth)
+        return _plain_scalar_stand_in(value)
+
+
+def _plain_scalar_stand_in(value: StandIn) -> Any:
+    if value.global_name.startswith("omegaconf.") and value.state is None and not value.__dict__.get("_args"):
         return None
     args = value.__dict__.get("_args") or ()
     if len(args) == 1 and isinstance(args[0], str | int | float | bool):

@@ -186,6 +186,18 @@ def build_model(
     return FixupTransformerForConditionalGeneration(config)
 
 
+def set_decoding_defaults(model: FixupTransformerForConditionalGeneration, eval_cfg) -> None:
+    """What a plain ``model.generate(**batch)`` of the exports does: the run's beam and length penalty, and a
+    length cap that the positions allow (transformers' default stops every translation at 20 tokens). The
+    loop's own decoding passes its settings explicitly and is not affected."""
+    generation = model.generation_config
+    generation.max_length = model.config.max_position_embeddings - model.config.position_offset
+    if eval_cfg.beam > 1:  # transformers refuses to save beam-only settings for greedy decoding
+        generation.num_beams = eval_cfg.beam
+        generation.length_penalty = eval_cfg.lenpen
+        generation.early_stopping = True
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The loop
 
@@ -214,6 +226,7 @@ class MTTrainer:
         tokenizer = self.data.tokenizer
         self.ids = (tokenizer.pad_token_id, tokenizer.eos_token_id)  # pad, decoder start (= eos)
         model = build_model(cfg.model, tokenizer, cfg.train.label_smoothing)
+        set_decoding_defaults(model, cfg.eval)
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.max_updates)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
