@@ -418,12 +418,14 @@ def fairseq_logits(state, arch: Arch, src_tokens, prev_output_tokens) -> torch.T
 
 @torch.no_grad()
 def fairseq_greedy(state, arch: Arch, src_tokens, steps: int) -> torch.Tensor:
-    """fairseq-style greedy decoding: start from </s>, recompute the whole prefix each step, and never
-    end early (``--min-len steps``: </s> is not a candidate)."""
+    """fairseq-style greedy decoding: start from </s>, recompute the whole prefix each step, never choose
+    <pad> (SequenceGenerator sets its score to -inf), and never end early (``--min-len steps``: </s> is not
+    a candidate)."""
     encoder_out, pad_mask = encode(state, src_tokens, arch)
     tokens = torch.full((src_tokens.shape[0], 1), EOS)
     for _ in range(steps):
         logits = decode(state, tokens, encoder_out, pad_mask, arch)[:, -1]
         logits[:, EOS] = float("-inf")
+        logits[:, PAD] = float("-inf")
         tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
     return tokens

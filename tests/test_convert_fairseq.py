@@ -137,6 +137,8 @@ def test_greedy_generation_with_cache_matches_fairseq_decoding(tmp_path):
     )
     expected = fairseq_greedy(state, arch, src, steps=6)
     assert torch.equal(generated, expected)
+    # The export's own defaults: fairseq never picks <pad>, and decodes up to 200 tokens, not 20.
+    assert model.generation_config.suppress_tokens == [PAD] and model.generation_config.max_length > 20
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -336,7 +336,22 @@ def _converted_model(source: FairseqSource, config: FixupTransformerConfig):
             raise ConversionError(f"the converted model has no value for `{key}`")
         hf_state[key] = target[key]
     model.load_state_dict(hf_state, strict=True)
+    _set_fairseq_decoding_defaults(model)
     return model
+
+
+# fairseq-generate's default output length: max_len_a * source length + max_len_b with a = 0, b = 200.
+FAIRSEQ_MAX_LEN_B = 200
+
+
+def _set_fairseq_decoding_defaults(model) -> None:
+    """A plain ``generate()`` of the export decodes as fairseq's SequenceGenerator does by default: <pad> is
+    never chosen, and outputs run up to 200 tokens (the positions permitting), not transformers' 20."""
+    generation, config = model.generation_config, model.config
+    generation.suppress_tokens = [config.pad_token_id]
+    generation.max_length = min(
+        FAIRSEQ_MAX_LEN_B + 1, config.max_position_embeddings - config.position_offset
+    )
 
 
 def _sidecar_record(source: FairseqSource, dictionaries: list[FairseqDictionary]) -> dict[str, Any]:
