@@ -305,13 +305,19 @@ def test_interop_fields_are_validated(fields, message):
 # Dictionaries and the command line
 
 
-def test_dictionaries_are_checked_and_kept_beside_the_weights(tmp_path, capsys):
+def zero_checkpoint_with_dictionaries(tmp_path) -> tuple[Path, Path]:
+    """A transformer_zero checkpoint and a data-bin folder with its dict.de.txt / dict.en.txt."""
     arch = ARCHS["zero"]
     path, _ = save_checkpoint(tmp_path, "zero", arch)
     data = tmp_path / "data-bin"
     data.mkdir()
     for lang, stack in (("de", "encoder"), ("en", "decoder")):
         write_dictionary(data / f"dict.{lang}.txt", arch.rows(stack))
+    return path, data
+
+
+def test_dictionaries_are_checked_and_kept_beside_the_weights(tmp_path, capsys):
+    path, data = zero_checkpoint_with_dictionaries(tmp_path)
     assert main(["to-hf", str(path), str(tmp_path / "hf"), "--data-dir", str(data)]) == 0
     assert (tmp_path / "hf" / "fairseq" / "dict.de.txt").read_text() == (data / "dict.de.txt").read_text()
     assert main(["to-fairseq", str(tmp_path / "hf"), str(tmp_path / "back" / "checkpoint.pt")]) == 0
@@ -469,12 +475,7 @@ def test_t_fixup_fork_checkpoints_are_refused_by_name(tmp_path):
 
 
 def test_to_fairseq_copies_only_plain_dictionary_names_beside_the_output(tmp_path):
-    arch = ARCHS["zero"]
-    path, _ = save_checkpoint(tmp_path, "zero", arch)
-    data = tmp_path / "data-bin"
-    data.mkdir()
-    for lang, stack in (("de", "encoder"), ("en", "decoder")):
-        write_dictionary(data / f"dict.{lang}.txt", arch.rows(stack))
+    path, data = zero_checkpoint_with_dictionaries(tmp_path)
     assert main(["to-hf", str(path), str(tmp_path / "hf"), "--data-dir", str(data)]) == 0
     source = tmp_path / "hf" / "fairseq" / "source.json"
     record = json.loads(source.read_text())
@@ -486,12 +487,7 @@ def test_to_fairseq_copies_only_plain_dictionary_names_beside_the_output(tmp_pat
 
 
 def test_to_fairseq_refuses_a_model_resized_after_conversion(tmp_path):
-    arch = ARCHS["zero"]
-    path, _ = save_checkpoint(tmp_path, "zero", arch)
-    data = tmp_path / "data-bin"
-    data.mkdir()
-    for lang, stack in (("de", "encoder"), ("en", "decoder")):
-        write_dictionary(data / f"dict.{lang}.txt", arch.rows(stack))
+    path, data = zero_checkpoint_with_dictionaries(tmp_path)
     convert_fairseq_to_hf(path, tmp_path / "hf", data_dir=data)
     model = FixupTransformerForConditionalGeneration.from_pretrained(tmp_path / "hf")
     model.resize_token_embeddings(model.config.vocab_size + 8)

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..atomic_files import replacing
+from ..evaluation.translate import position_limit
 from ..hub import add_remote_code
 from ..text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 from ..training.checkpoint import atomic_write_json, export_pretrained, save_state_dict
@@ -347,11 +348,9 @@ FAIRSEQ_MAX_LEN_B = 200
 def _set_fairseq_decoding_defaults(model) -> None:
     """A plain ``generate()`` of the export decodes as fairseq's SequenceGenerator does by default: <pad> is
     never chosen, and outputs run up to 200 tokens (the positions permitting), not transformers' 20."""
-    generation, config = model.generation_config, model.config
-    generation.suppress_tokens = [config.pad_token_id]
-    generation.max_length = min(
-        FAIRSEQ_MAX_LEN_B + 1, config.max_position_embeddings - config.position_offset
-    )
+    generation = model.generation_config
+    generation.suppress_tokens = [model.config.pad_token_id]
+    generation.max_length = min(FAIRSEQ_MAX_LEN_B + 1, position_limit(model))
 
 
 def _sidecar_record(source: FairseqSource, dictionaries: list[FairseqDictionary]) -> dict[str, Any]:

@@ -63,7 +63,7 @@ from ..data import (
 )
 from ..errors import NonFiniteLossError, ResumeMismatchError
 from ..evaluation.bleu import corpus_scores, format_scores, scores_to_json
-from ..evaluation.translate import translate_corpus
+from ..evaluation.translate import position_limit, translate_corpus
 from ..hardware import resolve_mixed_precision
 from ..text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 from .checkpoint import (
@@ -191,7 +191,7 @@ def set_decoding_defaults(model: FixupTransformerForConditionalGeneration, eval_
     length cap that the positions allow (transformers' default stops every translation at 20 tokens). The
     loop's own decoding passes its settings explicitly and is not affected."""
     generation = model.generation_config
-    generation.max_length = model.config.max_position_embeddings - model.config.position_offset
+    generation.max_length = position_limit(model)
     if eval_cfg.beam > 1:  # transformers refuses to save beam-only settings for greedy decoding
         generation.num_beams = eval_cfg.beam
         generation.length_penalty = eval_cfg.lenpen
