@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of one lent-GPU session, in one script that fits about 9.5 minutes on an H100/H200:
-#   1. host-device syncs of the training step, a decoding step and generate (benchmarks/cuda_syncs.py)
+#   1. host-device syncs of the training step, a decoding step and generate (benchmarks/cuda_syncs.py), and
+#      attention on ever new shapes per SDPA backend set (benchmarks/attention_shapes.py)
 #   2. the Fixup vs MarianMTModel table at the iwslt and base sizes in bf16, then base with torch.compile and
 #      32k-token batches for MFU (benchmarks/bench_vs_marian.py --device cuda, Fixup also with its loss from
 #      materialised logits, --with-logits); alone on the GPU, as timed; then the default Multi30k job alone
@@ -35,6 +36,10 @@ transformers.__version__, "accelerate", accelerate.__version__, torch.cuda.get_d
 
 log "1. host-device syncs"
 timeout "$(upto 90 300)" python3 benchmarks/cuda_syncs.py --output "$OUT/cuda_syncs.json" || log "cuda_syncs failed: $?"
+
+log "1b. attention on new shapes per SDPA backend set (cuDNN's per-shape graph builds)"
+timeout "$(upto 60 300)" python3 benchmarks/attention_shapes.py --shapes 25 --output "$OUT/attention_shapes.json" \
+    || log "attention_shapes failed: $?"
 
 log "2. Fixup vs Marian, bf16 (8k target tokens per batch, 32 + 32 tokens per pair; Fixup also with its loss from logits)"
 for size in iwslt base; do

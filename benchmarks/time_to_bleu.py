@@ -58,7 +58,10 @@ from fixup_transformer.atomic_files import atomic_write_text  # noqa: E402
 from fixup_transformer.data import TokenBatchSampler, TranslationCollator  # noqa: E402
 from fixup_transformer.evaluation.bleu import corpus_scores, scores_to_json  # noqa: E402
 from fixup_transformer.evaluation.translate import translate_corpus  # noqa: E402
-from fixup_transformer.hardware import resolve_mixed_precision  # noqa: E402
+from fixup_transformer.hardware import (  # noqa: E402
+    resolve_mixed_precision,
+    skip_per_shape_attention_builds,
+)
 from fixup_transformer.text.modeling_fixup_transformer import IGNORE_INDEX  # noqa: E402
 from fixup_transformer.text.output_loss import label_smoothed_loss_sums  # noqa: E402
 from fixup_transformer.training import mt_data, mt_step, mt_validation  # noqa: E402
@@ -262,6 +265,7 @@ def _accelerator() -> Accelerator:
     cfg = load_config(MTConfig, REPO / "configs" / CONFIGS["fixup"])
     cpu = not torch.cuda.is_available()
     bf16 = resolve_mixed_precision(cfg.train.mixed_precision, cpu=cpu) == "bf16"
+    skip_per_shape_attention_builds()  # as the main job's loop does (a no-op without CUDA)
     return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
 
 

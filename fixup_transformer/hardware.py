@@ -54,3 +54,18 @@ def sum_dtype(device: torch.device | str) -> torch.dtype:
     """The dtype of running sums kept on ``device`` (losses, token counts, gradient norms): float64, so
     millions of additions lose nothing, except on Apple's MPS, which has no float64."""
     return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def skip_per_shape_attention_builds() -> bool:
+    """Turn off cuDNN's attention kernel for this process where CUDA is present; True if it was on.
+
+    cuDNN builds an execution graph for every new attention shape, and translation batches have new
+    shapes all the time (sentences x source length x target length in training, a longer key at every
+    decoding step). Measured on an H200 (torch 2.11, bf16; docs/benchmarks.md): the default Multi30k job ran
+    4-6 updates/s in bf16 against 35 in fp32, where cuDNN's attention does not apply. Flash and
+    memory-efficient attention need no per-shape build, so torch uses them instead.
+    """
+    if not torch.cuda.is_available() or not torch.backends.cuda.cudnn_sdp_enabled():
+        return False
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return True

@@ -1000,7 +1000,10 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
         )
 
     def _loss_skips_logits(self) -> bool:
-        """Training with gradients through a plain output linear (an adapter-wrapped one keeps the usual path)."""
+        """Training with gradients through a plain output linear (an adapter-wrapped one keeps the usual path).
+
+        Not under ``torch.compile``: the chunked loss is a graph break there and runs eager, while inductor
+        fuses the usual loss (config docstring)."""
         head = self.lm_head
         return (
             self.config.loss_without_logits
@@ -1008,6 +1011,7 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
             and torch.is_grad_enabled()
             and type(head) is nn.Linear
             and head.bias is None
+            and not torch.compiler.is_compiling()
         )
 
     def _uniform_label_mass(self) -> float:

@@ -64,7 +64,7 @@ from ..data import (
 from ..errors import NonFiniteLossError, ResumeMismatchError
 from ..evaluation.bleu import corpus_scores, format_scores, scores_to_json
 from ..evaluation.translate import position_limit, translate_corpus
-from ..hardware import resolve_mixed_precision
+from ..hardware import resolve_mixed_precision, skip_per_shape_attention_builds
 from ..text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
 from .checkpoint import (
     TRAINING_CONFIG_FILE,
@@ -138,6 +138,10 @@ def build_accelerator(cfg: MTConfig) -> Accelerator:
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.train.ddp_timeout_minutes))],
     )
     check_process_count(accelerator.num_processes, "--train.cpu true")
+    if accelerator.device.type == "cuda" and skip_per_shape_attention_builds():
+        accelerator.print(
+            "attention: cuDNN's kernel off (it builds a graph per batch shape); flash/efficient used"
+        )
     if cfg.train.mixed_precision == "auto":
         accelerator.print(f"train.mixed_precision auto -> {precision} on {accelerator.device}")
     skipped = [name for name in cfg.train.trackers if name not in trackers]

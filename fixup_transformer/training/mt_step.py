@@ -51,9 +51,10 @@ def forward_loss_sums(model, batch, pad_id: int, start_id: int):
 
 
 def compiled_forward_loss():
-    """``forward_loss_sums`` under ``torch.compile``: the model's forward in one graph (the chunked output
-    loss runs eager after it). Dynamic shapes, because every batch has other lengths; validation and generation keep the
-    eager model (they are other graphs, and run rarely)."""
+    """``forward_loss_sums`` under ``torch.compile``: the model's forward and its loss in one graph (from the
+    logits, which inductor fuses; the eager chunked loss would be a graph break). Dynamic shapes, because
+    every batch has other lengths; validation and generation keep the eager model (they are other graphs,
+    and run rarely)."""
     return torch.compile(forward_loss_sums, dynamic=True)
 
 
