@@ -11,13 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 from huggingface_hub.errors import StrictDataclassError
 
 from ..data import CorpusConfig, load_parallel
 from ..errors import ConfigError, ModelDirError
-from ..hardware import skip_per_shape_attention_builds
 from ..paths import TRAINING_CONFIG_FILE, resolve_path
 from .bleu import Score, corpus_scores
 from .translate import GenerationSettings, translate_corpus
@@ -109,8 +107,6 @@ def load_model_and_tokenizer(model_dir: str | Path, device=None):
         raise ModelDirError(f"cannot load the model in {model_dir}: {err}") from err
     if device is not None:
         model.to(device)
-        if torch.device(device).type == "cuda":
-            skip_per_shape_attention_builds()  # every batch and decoding step has a new attention shape
     return model.eval(), tokenizer
 
 

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import SortedBatchSampler, TranslationCollator, restore_order
+from ..hardware import skip_per_shape_attention_builds
 
 
 @dataclass
@@ -106,6 +107,8 @@ def translate_corpus(
     if len(sources) == 0:
         return []
     device = next(model.parameters()).device
+    if device.type == "cuda":
+        skip_per_shape_attention_builds()  # every batch and decoding step has a new attention shape
     encoded = tokenizer(list(sources), return_attention_mask=False)["input_ids"]
     positions = position_limit(model)
     if positions is not None:
