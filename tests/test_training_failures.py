@@ -543,3 +543,13 @@ def test_the_mt_process_group_waits_as_long_as_the_config_says(monkeypatch, tmp_
     assert handler.timeout == timedelta(minutes=90)
     with pytest.raises(ConfigError, match="train.ddp_timeout_minutes"):
         tiny_config(tmp_path, tmp_path / "mt", train__ddp_timeout_minutes=0)
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_fp16_where_accelerate_cannot_scale_it_is_a_config_error(tmp_path):
+    # Accelerate gives a CPU no fp16 autocast and no GradScaler: the run would be fp32 under an fp16 label.
+    from fixup_transformer.training import mt
+
+    cfg = tiny_config(tmp_path, tmp_path / "mt", train__trackers=[], train__mixed_precision="fp16")
+    with pytest.raises(ConfigError, match=r"train\.mixed_precision: fp16 .* silently be fp32"):
+        mt.build_accelerator(cfg)

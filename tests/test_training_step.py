@@ -127,6 +127,29 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     assert hardware.resolve_mixed_precision("auto", cpu=True) == "bf16"  # train.cpu: the CPU decides
 
 
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_an_fp16_overflow_is_reported_as_skipped_with_the_fused_optimizer():
+    """fp16 (GradScaler) with the fused AdamW that build_optimizer makes: an overflowing step changes no
+    weight and is reported as skipped (Accelerate's own flag misses it: GradScaler always calls a fused
+    optimizer's step); a finite one is applied and not reported."""
+    torch.manual_seed(0)
+    model = FixupTransformerForConditionalGeneration(tiny_config())
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3))
+    assert optimizer.defaults.get("fused")
+    accelerator = Accelerator(cpu=True)
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # fp32 gradients x 2^127: inf
+    model, optimizer = accelerator.prepare(model, optimizer)
+    cfg, halted = MTConfig(), torch.zeros((), dtype=torch.bool)
+    before = [p.detach().clone() for p in model.parameters()]
+    outcome = mt_step.train_step(model, optimizer, accelerator, [_batch(1)], cfg, (PAD, EOS), halted)
+    assert outcome.skipped and not accelerator.optimizer_step_was_skipped
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    accelerator.scaler.update(1.0)  # a scale that cannot overflow
+    outcome = mt_step.train_step(model, optimizer, accelerator, [_batch(2)], cfg, (PAD, EOS), halted)
+    assert not outcome.skipped
+    assert not all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
 def test_cudnn_attention_is_turned_off_only_where_cuda_is(monkeypatch):
     """Variable-shape translation work: cuDNN's attention builds a graph per new shape (bf16 training 6x
     slower on an H200), so training and evaluation turn it off on CUDA and leave other machines alone."""

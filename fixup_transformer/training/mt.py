@@ -138,6 +138,11 @@ def build_accelerator(cfg: MTConfig) -> Accelerator:
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.train.ddp_timeout_minutes))],
     )
     check_process_count(accelerator.num_processes, "--train.cpu true")
+    if precision == "fp16" and getattr(accelerator, "scaler", None) is None:
+        raise ConfigError(
+            f"train.mixed_precision: fp16 gets neither autocast nor loss scaling on {accelerator.device.type} "
+            "from Accelerate, so the run would silently be fp32; use bf16 (fast on CPUs with AMX), no, or auto"
+        )
     if skip_per_shape_attention_builds():  # only where CUDA is present
         accelerator.print(
             "attention: cuDNN's kernel off (it builds a graph per batch shape); flash/efficient used"

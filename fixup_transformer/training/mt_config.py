@@ -118,7 +118,7 @@ class TrainConfig:
         "auto",
         "auto = bf16 autocast where the hardware has it (a CUDA GPU with bf16, a CPU with AMX-bf16), else fp32 "
         "(logged at start); no = fp32; bf16 = autocast; fp16 = autocast + dynamic loss scaling (overflowing "
-        "steps are skipped).",
+        "steps are skipped; on GPUs: Accelerate gives a CPU neither, so fp16 there is a config error).",
     )
     cpu: bool = field_doc(False, "Force CPU (also selects the gloo backend for multi-process runs).")
     compile: bool = field_doc(

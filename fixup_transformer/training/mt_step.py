@@ -105,9 +105,13 @@ def train_step(
         if not bool(torch.isfinite(sums[0])):
             optimizer.zero_grad(set_to_none=True)
             return StepOutcome(sums, None, torch.ones((), dtype=torch.bool, device=device), False)
+        scale_before = accelerator.scaler.get_scale()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
         optimizer.step()
-        skipped = accelerator.optimizer_step_was_skipped
+        # A skip is the scaler lowering its scale. Accelerate's flag (optimizer_step_was_skipped) asks
+        # whether GradScaler called optimizer.step, which it always does for fused optimizers (it hands
+        # them found_inf), so that flag never reports a skip with the fused AdamW built here.
+        skipped = accelerator.scaler.get_scale() < scale_before
         optimizer.zero_grad(set_to_none=True)
         return StepOutcome(sums, grad_norm, torch.zeros((), dtype=torch.bool, device=device), skipped)
     # A finite loss can still give inf/NaN gradients (huge lr); one such step would make every weight NaN.
