@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from accelerate import Accelerator
 from test_train_mt_e2e import OFFLINE_ENV, REPO, TINY, load_script, tiny_config, train_losses
 from transformer_helpers import poison_training_loss
@@ -553,3 +554,30 @@ def test_fp16_where_accelerate_cannot_scale_it_is_a_config_error(tmp_path):
     cfg = tiny_config(tmp_path, tmp_path / "mt", train__trackers=[], train__mixed_precision="fp16")
     with pytest.raises(ConfigError, match=r"train\.mixed_precision: fp16 .* silently be fp32"):
         mt.build_accelerator(cfg)
+
+
+def test_the_time_budget_is_decided_and_recorded_on_the_slowest_clock():
+    # Several processes: the verdict and the saved clock are both the max over processes, so a run stopped
+    # by max_minutes is recorded as spent (the saving main process starts its clock last).
+    from types import SimpleNamespace
+
+    from fixup_transformer.training.state import out_of_time
+
+    class TwoProcesses:
+        num_processes, device = 2, torch.device("cpu")
+
+        def __init__(self, other_clock: float) -> None:
+            self.other_clock, self.reductions = other_clock, 0
+
+        def reduce(self, tensor, reduction):
+            assert reduction == "max"
+            self.reductions += 1
+            return torch.maximum(tensor, torch.full_like(tensor, self.other_clock))
+
+    state, accelerator = SimpleNamespace(train_seconds=170.0), TwoProcesses(other_clock=181.0)
+    assert not out_of_time(accelerator, state, 3.0, agree=False)  # between log boundaries: no host read
+    assert accelerator.reductions == 0 and state.train_seconds == 170.0
+    assert out_of_time(accelerator, state, 3.0)  # the other process is past 180 s
+    assert state.train_seconds == 181.0  # what the checkpoint records: a rerun finds the budget spent
+    state = SimpleNamespace(train_seconds=170.0)
+    assert not out_of_time(TwoProcesses(other_clock=120.0), state, 3.0) and state.train_seconds == 170.0

@@ -400,7 +400,7 @@ class ImageTrainer:
             return None  # the last update: the epochs are done, not a budget
         if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
             return "stop_after_steps"
-        if out_of_time(self.accelerator, self.state.train_seconds, cfg.max_minutes, agree):
+        if out_of_time(self.accelerator, self.state, cfg.max_minutes, agree):
             return "max_minutes"
         return None
 

@@ -392,15 +392,15 @@ class MTTrainer:
         t = self.cfg.train
         if t.max_epochs is not None and self.state.epoch >= t.max_epochs:
             return "max_epochs"
-        return self._budget_exhausted(self.state.train_seconds)
+        return self._budget_exhausted()
 
-    def _budget_exhausted(self, elapsed: float, agree: bool = True) -> str | None:
+    def _budget_exhausted(self, agree: bool = True) -> str | None:
         """Why training must stop now, or None. Clocks differ between processes, so with several the time
         budget is decided together (a reduce, i.e. a host read) and only when ``agree`` (log boundaries)."""
         t = self.cfg.train
         if t.max_updates is not None and self.state.step >= t.max_updates:
             return "max_updates"  # the same on every process
-        return "max_minutes" if out_of_time(self.accelerator, elapsed, t.max_minutes, agree) else None
+        return "max_minutes" if out_of_time(self.accelerator, self.state, t.max_minutes, agree) else None
 
     @contextlib.contextmanager
     def _outside_throughput(self):
@@ -553,7 +553,7 @@ class MTTrainer:
                         self._log_train(window, lr, bar)
                 if "valid" in due:
                     self._validate(bar)
-                stop = self._budget_exhausted(state.train_seconds, agree="log" in due)
+                stop = self._budget_exhausted(agree="log" in due)
                 epoch_done = state.batches_done >= self.sampler.batches_per_rank
                 if stop is None and epoch_done:  # before the save: the checkpoint then holds the epoch's end
                     self._end_epoch(bar, prior_tokens)
@@ -565,7 +565,8 @@ class MTTrainer:
                 self._end_epoch(bar, prior_tokens)  # resumed from a checkpoint at an epoch's last update
         bar.close()
         self._read_steps(prior_tokens)
-        state.train_seconds = prior_seconds + time.monotonic() - segment_start
+        # At least the clock all processes agreed to stop on (out_of_time), so a rerun finds it spent.
+        state.train_seconds = max(state.train_seconds, prior_seconds + time.monotonic() - segment_start)
         acc.print(
             f"stopped ({stop}) at update {state.step}, epoch {self._epoch()}, "
             f"{state.train_seconds / 60:.1f} min, {state.skipped_steps} skipped fp16 steps"

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from ..hardware import sum_dtype
+
 # Keys that older checkpoints used for a field that has since been renamed.
 _LEGACY_KEYS = {"batch_in_epoch": "batches_done"}  # image checkpoints before the loops shared a state
 
@@ -39,23 +41,23 @@ def epoch_of_last_update(epoch: int, batches_done: int) -> int:
     return max(1, epoch + (1 if batches_done else 0))
 
 
-def out_of_time(
-    accelerator: Accelerator, elapsed_seconds: float, max_minutes: float | None, agree: bool = True
-) -> bool:
-    """Whether the time budget is spent, decided *together* by all processes.
+def out_of_time(accelerator: Accelerator, state: Any, max_minutes: float | None, agree: bool = True) -> bool:
+    """Whether the time budget is spent by ``state.train_seconds``, decided *together* by all processes.
 
     Clocks differ between processes, so each one deciding alone could stop them at different updates (and
-    hang the next collective). With several processes this is a max-reduce, i.e. a host read, made only
-    where ``agree`` (the loops pass their log boundaries); elsewhere the answer is "not yet". One process
-    decides alone at every call.
+    hang the next collective). With several processes the clocks are max-reduced, i.e. a host read, made
+    only where ``agree`` (the loops pass their log boundaries); elsewhere the answer is "not yet". Every
+    process then keeps the agreed clock in ``state.train_seconds``, so the checkpoint records the time the
+    verdict was made on and a rerun finds the budget spent (the main process, which saves, starts its
+    clock last). One process decides alone at every call.
     """
-    spent = max_minutes is not None and elapsed_seconds >= 60 * max_minutes
-    if accelerator.num_processes == 1:
-        return spent
-    if not agree:
-        return False
-    flag = torch.full((1,), 1.0 if spent else 0.0, device=accelerator.device)
-    return accelerator.reduce(flag, "max").item() > 0
+    if accelerator.num_processes > 1:
+        if not agree:
+            return False
+        device = accelerator.device
+        clock = torch.full((1,), float(state.train_seconds), dtype=sum_dtype(device), device=device)
+        state.train_seconds = float(accelerator.reduce(clock, "max").item())
+    return max_minutes is not None and state.train_seconds >= 60 * max_minutes
 
 
 def improves(value: float, best: float | None, higher_is_better: bool) -> bool:
