@@ -37,6 +37,15 @@ def cpu_has_amx_bf16() -> bool:
     return "amx_bf16" in cpu_flags()
 
 
+def cuda_has_native_bf16() -> bool:
+    """bf16 in hardware (Ampere and later). torch's ``is_bf16_supported()`` also counts emulation by
+    default, which is true on a V100 or T4, where bf16 runs without tensor cores."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the argument: it checked the hardware itself
+        return torch.cuda.is_bf16_supported()
+
+
 def resolve_mixed_precision(requested: str, cpu: bool = False) -> str:
     """``auto`` -> ``bf16`` on a CUDA GPU that supports it or a CPU with AMX-bf16, else ``no`` (fp32).
 
@@ -46,7 +55,7 @@ def resolve_mixed_precision(requested: str, cpu: bool = False) -> str:
     if requested != "auto":
         return requested
     if not cpu and torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if cuda_has_native_bf16() else "no"
     return "bf16" if cpu_has_amx_bf16() else "no"
 
 

@@ -122,7 +122,10 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
         assert hardware.resolve_mixed_precision("auto") == expected
     assert hardware.resolve_mixed_precision("fp16") == "fp16"  # an explicit choice is kept
     monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(hardware.torch.cuda, "is_bf16_supported", lambda: False)
+    # torch counts emulated bf16 as supported unless asked not to (a V100 or T4 then reports True)
+    monkeypatch.setattr(
+        hardware.torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation
+    )
     assert hardware.resolve_mixed_precision("auto") == "no"  # e.g. a V100: fp32, never fp16 unasked
     assert hardware.resolve_mixed_precision("auto", cpu=True) == "bf16"  # train.cpu: the CPU decides
 
