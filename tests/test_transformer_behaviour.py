@@ -455,3 +455,18 @@ def test_forward_and_a_cached_decoding_step_read_nothing_back_to_the_host(monkey
     model(input_ids=source, attention_mask=mask, labels=decoder_input).loss.backward()
     monkeypatch.undo()
     assert reads == []
+
+
+def test_a_static_cache_length_is_not_read_back_for_the_position_check(monkeypatch):
+    # A static cache reports its length as a tensor: comparing it with max_position_embeddings in Python
+    # would be a host read at every eager decoding step.
+    from fixup_transformer.text.modeling_fixup_transformer import _positions
+
+    config = tiny_config()
+    reads = []
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda self: reads.append("__bool__") or True)
+    positions = _positions(1, torch.tensor(3), torch.device("cpu"), config)
+    monkeypatch.undo()
+    assert reads == [] and positions.tolist() == [3]
+    with pytest.raises(ValueError, match="max_position_embeddings"):  # an int length is still checked
+        _positions(2, config.max_position_embeddings, torch.device("cpu"), config)

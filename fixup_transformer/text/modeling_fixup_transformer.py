@@ -803,9 +803,11 @@ class FixupTransformerDecoder(FixupTransformerStack):
 def _positions(
     length: int, offset: int, device: torch.device, config: FixupTransformerConfig
 ) -> torch.Tensor:
-    # Skipped under torch.compile: there a static cache's length is a tensor, and the check a graph break.
+    # Skipped for a static cache's length, a tensor: the comparison would be a host read at every decoding
+    # step (eager) or a graph break (compiled). The dynamic cache's length is an int.
     if (
-        not is_torchdynamo_compiling()
+        not isinstance(offset, torch.Tensor)
+        and not is_torchdynamo_compiling()
         and config.position_offset + offset + length > config.max_position_embeddings
     ):
         raise ValueError(
