@@ -82,3 +82,16 @@ def test_checkpoint_that_does_not_match_the_config_is_a_clear_error(tmp_path: Pa
     # transformers' load report (logged just before the error) names each key and both shapes.
     assert "model.encoder.layers.{0, 1}.ffn.fc1.weight" in caplog.text
     assert "ckpt: torch.Size([64, 32]) vs model:torch.Size([128, 32])" in caplog.text
+
+
+def test_from_pretrained_overrides_are_validated_like_constructor_arguments(tmp_path: Path):
+    # transformers sets from_pretrained's keyword overrides after the config's own checks ran.
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    tiny_config().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="normalization"):
+        AutoConfig.from_pretrained(tmp_path, normalization="post_ln")  # with init="fixup"
+    config, unused = AutoConfig.from_pretrained(tmp_path, dropout=0.3, return_unused_kwargs=True)
+    assert config.dropout == 0.3 and unused == {}

@@ -176,7 +176,10 @@ class FixupTransformerConfig(PreTrainedConfig):
         # "multiplier" default (it is always written now, see `to_diff_dict`) and was the paper's placement.
         if "fixup_zero" not in config_dict:
             config_dict = {**config_dict, "fixup_zero": LEGACY_FIXUP_ZERO}
-        return super().from_dict(config_dict, **kwargs)
+        result = super().from_dict(config_dict, **kwargs)
+        # transformers applies from_pretrained's keyword overrides with setattr, after __post_init__ ran.
+        (result[0] if isinstance(result, tuple) else result)._validate_fixup_fields()
+        return result
 
     def to_diff_dict(self) -> dict:
         diff = super().to_diff_dict()
