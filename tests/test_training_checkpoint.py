@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 from torch import nn
 
+from fixup_transformer.errors import CheckpointError
 from fixup_transformer.training import checkpoint as ckpt
 
 
@@ -92,8 +93,8 @@ def test_keep_last_and_resume_errors(tmp_path):
     assert ckpt.resolve_resume(str(tmp_path), tmp_path).name == "checkpoint-4"
     assert ckpt.resolve_resume(None, tmp_path) is None
     assert ckpt.resolve_resume("auto", tmp_path / "fresh") is None
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        ckpt.resolve_resume(str(tmp_path / "nope"), tmp_path)
+    with pytest.raises(CheckpointError, match="^checkpoint.resume .*nope: not a complete checkpoint"):
+        ckpt.resolve_resume(str(tmp_path / "nope"), tmp_path, "checkpoint.resume")
 
 
 def test_average_checkpoints_math(tmp_path):

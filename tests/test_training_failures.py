@@ -441,6 +441,9 @@ def test_the_position_check_ignores_pairs_the_batching_drops(multi30k, tmp_path)
     # Validation is never filtered: the error names the line of the pair that does not fit.
     with pytest.raises(ConfigError, match=r"validation pair 2 \(line 2 of the validation files: 70 pieces"):
         mt.check_lengths_fit_positions(SimpleNamespace(train=lengths(10), valid=lengths(20, 70, 30)), cfg)
+    # The first pair too long, not the longest: a valid_limit below the longest would not help.
+    with pytest.raises(ConfigError, match=r"pair 2 .*70 pieces.*longest has 90.*valid_limit below 2 "):
+        mt.check_lengths_fit_positions(SimpleNamespace(train=lengths(10), valid=lengths(20, 70, 90)), cfg)
 
 
 def test_an_image_warmup_as_long_as_the_run_is_a_config_error(shared_data_dir, tmp_path, capsys):

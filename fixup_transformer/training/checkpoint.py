@@ -190,7 +190,9 @@ def export_step(export_dir: str | os.PathLike) -> int | None:
     return step if isinstance(step, int) else None
 
 
-def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
+def resolve_resume(
+    resume: str | None, output_dir: str | os.PathLike, option: str = "--resume"
+) -> Path | None:
     """``None``/``""`` -> no resume; ``"auto"`` -> newest complete checkpoint in ``output_dir`` (or none);
     anything else must be a complete checkpoint directory (or a run directory holding some)."""
     if not resume:
@@ -204,8 +206,8 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
         found = latest_checkpoint(candidate)
         if found is not None:
             return found
-    raise FileNotFoundError(
-        f"--resume {resume}: not a complete checkpoint directory ({CHECKPOINT_PREFIX}<step> with {STATE_FILE}) "
+    raise CheckpointError(
+        f"{option} {resume}: not a complete checkpoint directory ({CHECKPOINT_PREFIX}<step> with {STATE_FILE}) "
         "and no such checkpoint below it"
     )
 
@@ -282,7 +284,7 @@ def find_resume_checkpoint(
             )
         return None, []
     if resume != "auto":
-        path = resolve_resume(resume, output_dir)
+        path = resolve_resume(resume, output_dir, resume_option.split("=", 1)[0])  # the option's name
         problem = checkpoint_problem(path) if path is not None else None
         if problem is not None:
             raise CheckpointError(f"cannot resume from {path}: {problem}")

@@ -165,12 +165,13 @@ def check_lengths_fit_positions(data: MTData, cfg: MTConfig) -> None:
     longest_train, longest_valid = int(kept.max(initial=0)), int(valid.max(initial=0))
     positions = cfg.model.max_position_embeddings
     if longest_valid > positions:
-        # Validation is never filtered, so its index is the line in the validation files.
-        line = int(valid.argmax()) + 1
+        # Validation is never filtered, so its index is the line in the validation files; the first pair
+        # too long, so that a valid_limit below it helps.
+        line = int((valid > positions).argmax()) + 1
         raise ConfigError(
             f"model.max_position_embeddings={positions} is shorter than validation pair {line} (line {line} of "
-            f"the validation files: {longest_valid} pieces with </s>); raise it, or set data.valid_limit below "
-            f"{line} to score only the pairs before it"
+            f"the validation files: {int(valid[line - 1])} pieces with </s>; the longest has {longest_valid}); "
+            f"raise it, or set data.valid_limit below {line} to score only the pairs before it"
         )
     if longest_train > positions:
         raise ConfigError(
