@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from fixup_transformer.diagnostics import plot_run, record_training, torch_threads, write_tables
+from fixup_transformer.errors import run_script
 from fixup_transformer.paths import shared_data_dir
 from fixup_transformer.probe_data import cifar_batches, multi30k_batches
 from fixup_transformer.text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
@@ -140,4 +141,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))  # a bad --data-dir or size is one error line, exit 2

@@ -21,7 +21,7 @@ from ..errors import run_script
 from ..evaluation.bleu import format_scores, scores_to_json
 from ..evaluation.mt_eval import EvalRequest, check_model_dir, evaluate_model, training_config_section
 from ..evaluation.translate import GenerationSettings
-from ..training.process import exit_process
+from ..training.process import check_process_count, exit_process
 from .translate import check_output, generation_settings
 
 DEFAULTS = GenerationSettings()  # the decoding defaults live there
@@ -102,6 +102,7 @@ def _evaluate(argv) -> int:
     eval_defaults = training_config_section(args.model, "eval")
     settings = generation_settings(args, eval_defaults)
     accelerator = Accelerator(cpu=args.cpu)
+    check_process_count(accelerator.num_processes, "--cpu")  # else N full, racing evaluations
     request = EvalRequest(
         model_dir=args.model,
         split=args.split,
