@@ -100,6 +100,25 @@ def test_tokenized_bleu_tokenizes_raw_hypotheses_like_pretokenized_references():
     assert tokenized_bleu(refs, refs, pretokenized=True).score == pytest.approx(100.0)
 
 
+def test_one_raw_line_with_html_entities_does_not_stop_the_others_from_being_tokenized():
+    # Raw TED text has HTML entities (IWSLT's references hold "&amp; lt ; em &amp; gt ;"): inside words
+    # they mark a raw line, which is tokenized like the others; Moses-processed lines are kept.
+    from sacremoses import MosesTokenizer
+
+    from fixup_transformer.evaluation.bleu import corpus_scores
+
+    raw = ["It's here.", "Say &lt;em&gt;yes&lt;/em&gt; now.", 'He said "no".']
+    refs = [MosesTokenizer(lang="en").tokenize(line, escape=True, return_str=True).lower() for line in raw]
+    assert "&amp; lt ; em &amp; gt ;" in refs[1]
+    assert tokenized_bleu(raw, refs, pretokenized=True).score == pytest.approx(100.0)
+    mixed = [refs[0], raw[1], raw[2]]  # tokenized output lines beside raw ones
+    assert tokenized_bleu(mixed, refs, pretokenized=True).score == pytest.approx(100.0)
+    # sacreBLEU and chrF against such references are labelled as what they are.
+    scores = corpus_scores(raw, refs, with_tokenized_bleu=True, pretokenized_references=True)
+    assert "against the pre-tokenized references" in scores["bleu"].name
+    assert "against the pre-tokenized references" in scores["chrf"].name
+
+
 def test_a_byte_order_mark_is_not_part_of_the_first_sentence(tmp_path):
     from fixup_transformer.data import read_lines
 

@@ -69,21 +69,31 @@ def chrf_score(hypotheses: Sequence[str], references: Sequence[str]) -> Score:
 
 
 MOSES_ESCAPES = ("&apos;", "&quot;", "&amp;", "&lt;", "&gt;", "&#91;", "&#93;", "&#124;")
+_ESCAPE = re.compile("|".join(re.escape(e) for e in MOSES_ESCAPES))
+
+
+def _moses_processed(line: str) -> bool:
+    """Whether a line is Moses-tokenized already: it has Moses' escapes, each at the start of a token
+    (``it &apos;s``, ``&quot; yes &quot;``). Raw text with HTML entities has them inside words too
+    (``&lt;em&gt;``), and is tokenized like any raw line."""
+    starts = [m.start() for m in _ESCAPE.finditer(line)]
+    return bool(starts) and all(i == 0 or line[i - 1].isspace() for i in starts)
 
 
 def moses_tokenized(lines: Sequence[str], lang: str) -> list[str]:
     """Moses tokenization with Moses' escapes (``it &apos;s``), as fairseq's IWSLT preparation writes text.
 
-    Output that carries Moses' escapes anywhere is Moses-processed already (a model trained on tokenized
-    text; raw text never contains them) and is returned as it is, decided for the whole corpus: tokenizing
-    it again would split and escape it twice (``&apos; s``, ``&amp;apos;``).
+    A line that is Moses-processed already (a model trained on tokenized text writes its escapes) is
+    kept as it is, decided line by line: tokenizing it again would split and escape it twice
+    (``&apos; s``, ``&amp;apos;``), and one such line must not stop the others from being tokenized.
     """
-    if any(escape in line for line in lines for escape in MOSES_ESCAPES):
-        return list(lines)
     from sacremoses import MosesTokenizer
 
     tokenizer = MosesTokenizer(lang=lang)
-    return [tokenizer.tokenize(line, escape=True, return_str=True) for line in lines]
+    return [
+        line if _moses_processed(line) else tokenizer.tokenize(line, escape=True, return_str=True)
+        for line in lines
+    ]
 
 
 def tokenized_bleu(
@@ -138,8 +148,17 @@ def corpus_scores(
     target_lang: str = "en",
     with_compound_split_bleu: bool = False,
 ) -> dict[str, Score]:
-    """``{"bleu", "chrf"[, "tokenized_bleu"][, "compound_split_bleu"]}`` for one output and one reference."""
+    """``{"bleu", "chrf"[, "tokenized_bleu"][, "compound_split_bleu"]}`` for one output and one reference.
+
+    With ``pretokenized_references`` sacreBLEU and chrF still score the detokenized output, but against
+    tokenized, lowercased references: their names say so, as their standard signatures cannot.
+    """
     scores = {"bleu": sacrebleu_score(hypotheses, references), "chrf": chrf_score(hypotheses, references)}
+    if pretokenized_references:
+        for key in ("bleu", "chrf"):
+            score = scores[key]
+            name = f"{score.name} against the pre-tokenized references (not comparable to published scores)"
+            scores[key] = Score(name, score.score, score.signature, score.detail)
     if with_tokenized_bleu:
         scores["tokenized_bleu"] = tokenized_bleu(
             hypotheses, references, pretokenized_references, target_lang
