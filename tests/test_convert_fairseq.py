@@ -250,12 +250,17 @@ def test_native_model_with_its_own_ids_is_refused_with_the_reason(tmp_path):
         convert_hf_to_fairseq(tmp_path / "hf", tmp_path / "fs.pt")
 
 
-def test_separate_vocabularies_resize_together(tmp_path):
+def test_separate_vocabularies_resize_side_by_side(tmp_path):
+    # As MarianMTModel: resize_token_embeddings is the source dictionary, resize_decoder_token_embeddings
+    # the target one (resizing both to one size could cut trained target rows).
     path, _ = save_checkpoint(tmp_path, "zero", ARCHS["zero"])
     model = FixupTransformerForConditionalGeneration.from_pretrained(
         convert_fairseq_to_hf(path, tmp_path / "hf")
     )
+    target_size = model.config.target_vocab_size
     model.resize_token_embeddings(32)
+    assert (model.config.vocab_size, model.config.target_vocab_size) == (32, target_size)
+    model.resize_decoder_token_embeddings(32)
     assert (model.config.vocab_size, model.config.target_vocab_size) == (32, 32)
     assert model.model.decoder.embed_tokens.num_embeddings == model.lm_head.out_features == 32
     src = torch.tensor([[30, 5, EOS]])

@@ -470,3 +470,39 @@ def test_a_static_cache_length_is_not_read_back_for_the_position_check(monkeypat
     assert reads == [] and positions.tolist() == [3]
     with pytest.raises(ValueError, match="max_position_embeddings"):  # an int length is still checked
         _positions(2, config.max_position_embeddings, torch.device("cpu"), config)
+
+
+@pytest.mark.parametrize("tie_word_embeddings", [False, True])
+def test_separate_vocabularies_resize_one_side_at_a_time(tmp_path, tie_word_embeddings):
+    # fairseq's two dictionaries: resize_token_embeddings is the source side (as MarianMTModel), and
+    # resize_decoder_token_embeddings the target side; trained target rows are never cut.
+    model = build(
+        vocab_size=100, decoder_vocab_size=150, share_encoder_decoder_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
+    )  # fmt: skip
+    target_rows = model.lm_head.weight.detach().clone()
+    model.resize_token_embeddings(120)
+    assert model.model.encoder.embed_tokens.num_embeddings == 120 and model.config.vocab_size == 120
+    assert model.model.decoder.embed_tokens.num_embeddings == 150 and model.config.decoder_vocab_size == 150
+    assert torch.equal(model.lm_head.weight, target_rows)
+    model.resize_decoder_token_embeddings(160)
+    assert model.model.decoder.embed_tokens.num_embeddings == 160 and model.lm_head.weight.shape[0] == 160
+    assert torch.equal(model.lm_head.weight[:150], target_rows) and model.config.decoder_vocab_size == 160
+    assert (model.lm_head.weight is model.model.decoder.embed_tokens.weight) == tie_word_embeddings
+    labels = random_batch(2, 5, vocab=160, seed=2)
+    labels[:, 1] = 159
+    assert torch.isfinite(model(input_ids=random_batch(2, 6, vocab=120), labels=labels).loss)
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    assert loaded.config.vocab_size == 120 and loaded.lm_head.weight.shape[0] == 160
+    with pytest.raises(ValueError, match="resize_token_embeddings"):
+        build().resize_decoder_token_embeddings(50)
+
+
+def test_an_explicit_equal_decoder_vocab_size_follows_a_resize(tmp_path):
+    # decoder_vocab_size given as vocab_size (shared embeddings): after a resize the saved config loads.
+    model = build(vocab_size=97, decoder_vocab_size=97)
+    model.resize_token_embeddings(120)
+    assert model.config.target_vocab_size == 120 == model.lm_head.weight.shape[0]
+    model.save_pretrained(tmp_path)
+    assert type(model).from_pretrained(tmp_path).lm_head.weight.shape[0] == 120

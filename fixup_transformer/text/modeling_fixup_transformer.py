@@ -631,18 +631,29 @@ class FixupTransformerPreTrainedModel(InitsOwnedModules, PreTrainedModel):
         return resized
 
     def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
-        # transformers resizes the input embedding (the encoder's) and the output projection; with
-        # unshared embeddings the decoder's own table must follow, or target ids past the old size break.
+        if new_num_tokens is None and pad_to_multiple_of is None:  # transformers' no-op call: change nothing
+            return super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if self.config.decoder_vocab_size not in (None, self.config.vocab_size):
+            # Separate source and target vocabularies (fairseq's two dictionaries): the source side only, as
+            # MarianMTModel does; `resize_decoder_token_embeddings` resizes the target side.
+            old = self.get_input_embeddings()
+            embeddings = self._get_resized_embeddings(old, new_num_tokens, pad_to_multiple_of, mean_resizing)
+            embeddings.requires_grad_(old.weight.requires_grad)
+            self.set_input_embeddings(embeddings)
+            return embeddings
+        # One vocabulary. transformers resizes the input embedding (the encoder's) and the output
+        # projection; with unshared embeddings the decoder's own table must follow, or target ids past the
+        # old size break.
         embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
-        if new_num_tokens is None and pad_to_multiple_of is None:
-            return embeddings  # transformers' no-op call (it returns the input embedding): change nothing
         base = getattr(self, self.base_model_prefix, self)
         if not self.config.share_encoder_decoder_embeddings and isinstance(base, FixupTransformerModel):
             decoder = base.decoder
             decoder.embed_tokens = self._get_resized_embeddings(
                 decoder.embed_tokens, embeddings.num_embeddings, mean_resizing=mean_resizing
             )
-            self.config.decoder_vocab_size = None  # both vocabularies now have the new size
+        self.config.decoder_vocab_size = (
+            None  # both sides have the new size (also if it was given explicitly)
+        )
         return embeddings
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
@@ -926,6 +937,29 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
+
+    def resize_decoder_token_embeddings(
+        self, new_num_tokens: int, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """The target side of separate vocabularies (MarianMTModel's method): the decoder's embedding and
+        the output projection, and ``config.decoder_vocab_size``; ``resize_token_embeddings`` resizes the
+        source side."""
+        if self.config.share_encoder_decoder_embeddings:
+            raise ValueError(
+                "`resize_decoder_token_embeddings` is for unshared embeddings "
+                "(`share_encoder_decoder_embeddings=False`); use `resize_token_embeddings`."
+            )
+        decoder = self.model.decoder
+        decoder.embed_tokens = self._get_resized_embeddings(
+            decoder.embed_tokens, new_num_tokens, mean_resizing=mean_resizing
+        )
+        if not self.config.tie_word_embeddings:
+            self.lm_head = self._get_resized_lm_head(
+                self.lm_head, new_num_tokens, mean_resizing=mean_resizing
+            )
+        self.config.decoder_vocab_size = new_num_tokens
+        self.tie_weights()
+        return decoder.embed_tokens
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
