@@ -124,3 +124,28 @@ def test_fold_scalars_refuses_adapter_wrapped_layers_and_changes_nothing():
     assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
     merged = peft_model.merge_and_unload()
     assert merged.fold_scalars().config.scalars_folded
+
+
+def test_hooked_linears_run_their_own_forward_in_training():
+    """Accelerate's device_map/offload hooks (``_hf_hook``) act in a module's forward: a training forward
+    must call hooked projections and the output layer rather than read their weights (folding)."""
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    class Counting(ModelHook):
+        calls = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            Counting.calls += 1
+            return args, kwargs
+
+    torch.manual_seed(0)
+    model = trained_like(FixupTransformerForConditionalGeneration(tiny_config())).train()
+    source, labels = torch.randint(3, 97, (2, 6)), torch.randint(3, 97, (2, 5))
+    expected = model(input_ids=source, labels=labels).loss
+    layer = model.model.encoder.layers[0]
+    hooked = [layer.self_attn.qkv_proj, layer.self_attn.out_proj, layer.ffn.fc1, layer.ffn.fc2, model.lm_head]
+    for module in hooked:
+        add_hook_to_module(module, Counting())
+    loss = model(input_ids=source, labels=labels).loss
+    assert Counting.calls == len(hooked)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)

@@ -86,6 +86,13 @@ class ScaledWeightLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_scale, grad_bias
 
 
+def is_plain_linear(layer: nn.Module) -> bool:
+    """An ``nn.Linear`` whose weight may be read directly: not a subclass or adapter wrapper, and without
+    hooks that must run before its forward (Accelerate's device_map/offload ``_hf_hook`` moves or loads the
+    weight there; DeepSpeed ZeRO-3, whose parameters carry ``ds_id``, gathers it there)."""
+    return type(layer) is nn.Linear and not hasattr(layer, "_hf_hook") and not hasattr(layer.weight, "ds_id")
+
+
 def scaled_shifted_linear(
     x: torch.Tensor,
     layer: nn.Linear,
@@ -98,9 +105,10 @@ def scaled_shifted_linear(
     when ``fold`` (training) or applied element-wise otherwise (inference on small batches, where the
     O(d^2) weight-side work per call would cost more than the O(tokens x d) activation-side work).
 
-    Only a plain ``nn.Linear`` is folded: a wrapped one (a PEFT/LoRA adapter, a quantized layer) must
-    run its own forward, which reading its ``weight`` would bypass."""
-    if fold and type(layer) is nn.Linear:
+    Only a plain ``nn.Linear`` is folded (:func:`is_plain_linear`): a wrapped or hooked one (a PEFT/LoRA
+    adapter, a quantized layer, an offloaded one) must run its own forward, which reading its ``weight``
+    would bypass."""
+    if fold and is_plain_linear(layer):
         if isinstance(output_scale, ScalarScale) and not torch.is_autocast_enabled(x.device.type):
             # fp32: keep W, not s*W, for backward (under autocast the linear keeps a low-precision copy
             # of its weight anyway, as every autocast linear does).

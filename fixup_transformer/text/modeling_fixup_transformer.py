@@ -59,7 +59,7 @@ from ..fixup import (
 )
 from .configuration_fixup_transformer import FixupTransformerConfig
 from .dropout import dropout
-from .folding import fold_into_linear, scaled_shifted_linear
+from .folding import fold_into_linear, is_plain_linear, scaled_shifted_linear
 from .output_loss import IGNORE_INDEX, label_smoothed_loss_sums, linear_label_smoothed_loss_sums
 
 # transformers drops an all-ones padding mask (so SDPA may pick a flash kernel), but finding that out reads
@@ -1045,7 +1045,7 @@ class FixupTransformerForConditionalGeneration(FixupTransformerPreTrainedModel, 
             self.config.loss_without_logits
             and self.training
             and torch.is_grad_enabled()
-            and type(head) is nn.Linear
+            and is_plain_linear(head)
             and head.bias is None
             and not torch.compiler.is_compiling()
         )
