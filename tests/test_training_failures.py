@@ -584,3 +584,23 @@ def test_the_time_budget_is_decided_and_recorded_on_the_slowest_clock():
     assert state.train_seconds == 181.0  # what the checkpoint records: a rerun finds the budget spent
     state = SimpleNamespace(train_seconds=170.0)
     assert not out_of_time(TwoProcesses(other_clock=120.0), state, 3.0) and state.train_seconds == 170.0
+
+
+def test_a_last_export_redone_after_a_kill_keeps_its_validation_scores(multi30k, tmp_path, monkeypatch):
+    # The final update's validation result lives in the checkpoint: an export killed and redone on resume
+    # (no new validation, the weights are the same) still carries the scores in export_info and the card.
+    run = tmp_path / "run"
+    real_export = mt.export_pretrained
+
+    def killed_at_last(model, output_dir, *args, **kwargs):
+        if Path(output_dir).name == "last":
+            raise KeyboardInterrupt
+        return real_export(model, output_dir, *args, **kwargs)
+
+    monkeypatch.setattr(mt, "export_pretrained", killed_at_last)
+    with pytest.raises(KeyboardInterrupt):
+        mt.train(tiny_config(multi30k, run, eval__test_split="none"))
+    monkeypatch.setattr(mt, "export_pretrained", real_export)
+    mt.train(tiny_config(multi30k, run, eval__test_split="none", checkpoint__resume="auto"))
+    info = json.loads((run / "last" / "export_info.json").read_text())
+    assert info["step"] == 8 and "valid_loss" in info and "valid_bleu" in info

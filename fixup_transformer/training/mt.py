@@ -112,6 +112,7 @@ class MTTrainerState(TrainerState):
     best_metric_key: str | None = None  # what best_metric measures (None: a checkpoint from before this)
     best_step: int | None = None
     last_valid_step: int | None = None
+    last_valid: dict | None = None  # that validation's result: the model card of an export at that step
     # The log window cut by the checkpoint: StepAccumulator.window_sums() and its seconds so far
     log_window: list[float] = dataclasses.field(default_factory=list)
     log_window_seconds: float = 0.0
@@ -454,8 +455,9 @@ class MTTrainer:
         model = self.accelerator.unwrap_model(self.model)
         state = dataclasses.asdict(self.state)
         example = self.data.valid_pairs[0][0] if self.data.valid_pairs else None
-        step, valid = getattr(self, "_last_valid", (None, None))
-        valid = valid if step == self.state.step else None  # scores of exactly these weights, or none
+        # Scores of exactly these weights, or none; kept in the state, so that an export redone after a
+        # resume (a kill during the last one) has them too.
+        valid = self.state.last_valid if self.state.last_valid_step == self.state.step else None
         return lambda tmp: complete_mt_export(tmp, name, model, state, example, valid)
 
     def _validate(self, bar=None) -> dict:
@@ -464,8 +466,7 @@ class MTTrainer:
 
     def _validate_and_export(self, bar=None) -> dict:
         result = validate(self.model, self.accelerator, self.data, self.cfg, self.ids)
-        self.state.last_valid_step = self.state.step
-        self._last_valid = (self.state.step, result)  # for the model card of an export at this step
+        self.state.last_valid_step, self.state.last_valid = self.state.step, result
         key = best_metric_key(self.cfg, result)
         if self.state.best_metric_key not in (None, key):  # e.g. eval.best_metric changed on resume
             self.accelerator.print(
