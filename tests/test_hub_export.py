@@ -367,6 +367,8 @@ def test_model_cards_carry_hub_metadata_scores_and_budget(run):
     tested = ModelCard.load(run_dir / summary["test_model"] / "README.md").data.eval_results
     test_bleu = next(r for r in tested if r.dataset_split == "test" and r.metric_type == "bleu")
     assert test_bleu.metric_value == round(summary["test"]["bleu"]["score"], 2)
+    if training_config["data"]["test_limit"] is not None:  # part of the split: the entry says so
+        assert f"first {training_config['data']['test_limit']} sentences" in test_bleu.metric_name
     assert test_bleu.metric_args["signature"] == summary["test"]["bleu"]["signature"]
     assert (
         "averaged" in (run_dir / "averaged" / "README.md").read_text()

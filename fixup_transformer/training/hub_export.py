@@ -138,10 +138,13 @@ def _results(info: dict, cfg: dict, dataset_id: str, pair: str) -> list[EvalResu
     results = []
     test = info.get("test")
     if test:
+        # data.test_limit scored only the first sentences: the entry must not read as the whole split's score.
+        limited = cfg.get("data", {}).get("test_limit") is not None
+        part = f"first {test['sentences']} sentences, " if limited else ""
         for key, metric_type in (("bleu", "bleu"), ("chrf", "chrf")):
             score = test["scores"].get(key)
             if score:
-                name = f"{score['name']} (beam {test['beam']})"
+                name = f"{score['name']} ({part}beam {test['beam']})"
                 results.append(result(test["split"], metric_type, name, score["score"], score["signature"]))
     if info.get("valid_bleu") is not None:
         n, beam = info.get("valid_bleu_sentences"), cfg.get("eval", {}).get("valid_beam")
