@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+import torch
 from test_train_mt_e2e import OFFLINE_ENV
 
 from fixup_transformer.cli import translate as cli
@@ -177,6 +178,15 @@ def test_errors_are_one_line_with_exit_code_2(run_dir, tmp_path, capsys):
     assert cli.main(["--model", model, "--input", str(src), "--max-new-tokens", "0"]) == 2
     assert "max_new_tokens must be at least 1" in one_error_line(capsys)
 
+    assert cli.main(["--model", model, "--input", str(src), "--lenpen", "nan"]) == 2
+    assert "lenpen must be a finite number" in one_error_line(capsys)
+
+    assert cli.main(["--model", model, "--input", str(src), "--device", "gpu"]) == 2
+    assert "--device 'gpu'" in one_error_line(capsys)
+    if not torch.cuda.is_available():
+        assert cli.main(["--model", model, "--input", str(src), "--device", "cuda"]) == 2
+        assert "no CUDA device" in one_error_line(capsys)
+
 
 def test_sources_and_outputs_longer_than_the_positions_fit_them(run_dir, tmp_path, capsys):
     # One line out per line in: a source longer than the model's positions is cut to fit (with a warning),
@@ -284,6 +294,18 @@ def test_evaluate_usage_errors_are_one_line_before_decoding(run_dir, multi30k, t
     (bad_type / "config.json").write_text(json.dumps({**config, "d_model": float(config["d_model"])}))
     assert evaluate_mt.main(["--model", str(bad_type), "--data-dir", str(multi30k), "--cpu"]) == 2
     assert "field 'd_model'" in capsys.readouterr().err
+
+    truncated = tmp_path / "truncated_weights"
+    shutil.copytree(model, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:7])
+    bad_yaml = tmp_path / "bad_training_config"
+    shutil.copytree(model, bad_yaml)
+    (bad_yaml / "training_config.yaml").write_text("eval: [unclosed\n", encoding="utf-8")
+    for broken, message in [(truncated, "cannot load the model in"), (bad_yaml, "is not valid YAML")]:
+        assert evaluate_mt.main(["--model", str(broken), "--data-dir", str(multi30k), "--cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err, err
 
     for missing, message in [
         ("model.safetensors", "cannot load the model in"),

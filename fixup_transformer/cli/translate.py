@@ -17,6 +17,7 @@ unusable model directory end with one ``error:`` line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -141,6 +142,8 @@ def generation_settings(args: argparse.Namespace, eval_defaults: dict):
         raise InputError(
             f"max_len_a and max_len_b must be >= 0, got {settings.max_len_a}, {settings.max_len_b}"
         )
+    if not math.isfinite(settings.length_penalty):
+        raise InputError(f"lenpen must be a finite number, got {settings.length_penalty}")
     return settings
 
 
@@ -148,6 +151,19 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def checked_device(name: str) -> str:
+    """``--device`` as torch reads it, on this machine: a clear error instead of a traceback later."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise InputError(f"--device {name!r}: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name!r}: this machine has no CUDA device (use cpu)")
+    return name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     lines = read_input(args.input)
     settings = generation_settings(args, training_config_section(args.model, "eval"))
     hf_logging.disable_progress_bar()  # the weight-loading bar is noise on a translation command's stderr
-    model, tokenizer = load_model_and_tokenizer(args.model, args.device or default_device())
+    model, tokenizer = load_model_and_tokenizer(args.model, checked_device(args.device or default_device()))
     show_progress = not args.quiet and (args.output is not None or not sys.stdout.isatty())
 
     def translate(sources: list[str]) -> list[str]:

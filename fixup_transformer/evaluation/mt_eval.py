@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 
 from ..data import CorpusConfig, load_parallel
 from ..errors import ConfigError, ModelDirError
@@ -43,7 +44,13 @@ def training_config_section(model_dir: str | Path, section: str) -> dict:
     path = Path(model_dir) / TRAINING_CONFIG_FILE
     if not path.is_file():
         return {}
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get(section) or {}
+    try:
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ModelDirError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(recorded, dict):
+        raise ModelDirError(f"{path} holds no training config mapping")
+    return recorded.get(section) or {}
 
 
 def corpus_for(request: EvalRequest) -> CorpusConfig:
@@ -103,7 +110,12 @@ def load_model_and_tokenizer(model_dir: str | Path, device=None):
         raise ModelDirError(f"cannot load the tokenizer in {model_dir}: {err}") from err
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
-    except (OSError, ValueError, StrictDataclassError) as err:  # no weights file, a config.json field's value
+    except (
+        OSError,
+        ValueError,
+        StrictDataclassError,
+        SafetensorError,
+    ) as err:  # no or truncated weights, a bad config value
         raise ModelDirError(f"cannot load the model in {model_dir}: {err}") from err
     if device is not None:
         model.to(device)
