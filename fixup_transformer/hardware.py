@@ -72,7 +72,7 @@ def skip_per_shape_attention_builds() -> bool:
     shapes all the time (sentences x source length x target length in training, a longer key at every
     decoding step). Measured on an H200 (torch 2.11, cuDNN 9, bf16; docs/benchmarks.md): a masked attention
     forward + backward on a new shape took 135 ms with torch's default backends against 0.4 ms without
-    cuDNN, and the default Multi30k job ran 4-6 updates/s in bf16 against 35 in fp32 (where cuDNN's
+    cuDNN, and the default Multi30k job ran 3.9 updates/s in bf16 against 37 in fp32 (where cuDNN's
     attention does not apply); with it off, bf16 ran 39. Flash and memory-efficient attention need no
     per-shape build, so torch uses them instead. Training, validation and ``translate_corpus`` call this.
     """
