@@ -175,3 +175,26 @@ def test_split_files_with_a_key_that_is_not_a_split_is_refused(tmp_path):
         CorpusConfig("iwslt14", data_dir=tmp_path, split_files={"valid": "valid.tok.lc"})
     with pytest.raises(CorpusError, match="data_dir is not set"):
         CorpusConfig("iwslt14", split_files={"validation": "valid.tok.lc"})
+
+
+def test_files_that_would_misalign_silently_are_named(tmp_path: Path) -> None:
+    from fixup_transformer.data.parallel import read_lines
+
+    # A byte-order mark does not shift the reported place of a bad byte.
+    bom = tmp_path / "bom.de"
+    bom.write_bytes(b"\xef\xbb\xbfeins\nzw\xffei\n")
+    with pytest.raises(CorpusError, match=r"bom\.de at line 2 \(byte offset 10\)"):
+        read_lines(bom)
+    # Old Mac line endings would make each file one "sentence" (both sides alike, so counts agree).
+    mac = tmp_path / "mac.de"
+    mac.write_bytes(b"Ein Hund .\rZwei Katzen .\rDrei.\r")
+    with pytest.raises(CorpusError, match=r"mac\.de ends its lines with \\r only"):
+        read_lines(mac)
+    crlf = tmp_path / "crlf.de"
+    crlf.write_bytes(b"Ein Hund .\r\n")  # one Windows line is fine
+    assert read_lines(crlf) == ["Ein Hund ."]
+    # A gzip file without the .gz name is named as such, not as invalid UTF-8.
+    packed = tmp_path / "packed.de"
+    packed.write_bytes(gzip.compress(b"Ein Hund .\n"))
+    with pytest.raises(CorpusError, match=r"packed\.de is gzip-compressed: name it packed\.de\.gz"):
+        read_lines(packed)

@@ -35,6 +35,8 @@ class TranslationCollator:
 
     pad_id: int = PAD_ID
     label_pad_id: int = LABEL_PAD_ID
+    # Rounds lengths up after batching: a batch cut to data.max_tokens can then exceed it (the training
+    # loop leaves it unset).
     pad_to_multiple_of: int | None = None
     include_ids: bool = False
 

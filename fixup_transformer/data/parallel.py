@@ -8,11 +8,14 @@ file and the problem instead of truncating or guessing.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import zlib
 from pathlib import Path
 
 from ..errors import CorpusError
+
+GZIP_MAGIC = b"\x1f\x8b"
 
 Pair = tuple[str, str]
 
@@ -50,13 +53,23 @@ def read_lines(path: str | Path) -> list[str]:
         raise CorpusError(f"cannot read {path}: {err}") from err
     if not data:
         raise CorpusError(f"corpus file is empty: {path}")
+    if path.suffix != ".gz" and data[:2] == GZIP_MAGIC:
+        raise CorpusError(f"{path} is gzip-compressed: name it {path.name}.gz")
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # not part of the first sentence
     try:
-        text = data.decode("utf-8-sig")  # a byte-order mark is not part of the first sentence
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as err:
-        line_no = data.count(b"\n", 0, err.start) + 1
+        offset = bom + err.start  # in the file, as a hex editor shows it
+        line_no = data.count(b"\n", 0, offset) + 1
         raise CorpusError(
-            f"invalid UTF-8 in {path} at line {line_no} (byte offset {err.start}): {err.reason}"
+            f"invalid UTF-8 in {path} at line {line_no} (byte offset {offset}): {err.reason}"
         ) from err
+    unix = text.replace("\r\n", "\n")
+    if "\r" in unix and "\n" not in unix.rstrip("\n"):
+        # Old Mac line endings: split on \n the whole file would be one "sentence", on both sides alike.
+        raise CorpusError(
+            f"{path} ends its lines with \\r only (old Mac style); convert it to \\n line endings"
+        )
     return split_text_lines(text)
 
 
