@@ -259,7 +259,9 @@ def test_evaluate_decodes_with_the_training_configs_settings(run_dir, multi30k, 
     out = tmp_path / "hyp.en"
     argv = ["--model", str(run_dir / "last"), "--data-dir", str(multi30k), "--limit", "6", "--cpu"]
     assert evaluate_mt.main([*argv, "--output", str(out)]) == 0
-    assert "6 sentences, beam 2, lenpen 1.0" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "6 sentences, beam 2, lenpen 1.0" in printed
+    assert f"({multi30k / 'test_2016_flickr'}.{{de,en}})" in printed  # the files scored, not the name only
     sources = [
         s for s, _ in load_parallel(CorpusConfig("multi30k", "de", "en", data_dir=multi30k), "test")[:6]
     ]

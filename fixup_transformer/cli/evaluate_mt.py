@@ -123,7 +123,8 @@ def _evaluate(argv) -> int:
         if args.json:
             atomic_write_text(args.json, json.dumps(scores_to_json(scores), indent=2) + "\n")
         print(
-            f"{corpus.name} {corpus.src_lang}-{corpus.tgt_lang} {args.split}: {len(hyps)} sentences, "
+            f"{corpus.name} {corpus.src_lang}-{corpus.tgt_lang} {args.split} ({corpus.describe(args.split)}): "
+            f"{len(hyps)} sentences, "
             f"beam {settings.num_beams}, lenpen {settings.length_penalty}"
         )
         print(format_scores(scores))

@@ -93,6 +93,16 @@ class CorpusConfig:
             return CorpusSpec(hub_path="")
         raise CorpusError(f"unknown corpus {self.name!r}; known: {sorted(CORPORA)} (or set data_dir)")
 
+    def local_stem(self, split: str) -> str:
+        """The file stem of ``split`` in ``data_dir``: ``split_files`` first, then the corpus table's."""
+        return self.split_files.get(split, self.spec.local_splits.get(split, split))
+
+    def describe(self, split: str) -> str:
+        """Where ``split`` is read from, for logs: ``dir/stem.{src,tgt}`` or the Hub dataset."""
+        if self.data_dir is not None:
+            return f"{Path(self.data_dir) / self.local_stem(split)}.{{{self.src_lang},{self.tgt_lang}}}"
+        return f"Hub {self.spec.hub_path}"
+
 
 def check_split_files(split_files: Mapping[str, str], data_dir: str | Path | None) -> None:
     """Refuse what would be silently ignored: a key that is not a split (``valid:`` for ``validation:`` would
@@ -152,8 +162,9 @@ def load_parallel(config: CorpusConfig, split: str) -> list[Pair]:
         raise CorpusError(f"unknown split {split!r}; expected one of {SPLITS}")
     spec = config.spec
     if config.data_dir is not None:
-        stem = config.split_files.get(split, spec.local_splits.get(split, split))
-        return load_local_parallel(config.data_dir, stem, config.src_lang, config.tgt_lang)
+        return load_local_parallel(
+            config.data_dir, config.local_stem(split), config.src_lang, config.tgt_lang
+        )
     return load_hub_parallel(spec, split, config.src_lang, config.tgt_lang, config.cache_dir)
 
 
