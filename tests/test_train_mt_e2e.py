@@ -122,7 +122,8 @@ def test_exact_resume_exports_and_test_scores(multi30k, tmp_path, capsys):
     assert evaluate_main([*argv, "--output", str(hyp_file), "--tokenized-bleu"]) == 0
     out = capsys.readouterr().out
     assert (
-        "multi30k de-en test: 12 sentences" in out
+        "multi30k de-en test (" in out
+        and "): 12 sentences" in out
         and "sacreBLEU = " in out
         and "tokenized BLEU (lowercased" in out
     )

@@ -555,6 +555,9 @@ class MTTrainer:
                         self._log_train(window, lr, bar)
                 if "valid" in due:
                     self._validate(bar)
+                    # The validation's minutes count: for the budget check and in the checkpoint's clock.
+                    elapsed = prior_seconds + time.monotonic() - segment_start
+                    state.train_seconds = max(state.train_seconds, elapsed)
                 stop = self._budget_exhausted(agree="log" in due)
                 epoch_done = state.batches_done >= self.sampler.batches_per_rank
                 if stop is None and epoch_done:  # before the save: the checkpoint then holds the epoch's end
