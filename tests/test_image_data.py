@@ -207,3 +207,27 @@ def test_normalize_uses_channel_statistics():
     images = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     out = normalize(images, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
     assert torch.allclose(out[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
+
+
+def test_hidden_or_empty_class_folders_are_not_classes(tmp_path):
+    # .ipynb_checkpoints / __MACOSX are skipped; a class folder without images would be a dead output.
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / name / "0.png")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "__MACOSX").mkdir()
+    assert load_image_folder(tmp_path).classes == ["cat", "dog"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageDataError, match=r"class folder .*empty holds no"):
+        load_image_folder(tmp_path)
+
+
+def test_npz_layout_mistakes_get_advice(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (6, 3, 8, 8), dtype=np.uint8)  # channels first
+    _write_npz(tmp_path / "chw.npz", x=x)
+    with pytest.raises(ImageDataError, match=r"x\.transpose\(0, 2, 3, 1\)"):
+        load_npz(tmp_path / "chw.npz")
+    _write_npz(tmp_path / "names.npz", y=np.array(["a", "b", "c", "a", "b", "c"]))
+    with pytest.raises(ImageDataError, match=r"names\.npz: labels 'y' must be integer class indices"):
+        load_npz(tmp_path / "names.npz")

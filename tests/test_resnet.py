@@ -316,3 +316,39 @@ def test_one_label_without_problem_type_is_a_regression_as_in_transformers():
     x, targets = torch.randn(2, 3, 32, 32), torch.tensor([0.3, -1.2])
     output = model(x, labels=targets)
     torch.testing.assert_close(output.loss, F.mse_loss(output.logits.squeeze(-1), targets))
+
+
+def test_imagenet_family_defaults_to_its_image_size():
+    from fixup_transformer.vision import FixupResNetConfig
+
+    assert FixupResNetConfig(family="imagenet", depth=50).image_size == 224
+    assert FixupResNetConfig().image_size == 32
+    assert FixupResNetConfig(family="imagenet", depth=50, image_size=160).image_size == 160
+
+
+def test_trainer_updates_are_the_same_with_gradient_accumulation(tmp_path):
+    """One Trainer update over 8 images, in one batch of 8 or in 2 accumulated batches of 4: the same
+    update. The loss is a batch mean without num_items_in_batch, so the Trainer must divide by its
+    accumulation steps (it skips that for models that accept loss kwargs: the update was 2x too big)."""
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    data = [{"pixel_values": images[i], "labels": labels[i]} for i in range(8)]
+
+    def first_update(batch_size: int, accumulation: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = V.FixupResNetForImageClassification(V.FixupResNetConfig.cifar(depth=8, width_multiplier=0.25))
+        before = model.classifier.fc.weight.detach().clone()
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"run{accumulation}"), per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=0.1, optim="sgd",
+            lr_scheduler_type="constant", weight_decay=0.0, report_to=[], save_strategy="no",
+            logging_strategy="no", use_cpu=True, seed=0, data_seed=0,
+        )  # fmt: skip
+        trainer = Trainer(model=model, args=args, train_dataset=data)
+        trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(data)
+        trainer.train()
+        return model.classifier.fc.weight.detach() - before
+
+    torch.testing.assert_close(first_update(4, 2), first_update(8, 1), rtol=1e-4, atol=1e-6)

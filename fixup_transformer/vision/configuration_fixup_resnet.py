@@ -60,7 +60,7 @@ class FixupResNetConfig(PreTrainedConfig):
         every conv and PyTorch's default Linear init for the classifier, with no zero or depth scaling.
     num_channels (`int`, defaults to 3):
         Channels of the input images.
-    image_size (`int`, defaults to 32):
+    image_size (`int`, defaults to 32 for the CIFAR family and 224 for ImageNet):
         Side of the square images the model is trained on (32 for CIFAR, 224 for ImageNet); used by the
         image processor presets, the network itself accepts any size.
 
@@ -83,7 +83,7 @@ class FixupResNetConfig(PreTrainedConfig):
     normalization: str = "none"
     init: str = "fixup"
     num_channels: int = 3
-    image_size: int = 32
+    image_size: int | None = None
 
     def __post_init__(self, **kwargs):
         # Plain ValueErrors here (rather than `validate_*` hooks, which huggingface_hub wraps in a
@@ -105,6 +105,8 @@ class FixupResNetConfig(PreTrainedConfig):
             raise ValueError(
                 f"FixupResNetConfig.depth={self.depth} is not an ImageNet ResNet depth: allowed {sorted(IMAGENET_DEPTHS)}"
             )
+        if self.image_size is None:
+            self.image_size = 32 if self.family == "cifar" else 224
         if self.id2label is None and "num_labels" not in kwargs:
             kwargs["num_labels"] = 10 if self.family == "cifar" else 1000
         super().__post_init__(**kwargs)

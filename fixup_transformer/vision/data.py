@@ -51,7 +51,12 @@ class ImageArrays:
             # channel counts would broadcast silently into a wrong 3-channel model.
             raise ValueError(
                 f"images have {self.images.shape[-1]} channel(s) (shape {list(self.images.shape)}); only "
-                "RGB [N, H, W, 3] is supported: convert grayscale with np.repeat(x, 3, axis=-1)"
+                "RGB [N, H, W, 3] is supported: "
+                + (
+                    "channels come first here, use x.transpose(0, 2, 3, 1)"
+                    if self.images.ndim == 4 and self.images.shape[1] == 3
+                    else "convert grayscale with np.repeat(x, 3, axis=-1)"
+                )
             )
 
     def __len__(self) -> int:
@@ -86,6 +91,10 @@ def load_npz(path: str | os.PathLike) -> ImageArrays:
         if missing:
             raise KeyError(f"{path} lacks required key(s) {missing}; it has {sorted(archive.files)}")
         images, labels, classes = archive["x"], archive["y"], [str(c) for c in archive["classes"]]
+    if not np.issubdtype(labels.dtype, np.number):
+        raise ImageDataError(
+            f"{path}: labels 'y' must be integer class indices into 'classes', got {labels.dtype} values"
+        )
     if not np.issubdtype(labels.dtype, np.integer):
         fractional = np.flatnonzero(np.asarray(labels, dtype=np.float64) % 1 != 0)
         if fractional.size:  # astype(int64) would truncate 2.7 to class 2 without a word
@@ -108,7 +117,12 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None) ->
     from PIL import Image, ImageOps
 
     root = Path(root)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    # Hidden folders (.ipynb_checkpoints, .git) and macOS archive debris are no classes.
+    classes = (
+        sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
+        if root.is_dir()
+        else []
+    )
     if not classes:
         raise FileNotFoundError(f"no class sub-folders in image folder {root}")
     images, labels, file_of_shape = [], [], {}
@@ -128,6 +142,8 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None) ->
             images.append(array)
             labels.append(label)
             file_of_shape.setdefault(array.shape, file)
+        if not labels or labels[-1] != label:  # a class without images would be an output that never trains
+            raise ImageDataError(f"class folder {root / name} holds no {'/'.join(IMAGE_SUFFIXES)} images")
     if not images:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {root}")
     if len(file_of_shape) > 1:

@@ -218,6 +218,9 @@ class FixupResNetPreTrainedModel(InitsOwnedModules, PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["FixupBasicBlock", "FixupBottleneck"]
+    # The loss is a mean over the batch and takes no num_items_in_batch: transformers' Trainer must divide
+    # by its gradient-accumulation steps itself (it skips that for models whose forward takes **kwargs).
+    accepts_loss_kwargs = False
 
     def _refuse_checkpointing_with_batchnorm(self) -> None:
         if self.config.normalization == "batchnorm":
