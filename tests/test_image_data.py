@@ -231,3 +231,20 @@ def test_npz_layout_mistakes_get_advice(tmp_path):
     _write_npz(tmp_path / "names.npz", y=np.array(["a", "b", "c", "a", "b", "c"]))
     with pytest.raises(ImageDataError, match=r"names\.npz: labels 'y' must be integer class indices"):
         load_npz(tmp_path / "names.npz")
+
+
+def test_imagenet_layout_val_is_the_test_split_and_a_missing_one_is_named(tmp_path):
+    from fixup_transformer.vision.data import split_location
+
+    for part in ("train", "val"):
+        for name in ("cat", "dog"):
+            (tmp_path / part / name).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / part / name / "0.png")
+    assert split_location(str(tmp_path), "test") == str((tmp_path / "val").resolve())
+    assert load_images(str(tmp_path), "test").classes == ["cat", "dog"]
+    for name in ("cat", "dog"):
+        (tmp_path / "val" / name / "0.png").unlink()
+        (tmp_path / "val" / name).rmdir()
+    (tmp_path / "val").rmdir()
+    with pytest.raises(FileNotFoundError, match=r"has train/ but no test/ or val/ or validation/"):
+        split_location(str(tmp_path), "test")

@@ -197,6 +197,10 @@ def load_images(source: str, split: str, image_size: int | None = None) -> Image
         raise ImageDataError(f"cannot load {split} images from {source}: {err}") from None
 
 
+# The test split of a folder source: ImageNet's own layout is train/ + val/.
+TEST_FOLDERS = ("test", "val", "validation")
+
+
 def split_location(source: str, split: str) -> str:
     """Where :func:`load_images` reads ``split`` of ``source``: ``hub:<name>:<split>`` or a path. Two splits
     with one location are the same images (e.g. a single archive, or a folder without train/test parts)."""
@@ -207,8 +211,15 @@ def split_location(source: str, split: str) -> str:
         return str(path.resolve())
     if split in CIFAR10_LOCAL_SPLITS and (path / CIFAR10_LOCAL_SPLITS[split]).is_file():
         return str((path / CIFAR10_LOCAL_SPLITS[split]).resolve())
-    if (path / split).is_dir():
-        return str((path / split).resolve())
+    folders = TEST_FOLDERS if split == "test" else (split,)
+    for name in folders:
+        if (path / name).is_dir():
+            return str((path / name).resolve())
+    if path.is_dir() and (path / "train").is_dir():  # split into parts, but not this one
+        raise FileNotFoundError(
+            f"image folder {path} has train/ but no {' or '.join(f + '/' for f in folders)} for the {split} "
+            "split; pass its location as test_data"
+        )
     if path.is_dir():
         return str(path.resolve())
     raise FileNotFoundError(f"image data source {source!r} (split {split!r}) not found")
