@@ -198,3 +198,21 @@ def test_files_that_would_misalign_silently_are_named(tmp_path: Path) -> None:
     packed.write_bytes(gzip.compress(b"Ein Hund .\n"))
     with pytest.raises(CorpusError, match=r"packed\.de is gzip-compressed: name it packed\.de\.gz"):
         read_lines(packed)
+
+
+def test_cleaning_counts_chinese_and_japanese_words_without_spaces(shared_data_dir: Path) -> None:
+    from fixup_transformer.data.cleaning import sentence_length
+
+    # Each ideograph a word, a run of kana one word: a whole sentence is no longer a single "word".
+    assert sentence_length("猫坐在垫子上，看着窗外。") == 12  # 10 ideographs, 2 punctuation marks
+    assert sentence_length("皆さん、おはようございます。") == 5  # 皆 / さん / 、 / おはようございます / 。
+    pairs = [
+        ("The cat sits on the mat and looks out of the window .", "猫坐在垫子上，看着窗外。"),
+        ("I like it .", "我喜欢它。"),
+        ("Good morning , everyone .", "皆さん、おはようございます。"),
+    ]
+    assert clean_pairs(pairs)[1].kept == 3  # with whitespace words all three failed the 1.5 ratio
+    # Text without ideographs or kana counts exactly as clean-corpus-n.perl (whitespace words).
+    lines = [s for pair in load_local_parallel(shared_data_dir / "multi30k", "val", "de", "en") for s in pair]
+    assert [sentence_length(s) for s in lines] == [len(s.split()) for s in lines]
+    assert sentence_length(" a\x85b\tc\u3000d ") == len(" a\x85b\tc\u3000d ".split())

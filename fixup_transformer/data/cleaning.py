@@ -7,11 +7,16 @@ incomparable with published numbers, so :func:`fixup_transformer.data.load_paral
 
 Lengths are counted in whitespace-separated words, as ``clean-corpus-n.perl`` does (fairseq's
 prepare-iwslt14.sh uses ``-ratio 1.5`` with max 175 words on Moses-tokenized text). Words rather than subwords
-keep cleaning independent of the tokenizer, which is itself trained on the cleaned text.
+keep cleaning independent of the tokenizer, which is itself trained on the cleaned text. Chinese and
+Japanese are written without spaces: each CJK ideograph counts as a word and each run of kana as one, about
+as a word segmenter would split them (Chinese words average 1.5 characters); otherwise a whole sentence
+would be one word, fail every length ratio against its translation and never reach max_len. Text without
+ideographs or kana counts exactly as the Perl script does.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,6 +24,17 @@ from .parallel import Pair
 
 # clean-corpus-n.perl drops a pair with a "word" this long: a URL, a base64 blob or a line without spaces.
 MAX_WORD_CHARS = 1000
+
+# Chinese and Japanese have no spaces between words (module docstring): ideographs count one word each,
+# runs of kana one word, and runs of anything else between spaces one word, as the Perl script counts.
+_IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_KANA = "\u3040-\u30ff"
+_WORD = re.compile(f"[{_IDEOGRAPHS}]|[{_KANA}]+|[^\\s{_IDEOGRAPHS}{_KANA}]+")
+
+
+def sentence_length(text: str) -> int:
+    """Words of ``text``: whitespace-separated runs, each CJK ideograph and each run of kana one word."""
+    return len(_WORD.findall(text))
 
 
 @dataclass
@@ -63,7 +79,7 @@ def clean_pairs(
     stats = CleaningStats()
     for src, tgt in pairs:
         src_words, tgt_words = src.split(), tgt.split()
-        n_src, n_tgt = len(src_words), len(tgt_words)
+        n_src, n_tgt = sentence_length(src), sentence_length(tgt)
         if min(n_src, n_tgt) < min_len:
             stats.empty += 1
         elif max(n_src, n_tgt) > max_len:

@@ -40,7 +40,11 @@ class DataConfig:
     split_files: dict[str, str] = field_doc(
         {}, "Override local file stems per split, e.g. {validation: valid.tok.lc}."
     )
-    max_len: int = field_doc(250, "Cleaning: drop training pairs with a side longer than this many words.")
+    max_len: int = field_doc(
+        250,
+        "Cleaning: drop training pairs with a side longer than this many words (whitespace-separated; in "
+        "Chinese and Japanese each ideograph and each run of kana is a word).",
+    )
     max_ratio: float = field_doc(1.5, "Cleaning: drop training pairs whose word-count ratio exceeds this.")
     train_limit: int | None = field_doc(
         None, "Use only the first N training pairs (before cleaning); for tests."
