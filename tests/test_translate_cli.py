@@ -319,3 +319,18 @@ def test_evaluate_usage_errors_are_one_line_before_decoding(run_dir, multi30k, t
         assert evaluate_mt.main(["--model", str(broken), "--data-dir", str(multi30k), "--cpu"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+
+
+def test_evaluate_keeps_its_translations_when_scoring_fails(run_dir, multi30k, tmp_path, monkeypatch):
+    from fixup_transformer.cli import evaluate_mt
+    from fixup_transformer.evaluation import mt_eval
+
+    def broken_scoring(*args, **kwargs):
+        raise RuntimeError("a scorer failed")
+
+    monkeypatch.setattr(mt_eval, "corpus_scores", broken_scoring)
+    out = tmp_path / "hyp.en"
+    argv = ["--model", str(run_dir / "last"), "--data-dir", str(multi30k), "--limit", "4", "--cpu"]
+    with pytest.raises(RuntimeError, match="a scorer failed"):
+        evaluate_mt.main([*argv, "--output", str(out)])
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 4

@@ -116,10 +116,13 @@ def _evaluate(argv) -> int:
         pretokenized_references=args.pretokenized_refs,
         compound_split_bleu=args.compound_split_bleu or bool(eval_defaults.get("compound_split_bleu")),
     )
-    hyps, scores, corpus = evaluate_model(request, settings, accelerator)
-    if accelerator.is_main_process:
-        if args.output:
+
+    def write_hypotheses(hyps: list[str]) -> None:  # before scoring: a scoring failure loses no decoding
+        if args.output and accelerator.is_main_process:
             atomic_write_text(args.output, "".join(h + "\n" for h in hyps))
+
+    hyps, scores, corpus = evaluate_model(request, settings, accelerator, on_translated=write_hypotheses)
+    if accelerator.is_main_process:
         if args.json:
             atomic_write_text(args.json, json.dumps(scores_to_json(scores), indent=2) + "\n")
         print(

@@ -123,9 +123,12 @@ def load_model_and_tokenizer(model_dir: str | Path, device=None):
 
 
 def evaluate_model(
-    request: EvalRequest, settings: GenerationSettings, accelerator=None
+    request: EvalRequest, settings: GenerationSettings, accelerator=None, on_translated=None
 ) -> tuple[list[str], dict[str, Score], CorpusConfig]:
-    """Translate the split and score it; every process returns the full, ordered hypotheses."""
+    """Translate the split and score it; every process returns the full, ordered hypotheses.
+
+    ``on_translated(hyps)`` runs between the two, so a caller can keep the translations (minutes of
+    decoding) even if scoring then fails."""
     check_model_dir(request.model_dir)
     if request.limit is not None and request.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {request.limit}")
@@ -137,6 +140,8 @@ def evaluate_model(
         request.model_dir, accelerator.device if accelerator is not None else None
     )
     hyps = translate_corpus(model, tokenizer, [s for s, _ in pairs], settings, accelerator=accelerator)
+    if on_translated is not None:
+        on_translated(hyps)
     scores = corpus_scores(
         hyps,
         [t for _, t in pairs],
