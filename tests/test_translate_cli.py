@@ -295,7 +295,8 @@ def test_evaluate_usage_errors_are_one_line_before_decoding(run_dir, multi30k, t
     config = json.loads((bad_type / "config.json").read_text())
     (bad_type / "config.json").write_text(json.dumps({**config, "d_model": float(config["d_model"])}))
     assert evaluate_mt.main(["--model", str(bad_type), "--data-dir", str(multi30k), "--cpu"]) == 2
-    assert "field 'd_model'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot load the model config" in err and "field 'd_model'" in err
 
     truncated = tmp_path / "truncated_weights"
     shutil.copytree(model, truncated)

@@ -99,14 +99,19 @@ def check_model_dir(model_dir: str | Path) -> Path:
 
 def load_model_and_tokenizer(model_dir: str | Path, device=None):
     """``AutoModelForSeq2SeqLM`` + ``AutoTokenizer`` from one directory, in eval mode."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
     import fixup_transformer  # noqa: F401  (registers the Fixup model types with the Auto classes)
 
-    # transformers' messages name what was missing; the error type makes it one line, exit code 2.
+    # transformers' messages name what was missing; the error type makes it one line, exit code 2. The
+    # config first: the tokenizer reads config.json too, and would be blamed for a bad field there.
+    try:
+        AutoConfig.from_pretrained(str(model_dir))
+    except (OSError, ValueError, StrictDataclassError) as err:
+        raise ModelDirError(f"cannot load the model config in {model_dir}: {err}") from err
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError, StrictDataclassError) as err:  # it reads config.json too
+    except (OSError, ValueError, StrictDataclassError) as err:
         raise ModelDirError(f"cannot load the tokenizer in {model_dir}: {err}") from err
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
