@@ -61,6 +61,7 @@ from fixup_transformer.evaluation.translate import translate_corpus  # noqa: E40
 from fixup_transformer.hardware import (  # noqa: E402
     resolve_mixed_precision,
     skip_per_shape_attention_builds,
+    sum_dtype,
 )
 from fixup_transformer.text.modeling_fixup_transformer import IGNORE_INDEX  # noqa: E402
 from fixup_transformer.text.output_loss import label_smoothed_loss_sums  # noqa: E402
@@ -350,8 +351,13 @@ def run_marian(args: argparse.Namespace) -> dict:
     )
     scheduler = build_scheduler(optimizer, cfg.schedule, o.lr)
     sampler, collate = _sampler(cfg, data), TranslationCollator(pad_id=pad)
-    clock, updates, epoch, batches_done, tokens = WallClock(), 0, 0, 0, 0
-    window, curve = torch.zeros(2, dtype=torch.float64), []  # train loss per token every 25 updates
+    clock, updates, epoch, batches_done = WallClock(), 0, 0, 0
+    # Kept on the device and read every 25 updates (the loss curve's interval), as the job reads once per
+    # log interval: a host read per update would stall a GPU.
+    sums = torch.zeros(
+        3, dtype=sum_dtype(device), device=device
+    )  # loss, tokens since the last read, all tokens
+    curve = []
     # (update, weights) at the updates where the job saves checkpoints, for --late-stops
     snapshots: list[tuple[int, dict]] = []
     start = time.monotonic()
@@ -371,7 +377,6 @@ def run_marian(args: argparse.Namespace) -> dict:
             with clock.section("data"):
                 batch = {k: v.to(device) for k, v in collate([data.train[i] for i in group]).items()}
             with clock.section("steps"):
-                labels = batch["labels"]
                 with accelerator.autocast():
                     loss, _, ntok = loss_sums(model, batch, pad, eos)
                 (loss / ntok).backward()
@@ -380,12 +385,12 @@ def run_marian(args: argparse.Namespace) -> dict:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-            tokens += int((labels != IGNORE_INDEX).sum())
-            window += torch.stack([loss.detach().double(), ntok.double()]).cpu()
-            updates, batches_done = updates + 1, batches_done + 1
-            if updates % 25 == 0:
-                curve.append([updates, float(window[0] / window[1])])
-                window.zero_()
+                sums += torch.stack([loss.detach(), ntok, ntok]).to(sums.dtype)
+                updates, batches_done = updates + 1, batches_done + 1
+                if updates % 25 == 0:
+                    loss_sum, window_tokens, _ = sums.tolist()
+                    curve.append([updates, loss_sum / window_tokens])
+                    sums[:2] = 0
             if args.late_stops > 1 and updates % cfg.checkpoint.save_interval_updates == 0:
                 snapshots = [*snapshots, (updates, _weights_copy(model))][-args.late_stops :]
             bar.update(1)
@@ -411,7 +416,7 @@ def run_marian(args: argparse.Namespace) -> dict:
         "marian",
         updates=updates,
         epochs=epoch + batches_done / sampler.batches_per_rank,
-        target_tokens=tokens,
+        target_tokens=int(sums[2]),
         train_seconds=train_seconds,
         time_breakdown=clock.rounded(),
         test=scores_to_json(test),

@@ -66,7 +66,9 @@ class _LinearSmoothedCrossEntropy(torch.autograd.Function):
             grad = grad.to(compute_dtype)
             grad_hidden[start : start + chunk_tokens] = grad @ weight.to(compute_dtype)
             if needs_grad_weight and compute_dtype == torch.float32:
-                grad_weight.addmm_(grad.t(), h)  # no [V, d] temporary beside the accumulator
+                # In place, with no [V, d] temporary beside the accumulator; the out= form (not addmm_),
+                # which torch's FlopCounterMode counts.
+                torch.addmm(grad_weight, grad.t(), h, out=grad_weight)
             elif needs_grad_weight:
                 grad_weight += (grad.t() @ h.to(compute_dtype)).float()
             del grad, logits
