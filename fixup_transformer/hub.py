@@ -148,7 +148,8 @@ def remote_code_sources(modules: Iterable[str]) -> dict[str, str]:
         stems[name] = stem
         path = _module_file(name)
         source, needed = _rewrite_module(name, path.read_text(encoding="utf-8"), stems)
-        relative = path.relative_to(Path(__file__).resolve().parents[1]).as_posix()
+        # Both resolved: a package reached through a symlink (macOS /tmp, cluster homes) would not compare.
+        relative = path.resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
         header = (
             f"# Generated from {relative} ({origin}) for loading with trust_remote_code=True:\n"
             "# imports only its sibling files, transformers and torch. Edit the package, not this copy.\n"
@@ -238,6 +239,17 @@ def _update_json(path: Path, key: str, value: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def _auto_map_refs(export_dir: Path) -> list[str]:
+    """The ``module.Class`` references of the ``auto_map`` of ``config.json`` and ``preprocessor_config.json``."""
+    refs = []
+    for name in (CONFIG_FILE, PROCESSOR_FILE):
+        path = export_dir / name
+        if path.is_file():
+            for value in (json.loads(path.read_text(encoding="utf-8")).get("auto_map") or {}).values():
+                refs.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+    return refs
+
+
 def add_remote_code(export_dir: str | Path, config) -> list[str]:
     """Write the model code beside a ``save_pretrained`` directory and point ``auto_map`` at it.
 
@@ -291,6 +303,16 @@ def push_export(
     config = json.loads((export_dir / CONFIG_FILE).read_text(encoding="utf-8"))
     if "auto_map" not in config:
         raise ValueError(f"{export_dir}/{CONFIG_FILE} has no auto_map: it would not load without {PACKAGE}")
+    # save_pretrained of a model loaded with the package keeps auto_map but writes no code files.
+    absent = sorted(
+        {f"{ref.rpartition('.')[0]}.py" for ref in _auto_map_refs(export_dir)}
+        - {p.name for p in export_dir.glob("*.py")}
+    )
+    if absent:
+        raise FileNotFoundError(
+            f"{export_dir}: auto_map names code that is not there ({', '.join(absent)}); it would not load "
+            f"with trust_remote_code. Write it with fixup_transformer.hub.add_remote_code({str(export_dir)!r}, config)"
+        )
     create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     commit = upload_folder(
         repo_id=repo_id,

@@ -405,6 +405,13 @@ def test_push_refuses_an_incomplete_export_before_any_network_call(tmp_path, mon
     (tmp_path / "model.safetensors").write_text("x")
     with pytest.raises(ValueError, match="no auto_map"):
         hub.push_export(tmp_path, "someone/model")
+    # save_pretrained of a model loaded with the package keeps auto_map but writes no code files.
+    auto_map = {"AutoConfig": "configuration_fixup_transformer.FixupTransformerConfig"}
+    (tmp_path / "config.json").write_text(json.dumps({"auto_map": auto_map}))
+    with pytest.raises(
+        FileNotFoundError, match=r"auto_map names code that is not there \(configuration_fixup"
+    ):
+        hub.push_export(tmp_path, "someone/model")
     with pytest.raises(FileNotFoundError):
         push_best_export(tmp_path / "no-run", "someone/model")
 
@@ -421,7 +428,34 @@ def test_push_command_uploads_any_complete_export(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(hub, "upload_folder", lambda **kwargs: calls.append(kwargs) or "https://hub/commit/1")
     (tmp_path / "config.json").write_text(json.dumps({"auto_map": {"AutoConfig": "c.C"}}))
     (tmp_path / "model.safetensors").write_text("x")
+    (tmp_path / "c.py").write_text("class C: ...\n")
     assert hub.main([str(tmp_path), "someone/resnet", "--private"]) == 0
     assert calls[0] == ("someone/resnet", {"repo_type": "model", "private": True, "exist_ok": True})
     assert Path(calls[1]["folder_path"]) == tmp_path and calls[1]["repo_id"] == "someone/resnet"
     assert capsys.readouterr().out.strip() == "https://hub/commit/1"
+
+
+def test_remote_code_is_written_when_the_package_is_reached_through_a_symlink(tmp_path):
+    # macOS /tmp, cluster home directories, editable installs through a link: the package path is not resolved.
+    link = tmp_path / "link"
+    link.symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
+    script = textwrap.dedent(
+        """
+        import sys
+        from fixup_transformer import FixupTransformerConfig, FixupTransformerForConditionalGeneration
+        from fixup_transformer.hub import add_remote_code
+        config = FixupTransformerConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1,
+                                        encoder_ffn_dim=32, decoder_ffn_dim=32)
+        FixupTransformerForConditionalGeneration(config).save_pretrained(sys.argv[1])
+        import fixup_transformer
+        assert fixup_transformer.__file__.startswith(sys.argv[2]), fixup_transformer.__file__
+        print(sorted(add_remote_code(sys.argv[1], config)))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(link), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "out"), str(link)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "modeling_fixup_transformer.py" in done.stdout
