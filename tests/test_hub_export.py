@@ -459,3 +459,19 @@ def test_remote_code_is_written_when_the_package_is_reached_through_a_symlink(tm
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "modeling_fixup_transformer.py" in done.stdout
+
+
+def test_a_t_fixup_model_card_names_and_cites_t_fixup(run, tmp_path):
+    import shutil
+
+    from fixup_transformer.training.hub_export import build_model_card
+
+    card = build_model_card(run["dir"] / "best")
+    assert "T-Fixup" not in card.text and "t-fixup" not in card.data.tags
+    export = tmp_path / "best"
+    shutil.copytree(run["dir"] / "best", export)
+    config = json.loads((export / "config.json").read_text())
+    (export / "config.json").write_text(json.dumps({**config, "init": "t_fixup"}))
+    card = build_model_card(export)
+    assert "made trainable by the T-Fixup initialization" in card.text and "huang2020improving" in card.text
+    assert "t-fixup" in card.data.tags and "zhang2019fixup" in card.text  # Fixup is still cited

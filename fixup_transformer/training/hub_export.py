@@ -34,6 +34,14 @@ CITATION = """@inproceedings{zhang2019fixup,
   year      = {2019},
   url       = {https://openreview.net/forum?id=H1gsz30cKX}
 }"""
+T_FIXUP_URL = "https://proceedings.mlr.press/v119/huang20f.html"
+T_FIXUP_CITATION = """@inproceedings{huang2020improving,
+  title     = {Improving Transformer Optimization Through Better Initialization},
+  author    = {Huang, Xiao Shi and Perez, Felipe and Ba, Jimmy and Volkovs, Maksims},
+  booktitle = {International Conference on Machine Learning},
+  year      = {2020},
+  url       = {https://proceedings.mlr.press/v119/huang20f.html}
+}"""
 _EXPORT_DESCRIPTION = {
     "best": "the weights with the best validation score during training",
     "last": "the weights at the end of training",
@@ -262,8 +270,18 @@ def build_model_card(export_dir: str | Path, repo_id: str | None = None) -> Mode
     dataset_id = spec.hub_path if spec is not None else corpus
     name = repo_id.split("/")[-1] if repo_id else f"fixup-transformer-{corpus}-{pair}"
     normalization = model_config.get("normalization", "none")
-    tags = ["translation", "fixup", "fixup-transformer", "seq2seq"]
+    t_fixup = model_config.get("init") == "t_fixup"
+    tags = ["translation", "fixup", "fixup-transformer", "seq2seq", *(["t-fixup"] if t_fixup else [])]
     tags.append("normalization-free" if normalization == "none" else normalization.replace("_", "-"))
+    if normalization != "none":
+        made = "as a LayerNorm baseline"
+    elif t_fixup:
+        made = (
+            f"without any normalization layer, made trainable by the T-Fixup initialization ([Huang et al., "
+            f"ICML 2020]({T_FIXUP_URL})), a successor of Fixup"
+        )
+    else:
+        made = "without any normalization layer, made trainable by the Fixup initialization"
     card_data = ModelCardData(
         language=[src, tgt],
         license=train.get("hub_license") or "apache-2.0",
@@ -282,8 +300,7 @@ def build_model_card(export_dir: str | Path, repo_id: str | None = None) -> Mode
 # {name}
 
 A Fixup Transformer for {corpus} {src}→{tgt} translation: an encoder-decoder Transformer trained
-{"without any normalization layer, made trainable by the Fixup initialization" if normalization == "none" else "as a LayerNorm baseline"}
-([Zhang, Dauphin & Ma, ICLR 2019]({PAPER_URL})), with the `fixup-transformer` package.
+{made} ([Zhang, Dauphin & Ma, ICLR 2019]({PAPER_URL})), with the `fixup-transformer` package.
 This is the `{export}` export: {_EXPORT_DESCRIPTION.get(export, "exported by training")}{_averaged(info)}.
 
 - Architecture: {_architecture(model_config)}; {f"{params / 1e6:.2f}M parameters" if params else "parameters: see config.json"}.
@@ -316,7 +333,7 @@ Resolved configuration of the run (`{TRAINING_CONFIG_FILE}` in this repository):
 ## Citation
 
 ```bibtex
-{CITATION}
+{CITATION}{chr(10) + chr(10) + T_FIXUP_CITATION if t_fixup else ""}
 ```
 """
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
