@@ -335,6 +335,16 @@ def test_dictionaries_are_checked_and_kept_beside_the_weights(tmp_path, capsys):
     assert "dict.small.txt: 6 symbols, but the encoder embedding has 24 rows" in error
     assert not (tmp_path / "bad").exists()
 
+    # Two dictionaries of one file name would be one file in the export's sidecar.
+    lines = (data / "dict.de.txt").read_text().splitlines()
+    other = [f"{lines[0].split()[0]} 999999", *lines[1:]]  # same symbols, other counts: another file
+    for side, text in (("src", lines), ("tgt", other)):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "dict.txt").write_text("\n".join(text) + "\n")
+    dicts = [str(tmp_path / "src" / "dict.txt"), str(tmp_path / "tgt" / "dict.txt")]
+    assert main(["to-hf", str(path), str(tmp_path / "same_name"), "--dict", *dicts]) == 2
+    assert "have the same file name but differ" in capsys.readouterr().err
+
 
 def test_dictionary_lines_split_as_fairseq_reads_them(tmp_path):
     # fairseq iterates the file (lines end at "\n" only); a symbol may hold U+2028, NEL or a form feed.
@@ -477,6 +487,17 @@ def test_t_fixup_fork_checkpoints_are_refused_by_name(tmp_path):
         ConversionError, match=r"tfixup\.pt: T-Fixup fork checkpoints \(--dont-use-layernorm\)"
     ):
         convert_fairseq_to_hf(path, tmp_path / "hf")
+
+
+@pytest.mark.parametrize("langtok", [{"decoder_langtok": True}, {"encoder_langtok": "src"}])
+def test_multilingual_language_token_checkpoints_are_refused(tmp_path, langtok):
+    # M2M-100-style tasks decode from a language token: no weight shows it, the options do.
+    arch = ARCHS["post_ln"]
+    path = tmp_path / "m2m.pt"
+    torch.save(checkpoint_dict(arch, fairseq_state(arch), **langtok), path)
+    with pytest.raises(ConversionError, match=r"m2m\.pt: language tokens"):
+        convert_fairseq_to_hf(path, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
 
 
 def test_to_fairseq_copies_only_plain_dictionary_names_beside_the_output(tmp_path):

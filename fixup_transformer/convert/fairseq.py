@@ -183,6 +183,12 @@ def _reject_unsupported_options(options: dict[str, Any]) -> None:
     ):
         if option(options, name, bool, False):
             raise ConversionError(f"{what} are not supported by this model type")
+    # Multilingual tasks (M2M-100 style) decode from a language token the HF model would not be given.
+    if option(options, "decoder_langtok", bool, False) or options.get("encoder_langtok") not in (None, ""):
+        raise ConversionError(
+            "language tokens (encoder_langtok / decoder_langtok of a multilingual task) are not supported: "
+            "decoding would not start from the language token"
+        )
     if options.get("adaptive_softmax_cutoff") not in (None, "", []):
         raise ConversionError(
             "adaptive softmax (adaptive_softmax_cutoff) is not supported by this model type"
@@ -317,6 +323,14 @@ def _dictionaries(
     if dict_paths:
         if len(dict_paths) > 2:
             raise ConversionError("--dict takes one joint dictionary or a source and a target dictionary")
+        if len(dict_paths) == 2:
+            first, second = (Path(path) for path in dict_paths)
+            # The sidecar keeps dictionaries by file name: src/dict.txt and tgt/dict.txt would be one file.
+            if first.name == second.name and first.read_bytes() != second.read_bytes():
+                raise ConversionError(
+                    f"--dict {first} and {second} have the same file name but differ; the export keeps them "
+                    "by name: copy them to distinct names (e.g. dict.de.txt and dict.en.txt)"
+                )
         return [read_dictionary(path) for path in dict_paths]
     if data_dir is not None:
         languages = (option(options, "source_lang", str, None), option(options, "target_lang", str, None))
