@@ -134,11 +134,15 @@ def test_greedy_generation_with_cache_matches_fairseq_decoding(tmp_path):
         min_new_tokens=6,
         num_beams=1,
         do_sample=False,
+        forced_eos_token_id=None,  # the reference never ends (min-len = steps); the export's own default would
     )
     expected = fairseq_greedy(state, arch, src, steps=6)
     assert torch.equal(generated, expected)
     # The export's own defaults: fairseq never picks <pad>, and decodes up to 200 tokens, not 20.
-    assert model.generation_config.suppress_tokens == [PAD] and model.generation_config.max_length > 20
+    generation = model.generation_config
+    assert generation.suppress_tokens == [PAD] and generation.max_length > 20
+    # fairseq's --min-len 1 (no empty output) and its </s> forced after the last allowed token
+    assert generation.min_length == 2 and generation.forced_eos_token_id == model.config.eos_token_id
 
 
 # ---------------------------------------------------------------------------------------------------------

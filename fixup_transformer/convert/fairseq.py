@@ -361,10 +361,13 @@ FAIRSEQ_MAX_LEN_B = 200
 
 def _set_fairseq_decoding_defaults(model) -> None:
     """A plain ``generate()`` of the export decodes as fairseq's SequenceGenerator does by default: <pad> is
-    never chosen, and outputs run up to 200 tokens (the positions permitting), not transformers' 20."""
+    never chosen, </s> not as the first token (``--min-len 1``), and outputs run up to 200 tokens and then
+    </s> (the positions permitting), not transformers' 20. transformers' lengths count the start token."""
     generation = model.generation_config
     generation.suppress_tokens = [model.config.pad_token_id]
-    generation.max_length = min(FAIRSEQ_MAX_LEN_B + 1, position_limit(model))
+    generation.min_length = 2
+    generation.max_length = min(FAIRSEQ_MAX_LEN_B + 2, position_limit(model))
+    generation.forced_eos_token_id = model.config.eos_token_id
 
 
 def _sidecar_record(source: FairseqSource, dictionaries: list[FairseqDictionary]) -> dict[str, Any]:
