@@ -21,6 +21,8 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from fixup_transformer.atomic_files import atomic_write_text
+
 BACKEND_SETS = {
     "default": None,  # torch's own priority order, cuDNN included where it applies
     "without_cudnn": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
@@ -95,8 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     for index, (name, backends) in enumerate(BACKEND_SETS.items()):
         report[name] = measure(name, backends, shapes(args.shapes, index), args, device)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
+        atomic_write_text(args.output, json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ from fixup_transformer import (  # noqa: E402
     FixupTransformerConfig,
     FixupTransformerForConditionalGeneration,
 )
+from fixup_transformer.atomic_files import atomic_write_text  # noqa: E402
 
 PAD, EOS = 0, 1
 FIRST_WORD_ID = 3  # ids 0-2 are pad, eos, unk in this package's tokenizer
@@ -235,7 +236,10 @@ def training_flops(trainer: Trainer) -> int:
 
 
 def cuda_memory(variants: list[str], args: argparse.Namespace) -> dict[str, dict]:
-    """Peak allocated GPU memory of ``--mem-steps`` training steps above what model + optimizer hold."""
+    """Peak allocated GPU memory of ``--mem-steps`` training steps above what model + optimizer hold.
+
+    Eager, also with ``--compile`` (the report's ``memory_mode``): under ``torch.compile`` the Fixup model
+    computes its loss from the logits, so its compiled memory is nearer the ``--with-logits`` row."""
     out = {}
     for variant in variants:
         model = build_model(variant, args)
@@ -601,6 +605,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "transformers": transformers.__version__,
             "device": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "cpu",
         },
+        "memory_mode": "eager",  # the memory pass never compiles (cuda_memory)
         "command": " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
     }
 
@@ -617,12 +622,13 @@ def ratios(results: dict[str, dict]) -> dict[str, dict]:
         for variant in (FIXUP, FIXUP_FOLDED, FIXUP_POSTLN, FIXUP_LOGITS):
             if variant in per_model and baseline > 0:
                 ratio = per_model[variant]["median"] / baseline
-                passed = ratio >= target if direction == "higher" else ratio <= target
-                entry[variant] = {"ratio": ratio, "pass": passed}
                 # Repetition r of every model ran back to back, so per-repetition ratios cancel most
-                # of the drift in machine load; their median is a second, more robust estimate.
+                # of the drift in machine load; their median is a second, more robust estimate. A target
+                # is met only if both are (bimodal GPU timings can put one far from the other).
                 pairs = zip(per_model[variant]["values"], per_model[MARIAN]["values"], strict=False)
-                entry[variant]["paired_median_ratio"] = statistics.median(a / b for a, b in pairs)
+                paired = statistics.median(a / b for a, b in pairs)
+                passed = all(r >= target if direction == "higher" else r <= target for r in (ratio, paired))
+                entry[variant] = {"ratio": ratio, "pass": passed, "paired_median_ratio": paired}
                 if "cpu" in per_model[variant]:
                     cpu = per_model[variant]["cpu"]["median"] / per_model[MARIAN]["cpu"]["median"]
                     entry[variant]["cpu_time_ratio"] = cpu
@@ -775,8 +781,7 @@ def main(argv: list[str] | None = None) -> None:
     report["markdown"] = print_report(report)
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
+        atomic_write_text(args.output, json.dumps(report, indent=2))  # a killed run leaves no half file
         print(f"wrote {args.output}")
 
 

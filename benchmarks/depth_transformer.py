@@ -141,6 +141,9 @@ SETTING_KEYS = (
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = {k: v for k, v in vars(args).items() if k in SETTING_KEYS}
+    # Library defaults that change what a rerun measures: recorded, so results of other code are not mixed in.
+    settings["fixup_zero"] = FixupTransformerConfig().fixup_zero
+    settings["gate_lr_multiplier"] = OptimConfig().gate_lr_multiplier
     results = ResultsFile(args.output_dir / "results.json", settings, fresh=args.fresh)
     batches, vocab_size = [], args.vocab_size
     if not args.report_only:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_vs_marian  # noqa: E402
 
+from fixup_transformer.atomic_files import atomic_write_text  # noqa: E402
 from fixup_transformer.text import modeling_fixup_transformer  # noqa: E402
 from fixup_transformer.text.dropout import dropout as byte_mask_dropout  # noqa: E402
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         settings = vars(args) | {"output": str(args.output)}
-        args.output.write_text(json.dumps({"settings": settings, "results": results}, indent=1))
+        atomic_write_text(args.output, json.dumps({"settings": settings, "results": results}, indent=1))
     return 0
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from fixup_transformer.atomic_files import atomic_write_text  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_vs_marian  # noqa: E402
 
@@ -67,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(r), flush=True)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(
-            json.dumps({"settings": vars(args) | {"output": str(args.output)}, "results": results}, indent=1)
+        atomic_write_text(
+            args.output,
+            json.dumps({"settings": vars(args) | {"output": str(args.output)}, "results": results}, indent=1),
         )
     return 0
 
