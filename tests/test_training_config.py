@@ -153,3 +153,29 @@ def test_mt_config_names_a_split_files_key_that_is_not_a_split(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"data\.split_files: unknown split 'dev'"):
         load_config(MTConfig, path)
+
+
+def test_only_yes_no_options_may_stand_alone_on_the_command_line():
+    # `--name --flag` would otherwise set name to the string "true", e.g. an output_dir named "true".
+    assert parse_config(Outer, ["--flag", "--steps", "3"]).flag is True
+    with pytest.raises(ConfigError, match=r"--name .*needs a value; only yes/no options may stand alone"):
+        parse_config(Outer, ["--name", "--flag"])
+    with pytest.raises(ConfigError, match=r"--steps .*needs a value"):
+        parse_config(Outer, ["--steps"])
+
+
+def test_mt_resume_words_empty_output_dir_and_seed_range(tmp_path):
+    from fixup_transformer.training.checkpoint import find_resume_checkpoint
+    from fixup_transformer.training.mt_config import MTConfig
+
+    budget = ["--train.max_updates", "1"]
+    assert parse_config(MTConfig, [*budget, "--checkpoint.resume"]).checkpoint.resume == "auto"  # bare
+    assert find_resume_checkpoint("false", tmp_path) == (None, [])  # a no-word: start fresh
+    assert find_resume_checkpoint("true", tmp_path) == (None, [])  # auto, and nothing there yet
+    for argv, message in [
+        (["--output_dir", ""], "output_dir must name a directory"),
+        (["--seed", "-5"], r"seed must be in \[0, 2\*\*32\)"),
+        (["--seed", "5000000000"], r"seed must be in \[0, 2\*\*32\)"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_config(MTConfig, [*budget, *argv]).validate()

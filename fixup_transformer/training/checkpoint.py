@@ -277,6 +277,10 @@ def find_resume_checkpoint(
     checkpoint must be sound. Raises
     :class:`CheckpointError` when checkpoints exist but none is usable.
     """
+    if isinstance(resume, str) and resume.lower() in ("true", "yes", "on"):
+        resume = "auto"  # resume: true in YAML, or a yes-word on the command line
+    if isinstance(resume, str) and resume.lower() in ("false", "no", "off"):
+        resume = None
     if not resume:
         if latest_checkpoint(Path(output_dir) / "checkpoints") is not None:
             raise ConfigError(

@@ -110,6 +110,12 @@ def config_section(
 # Type coercion
 
 
+class _BareFlag(str):
+    """The value of ``--key`` given without one: ``"true"``, for yes/no fields only (:func:`set_dotted`)."""
+
+
+BARE_FLAG = _BareFlag("true")
+
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 _NONE = {"none", "null", "~", ""}
@@ -334,6 +340,15 @@ def set_dotted(cfg: Any, key: str, value: Any, source: str = COMMAND_LINE) -> No
             raise _unknown_key(type(cfg), key, source)
         tp = hints[part]
         if i == len(parts) - 1:
+            if isinstance(value, _BareFlag) and part == "resume":
+                value = "auto"  # a bare --resume / --checkpoint.resume: the newest checkpoint
+            elif isinstance(value, _BareFlag) and not (
+                tp is bool or (_is_union(tp) and bool in get_args(tp))
+            ):
+                # e.g. `--output_dir --seed 2` or `--output_dir` last: "true" would be used as the path
+                raise ConfigError(
+                    f"--{key} (from {source}) needs a value; only yes/no options may stand alone"
+                )
             if dataclasses.is_dataclass(tp):
                 raise ConfigError(
                     f"'{key}' (from {source}) is a group of fields; set '{key}.<field>' instead"
@@ -389,7 +404,8 @@ def load_config(
 def parse_overrides(argv: Sequence[str]) -> tuple[str | None, dict[str, str]]:
     """Split ``--config PATH --a.b 1 --flag --c=2`` into (config path, {dotted key: raw string}).
 
-    A key followed by another ``--key`` (or nothing) is a bare boolean flag and gets the value ``"true"``.
+    A key followed by another ``--key`` (or nothing) is a bare boolean flag and gets :data:`BARE_FLAG`
+    (``"true"``), which only yes/no fields accept.
     """
     config_path = None
     overrides: dict[str, str] = {}
@@ -405,7 +421,7 @@ def parse_overrides(argv: Sequence[str]) -> tuple[str | None, dict[str, str]]:
                 value = argv[i + 1]
                 i += 1
             else:
-                value = "true"
+                value = BARE_FLAG
         key = key.replace("-", "_")
         if key == "config":
             config_path = value

@@ -240,9 +240,8 @@ class ImageTrainer:
         self.lr_used = self.optimizer.param_groups[0]["lr"]  # main group's lr of the newest update
 
     def _resume(self) -> None:
-        resume = "auto" if self.cfg.resume in ("true", "True") else self.cfg.resume
         path, _ = find_resume_checkpoint(  # skips unusable ones; refuses a fresh run over old checkpoints
-            resume, self.out, log=self.accelerator.print, resume_option="--resume"
+            self.cfg.resume, self.out, log=self.accelerator.print, resume_option="--resume"
         )
         if path is None:
             return

@@ -107,6 +107,8 @@ class ImageTrainConfig:
     )
 
     def validate(self) -> None:
+        require(bool(self.output_dir.strip()), "output_dir", self.output_dir, "a directory (not empty)")
+        require(0 <= self.seed < 2**32, "seed", self.seed, "in [0, 2**32)")
         for name in ("batch_size", "epochs", "eval_batch_size", "eval_every_epochs", "log_interval"):
             require(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         require(self.mixup_alpha >= 0, "mixup_alpha", self.mixup_alpha, ">= 0")

@@ -236,6 +236,10 @@ class MTConfig:
     def validate(self) -> None:
         """Cross-field checks that a single field's type cannot express."""
         t = self.train
+        if not self.output_dir.strip():  # "" would be the current directory: checkpoints among other files
+            raise ConfigError("output_dir must name a directory, got an empty string")
+        if not 0 <= self.seed < 2**32:  # numpy's range, or a traceback when the data order is seeded
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if t.max_updates is None and t.max_epochs is None and t.max_minutes is None:
             raise ConfigError("set a budget: train.max_updates, train.max_epochs and/or train.max_minutes")
         if t.update_freq < 1:
