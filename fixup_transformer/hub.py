@@ -34,6 +34,8 @@ from pathlib import Path
 
 from huggingface_hub import create_repo, upload_folder
 
+from .errors import USAGE_EXIT_CODE
+
 PACKAGE = __name__.split(".")[0]
 CONFIG_FILE = "config.json"
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -333,7 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("repo_id", help="Hub repository, e.g. user/fixup-multi30k-de-en")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     args = parser.parse_args(argv)
-    print(push_export(args.export_dir, args.repo_id, private=args.private or None))
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+
+    try:
+        url = push_export(args.export_dir, args.repo_id, private=args.private or None)
+    except (FileNotFoundError, ValueError, HFValidationError, OfflineModeIsEnabled, HfHubHTTPError) as err:
+        # an incomplete export, a bad repo id, offline, no permission: one line, nothing uploaded half
+        print(f"error: {err}".splitlines()[0], file=sys.stderr)
+        return USAGE_EXIT_CODE
+    print(url)
     return 0
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from fixup_transformer.diagnostics import plot_run, record_training, torch_threads, write_tables
-from fixup_transformer.errors import run_script
+from fixup_transformer.errors import InputError, run_script
 from fixup_transformer.paths import shared_data_dir
 from fixup_transformer.probe_data import cifar_batches, multi30k_batches
 from fixup_transformer.text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
@@ -140,5 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def checked_main(argv: list[str] | None = None) -> int:
+    """``main`` with impossible sizes (``--heads 3`` for d 32, ``--depth 21``, ``--steps 0``) as input errors."""
+    try:
+        return main(argv)
+    except ValueError as err:
+        raise InputError(str(err).splitlines()[0]) from err
+
+
 if __name__ == "__main__":
-    sys.exit(run_script(main))  # a bad --data-dir or size is one error line, exit 2
+    sys.exit(run_script(checked_main))  # a bad --data-dir or size is one error line, exit 2

@@ -178,3 +178,9 @@ def test_diagnose_script_reports_missing_data_as_one_line(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     assert str(tmp_path / "nope") in done.stderr
+    sizes = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "diagnose.py"), "resnet", "--depth", "21",
+         "--output-dir", str(tmp_path / "out"), "--no-plot"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert sizes.returncode == 2 and sizes.stderr.startswith("error: ") and "Traceback" not in sizes.stderr

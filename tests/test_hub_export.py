@@ -414,6 +414,9 @@ def test_push_refuses_an_incomplete_export_before_any_network_call(tmp_path, mon
         hub.push_export(tmp_path, "someone/model")
     with pytest.raises(FileNotFoundError):
         push_best_export(tmp_path / "no-run", "someone/model")
+    # The command line says the same in one line, exit 2, before any network call.
+    assert hub.main([str(tmp_path), "someone/model"]) == 2
+    assert hub.main([str(tmp_path / "nothing"), "bad repo id"]) == 2
 
 
 @pytest.mark.parametrize("repo_id", ["no-namespace", "two//slashes", "bad name/x"])

@@ -248,3 +248,12 @@ def test_imagenet_layout_val_is_the_test_split_and_a_missing_one_is_named(tmp_pa
     (tmp_path / "val").rmdir()
     with pytest.raises(FileNotFoundError, match=r"has train/ but no test/ or val/ or validation/"):
         split_location(str(tmp_path), "test")
+
+
+def test_image_sources_expand_variables_with_defaults_like_the_mt_data_paths(tmp_path, monkeypatch):
+    from fixup_transformer.vision.data import split_location
+
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    monkeypatch.delenv("FIXUP_IMAGES", raising=False)
+    source = "${FIXUP_IMAGES:-" + str(tmp_path) + "}/images"
+    assert split_location(source, "train") == str((tmp_path / "images").resolve())

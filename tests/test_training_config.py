@@ -179,3 +179,10 @@ def test_mt_resume_words_empty_output_dir_and_seed_range(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=message):
             parse_config(MTConfig, [*budget, *argv]).validate()
+
+
+def test_a_config_path_of_the_checkout_works_from_any_working_directory(tmp_path, monkeypatch):
+    from fixup_transformer.training.mt_config import MTConfig
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config(MTConfig, "configs/multi30k_de_en.yaml").model.init == "t_fixup"

@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from ..errors import ConfigError
+from ..paths import resolve_path
 
 T = TypeVar("T")
 
@@ -392,6 +393,7 @@ def load_config(
     """Defaults, then the YAML file (if any), then ``overrides`` (dotted keys -> values)."""
     cfg = cls()
     if path is not None:
+        path = resolve_path(str(path))  # configs/x.yaml from any working directory of a checkout, ${VAR}, ~
         apply_dict(cfg, load_yaml(path), source=str(path))
     for key, value in (overrides or {}).items():
         set_dotted(cfg, key, value, COMMAND_LINE)

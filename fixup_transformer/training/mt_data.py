@@ -180,7 +180,10 @@ def prepare_data(cfg: MTConfig, accelerator: Accelerator, resuming: bool = False
     if cfg.eval.test_split:
         test_pairs = _limit(load_parallel(corpus, cfg.eval.test_split), cfg.data.test_limit)
 
-    tokenizer_dir = Path(cfg.data.tokenizer_dir or Path(cfg.output_dir) / "tokenizer")
+    # ${VAR} and ~ as data.data_dir has them
+    tokenizer_dir = (
+        resolve_path(cfg.data.tokenizer_dir) if cfg.data.tokenizer_dir else Path(cfg.output_dir) / "tokenizer"
+    )
     # Decided by every process (a refusal must stop them all, not leave the others at a barrier); built once.
     if cfg.data.tokenizer_dir:  # the user's tokenizer, used as given
         if not (tokenizer_dir / "tokenizer.json").exists():

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import ImageDataError
+from ..paths import resolve_path
 
 NPZ_KEYS = ("x", "y", "classes")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -206,7 +207,7 @@ def split_location(source: str, split: str) -> str:
     with one location are the same images (e.g. a single archive, or a folder without train/test parts)."""
     if source.startswith("hub:"):
         return f"{source}:{split}"
-    path = Path(os.path.expandvars(os.path.expanduser(source)))
+    path = resolve_path(source)  # ${VAR:-default} and ~ as in the MT configs' data paths
     if path.suffix == ".npz":
         return str(path.resolve())
     if split in CIFAR10_LOCAL_SPLITS and (path / CIFAR10_LOCAL_SPLITS[split]).is_file():
