@@ -186,3 +186,15 @@ def test_a_config_path_of_the_checkout_works_from_any_working_directory(tmp_path
 
     monkeypatch.chdir(tmp_path)
     assert load_config(MTConfig, "configs/multi30k_de_en.yaml").model.init == "t_fixup"
+
+
+def test_command_line_lists_tuples_and_mappings_read_as_help_prints_them():
+    from fixup_transformer.training.mt_config import MTConfig
+
+    cfg = parse_config(
+        MTConfig,
+        ["--train.max_updates", "1", "--optim.betas", "(0.9, 0.99)", "--train.trackers", "tensorboard, wandb",
+         "--data.data_dir", "/data", "--data.split_files", "{validation: valid.tok.lc}"],
+    )  # fmt: skip
+    assert cfg.optim.betas == (0.9, 0.99) and cfg.train.trackers == ["tensorboard", "wandb"]
+    assert cfg.data.split_files == {"validation": "valid.tok.lc"}

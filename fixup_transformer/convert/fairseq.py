@@ -659,7 +659,6 @@ def _dictionary_names(record: dict[str, Any] | None, model_dir: Path, output_pat
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="convert_fairseq.py",
         description="Convert fairseq Transformer checkpoints (the Fixup authors' transformer_zero, fairseq's "
         "transformer) to this package's model type and back. fairseq itself is not needed.",
     )

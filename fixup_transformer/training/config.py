@@ -166,8 +166,13 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         return _to_sequence(value, tp, key, source)
     if origin is dict or tp is dict:
+        if isinstance(value, str) and value.strip().startswith("{"):  # command line: YAML flow syntax
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise _Mismatch(_yaml_problem(err)) from None
         if not isinstance(value, dict):
-            raise _Mismatch("expected a mapping")
+            raise _Mismatch("expected a mapping, e.g. {validation: valid.tok.lc}")
         return dict(value)
     if tp in _SCALAR_PARSERS:
         return _SCALAR_PARSERS[tp](value)
@@ -200,11 +205,15 @@ def _to_literal(value: Any, choices: tuple) -> Any:
 
 def _to_sequence(value: Any, tp: Any, key: str, source: str) -> list | tuple:
     if isinstance(value, str):
-        # Command line: "[0.9, 0.98]" (YAML flow syntax) or "0.9,0.98".
+        # Command line: "[0.9, 0.98]" or "(0.9, 0.98)" (as --help prints tuples), or "0.9,0.98" / "a, b".
         text = value.strip()
+        if text.startswith("(") and text.endswith(")"):
+            text = f"[{text[1:-1]}]"
         try:
             value = (
-                yaml.safe_load(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+                yaml.safe_load(text)
+                if text.startswith("[")
+                else [v.strip() for v in text.split(",") if v.strip()]
             )
         except yaml.YAMLError as err:
             raise _Mismatch(_yaml_problem(err)) from None
@@ -455,6 +464,10 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, prog: str | No
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
         print(f"usage: {prog or Path(sys.argv[0]).name} [--config FILE.yaml] [--key value ...]\n")
+        print(
+            "values: --key value or --key=value; lists 0.9,0.98 or [0.9, 0.98]; mappings {a: b}; null / none "
+            "for an unset optional field; a yes/no field alone means yes (--train.compile)\n"
+        )
         print(f"fields of {cls.__name__} (dotted keys set nested fields):")
         print(format_help(cls))
         raise SystemExit(0)

@@ -499,7 +499,7 @@ def train(cfg: ImageTrainConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """Entry point of ``scripts/train_image.py``: ``--config FILE.yaml`` plus ``--key value`` overrides."""
-    return train(parse_config(ImageTrainConfig, argv, prog="train_image.py"))
+    return train(parse_config(ImageTrainConfig, argv, prog=None))
 
 
 __all__ = ["ImageTrainConfig", "ImageTrainer", "ImageTrainerState", "train", "main", "evaluate_top1"]
