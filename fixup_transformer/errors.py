@@ -58,6 +58,13 @@ class ImageDataError(ValueError):
     """An image dataset has a shape, channel count or labels the trainer cannot use; names the file."""
 
 
+def yaml_problem(err: Exception) -> str:
+    """PyYAML's error in one line: the problem and where (its own message spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 USAGE_ERRORS = (ConfigError, CorpusError, RunLockedError, ModelDirError, ImageDataError, InputError)
 
 

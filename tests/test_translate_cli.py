@@ -298,6 +298,14 @@ def test_evaluate_usage_errors_are_one_line_before_decoding(run_dir, multi30k, t
     err = capsys.readouterr().err
     assert "cannot load the model config" in err and "field 'd_model'" in err
 
+    unrecorded = tmp_path / "no_training_config"
+    shutil.copytree(model, unrecorded)
+    (unrecorded / "training_config.yaml").unlink()
+    assert evaluate_mt.main(["--model", str(unrecorded), "--src", "de", "--tgt", "en", "--cpu"]) == 2
+    assert "records no corpus: pass --corpus" in capsys.readouterr().err
+    assert evaluate_mt.main([*argv, "--src", "de", "--tgt", "de"]) == 2
+    assert "source and target language are both 'de'" in capsys.readouterr().err
+
     truncated = tmp_path / "truncated_weights"
     shutil.copytree(model, truncated)
     weights = truncated / "model.safetensors"

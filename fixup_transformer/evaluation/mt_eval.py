@@ -16,7 +16,7 @@ from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 
 from ..data import CorpusConfig, load_parallel
-from ..errors import ConfigError, ModelDirError
+from ..errors import ConfigError, ModelDirError, yaml_problem
 from ..paths import TRAINING_CONFIG_FILE, resolve_path
 from .bleu import Score, corpus_scores
 from .translate import GenerationSettings, translate_corpus
@@ -47,7 +47,7 @@ def training_config_section(model_dir: str | Path, section: str) -> dict:
     try:
         recorded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise ModelDirError(f"{path} is not valid YAML: {err}") from err
+        raise ModelDirError(f"{path} is not valid YAML: {yaml_problem(err)}") from err
     if not isinstance(recorded, dict):
         raise ModelDirError(f"{path} holds no training config mapping")
     return recorded.get(section) or {}
@@ -67,12 +67,19 @@ def corpus_for(request: EvalRequest) -> CorpusConfig:
             f"source/target languages unknown ({request.model_dir} records no training data settings): "
             "pass --src and --tgt"
         )
+    if corpus is None:  # neither named nor recorded, and no local folder to read
+        raise ConfigError(
+            f"which data to score? {request.model_dir} records no corpus: pass --corpus (a known one, from the "
+            "Hub) or --data-dir (local files)"
+        )
+    if src == tgt:
+        raise ConfigError(f"source and target language are both {src!r}")
     same_corpus = request.corpus in (None, defaults.get("corpus"))
     split_files = dict(defaults.get("split_files") or {}) if same_corpus else {}
     if request.split_file:
         split_files[request.split] = request.split_file
     return CorpusConfig(
-        name=corpus or "local",
+        name=corpus,
         src_lang=src,
         tgt_lang=tgt,
         data_dir=resolve_path(str(data_dir)) if data_dir else None,

@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, yaml_problem
 from ..paths import resolve_path
 
 T = TypeVar("T")
@@ -170,7 +170,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             try:
                 value = yaml.safe_load(value)
             except yaml.YAMLError as err:
-                raise _Mismatch(_yaml_problem(err)) from None
+                raise _Mismatch(yaml_problem(err)) from None
         if not isinstance(value, dict):
             raise _Mismatch("expected a mapping, e.g. {validation: valid.tok.lc}")
         return dict(value)
@@ -216,7 +216,7 @@ def _to_sequence(value: Any, tp: Any, key: str, source: str) -> list | tuple:
                 else [v.strip() for v in text.split(",") if v.strip()]
             )
         except yaml.YAMLError as err:
-            raise _Mismatch(_yaml_problem(err)) from None
+            raise _Mismatch(yaml_problem(err)) from None
     if not isinstance(value, list | tuple):
         raise _Mismatch("expected a list")
     origin, args = get_origin(tp), get_args(tp)
@@ -370,13 +370,6 @@ def set_dotted(cfg: Any, key: str, value: Any, source: str = COMMAND_LINE) -> No
             target = getattr(target, part)
 
 
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    """PyYAML's error in one line: the problem and where (its own message spans several lines)."""
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
-
-
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML mapping; an empty file is an empty mapping."""
     path = Path(path)
@@ -386,7 +379,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
