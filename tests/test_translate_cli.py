@@ -157,6 +157,9 @@ def test_errors_are_one_line_with_exit_code_2(run_dir, tmp_path, capsys):
         shutil.copy(run_dir / "last" / name, no_tokenizer / name)
     assert cli.main(["--model", str(no_tokenizer), "--input", str(src)]) == 2
     assert f"no tokenizer in {no_tokenizer}" in one_error_line(capsys)
+    shutil.copy(run_dir / "last" / "tokenizer_config.json", no_tokenizer / "tokenizer_config.json")
+    assert cli.main(["--model", str(no_tokenizer), "--input", str(src)]) == 2  # no tokenizer.json beside it
+    assert f"cannot load the tokenizer in {no_tokenizer}" in one_error_line(capsys)
 
     assert cli.main(["--model", model, "--input", str(tmp_path / "missing.de")]) == 2
     assert f"cannot read input {tmp_path / 'missing.de'}" in one_error_line(capsys)

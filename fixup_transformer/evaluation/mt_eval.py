@@ -104,6 +104,11 @@ def check_model_dir(model_dir: str | Path) -> Path:
     return path
 
 
+def one_line(err: Exception) -> str:
+    """transformers' and safetensors' messages span lines; the command's error is one line."""
+    return " ".join(str(err).split())
+
+
 def load_model_and_tokenizer(model_dir: str | Path, device=None):
     """``AutoModelForSeq2SeqLM`` + ``AutoTokenizer`` from one directory, in eval mode."""
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -115,11 +120,11 @@ def load_model_and_tokenizer(model_dir: str | Path, device=None):
     try:
         AutoConfig.from_pretrained(str(model_dir))
     except (OSError, ValueError, StrictDataclassError) as err:
-        raise ModelDirError(f"cannot load the model config in {model_dir}: {err}") from err
+        raise ModelDirError(f"cannot load the model config in {model_dir}: {one_line(err)}") from err
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError, StrictDataclassError) as err:
-        raise ModelDirError(f"cannot load the tokenizer in {model_dir}: {err}") from err
+        raise ModelDirError(f"cannot load the tokenizer in {model_dir}: {one_line(err)}") from err
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
     except (
@@ -128,7 +133,7 @@ def load_model_and_tokenizer(model_dir: str | Path, device=None):
         StrictDataclassError,
         SafetensorError,
     ) as err:  # no or truncated weights, a bad config value
-        raise ModelDirError(f"cannot load the model in {model_dir}: {err}") from err
+        raise ModelDirError(f"cannot load the model in {model_dir}: {one_line(err)}") from err
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer
