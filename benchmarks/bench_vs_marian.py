@@ -102,7 +102,17 @@ SIZES = {
     "big": dict(vocab=32_000, d_model=1024, layers=6, heads=16, ffn=4096),
 }
 # Dense bf16 tensor-core peak (TFLOP/s) by card name, for MFU; --peak-tflops overrides.
-PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+# Keys are matched in order against the card's name: the PCIe/NVL H100s first (their peaks are lower).
+PEAK_BF16_TFLOPS = {
+    "H100 PCIe": 756.5,
+    "H100 NVL": 835.5,
+    "H200": 989.4,
+    "H100": 989.4,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+}
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

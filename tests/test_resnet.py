@@ -203,6 +203,12 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.randn(3, 32, 32))
     with pytest.raises(TypeError, match="floating-point"):
         model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(TypeError, match=r"torch.float64 but the model's weights are torch.float32"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.float64))  # e.g. from a numpy array
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts float32 inputs itself, not float64
+        assert model(torch.zeros(1, 3, 32, 32)).logits.shape == (1, 10)
+        with pytest.raises(TypeError, match="torch.float64"):
+            model(torch.zeros(1, 3, 32, 32, dtype=torch.float64))
     x = torch.randn(2, 3, 32, 32)
     with pytest.raises(ValueError, match=r"class indices in \[0, 9\]"):
         model(x, labels=torch.tensor([3, 10]))

@@ -283,8 +283,11 @@ class FixupResNetPreTrainedModel(InitsOwnedModules, PreTrainedModel):
             module.reset_parameters()
 
 
-def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
-    """Clear errors for the usual mistakes: channels-last arrays, a missing batch axis, integer pixels."""
+def check_pixel_values(
+    pixel_values: torch.Tensor, num_channels: int, dtype: torch.dtype | None = None
+) -> None:
+    """Clear errors for the usual mistakes: channels-last arrays, a missing batch axis, integer pixels, and
+    (outside autocast) pixels of another float type than the weights, e.g. float64 from numpy."""
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
     if pixel_values.ndim != 4:
@@ -300,6 +303,15 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
         raise TypeError(
             f"pixel_values must be a floating-point tensor (normalized images), got {pixel_values.dtype}; "
             "use FixupResNetImageProcessor to convert uint8 images"
+        )
+    # Autocast casts float32/16 inputs to its type itself, never float64.
+    cast_by_autocast = (
+        torch.is_autocast_enabled(pixel_values.device.type) and pixel_values.dtype != torch.float64
+    )
+    if dtype is not None and pixel_values.dtype != dtype and not cast_by_autocast:
+        raise TypeError(
+            f"pixel_values are {pixel_values.dtype} but the model's weights are {dtype}: convert them with "
+            "pixel_values.to(model.dtype) (numpy arrays are float64)"
         )
 
 
@@ -323,7 +335,7 @@ class FixupResNetModel(FixupResNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
-        check_pixel_values(pixel_values, self.config.num_channels)
+        check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
