@@ -141,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def checked_main(argv: list[str] | None = None) -> int:
-    """``main`` with impossible sizes (``--heads 3`` for d 32, ``--depth 21``, ``--steps 0``) as input errors."""
+    """``main`` with impossible sizes (``--heads 3`` for d 32, ``--depth 21``, ``--steps 0``) and missing data
+    files as input errors."""
     try:
         return main(argv)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         raise InputError(str(err).splitlines()[0]) from err
 
 
