@@ -58,6 +58,11 @@ class ImageDataError(ValueError):
     """An image dataset has a shape, channel count or labels the trainer cannot use; names the file."""
 
 
+def one_line(err: Exception) -> str:
+    """An error's message in one line (transformers', safetensors' and PyYAML's span several)."""
+    return " ".join(str(err).split())
+
+
 def yaml_problem(err: Exception) -> str:
     """PyYAML's error in one line: the problem and where (its own message spans several lines)."""
     mark = getattr(err, "problem_mark", None)

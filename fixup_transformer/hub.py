@@ -34,7 +34,7 @@ from pathlib import Path
 
 from huggingface_hub import create_repo, upload_folder
 
-from .errors import USAGE_EXIT_CODE
+from .errors import USAGE_EXIT_CODE, one_line
 
 PACKAGE = __name__.split(".")[0]
 CONFIG_FILE = "config.json"
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         url = push_export(args.export_dir, args.repo_id, private=args.private or None)
     except (FileNotFoundError, ValueError, HFValidationError, OfflineModeIsEnabled, HfHubHTTPError) as err:
         # an incomplete export, a bad repo id, offline, no permission: one line, nothing uploaded half
-        print(f"error: {err}".splitlines()[0], file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return USAGE_EXIT_CODE
     print(url)
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from fixup_transformer.diagnostics import plot_run, record_training, torch_threads, write_tables
-from fixup_transformer.errors import InputError, run_script
+from fixup_transformer.errors import InputError, one_line, run_script
 from fixup_transformer.paths import shared_data_dir
 from fixup_transformer.probe_data import cifar_batches, multi30k_batches
 from fixup_transformer.text import FixupTransformerConfig, FixupTransformerForConditionalGeneration
@@ -146,7 +146,7 @@ def checked_main(argv: list[str] | None = None) -> int:
     try:
         return main(argv)
     except (ValueError, FileNotFoundError) as err:
-        raise InputError(str(err).splitlines()[0]) from err
+        raise InputError(one_line(err)) from err
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 
 from ..data import CorpusConfig, load_parallel
-from ..errors import ConfigError, ModelDirError, yaml_problem
+from ..errors import ConfigError, ModelDirError, one_line, yaml_problem
 from ..paths import TRAINING_CONFIG_FILE, resolve_path
 from .bleu import Score, corpus_scores
 from .translate import GenerationSettings, translate_corpus
@@ -104,11 +104,6 @@ def check_model_dir(model_dir: str | Path) -> Path:
     return path
 
 
-def one_line(err: Exception) -> str:
-    """transformers' and safetensors' messages span lines; the command's error is one line."""
-    return " ".join(str(err).split())
-
-
 def load_model_and_tokenizer(model_dir: str | Path, device=None):
     """``AutoModelForSeq2SeqLM`` + ``AutoTokenizer`` from one directory, in eval mode."""
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -118,21 +113,17 @@ def load_model_and_tokenizer(model_dir: str | Path, device=None):
     # transformers' messages name what was missing; the error type makes it one line, exit code 2. The
     # config first: the tokenizer reads config.json too, and would be blamed for a bad field there.
     try:
-        AutoConfig.from_pretrained(str(model_dir))
+        config = AutoConfig.from_pretrained(str(model_dir))
     except (OSError, ValueError, StrictDataclassError) as err:
         raise ModelDirError(f"cannot load the model config in {model_dir}: {one_line(err)}") from err
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError, StrictDataclassError) as err:
         raise ModelDirError(f"cannot load the tokenizer in {model_dir}: {one_line(err)}") from err
+    # No, or truncated, weights: OSError / SafetensorError.
     try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
-    except (
-        OSError,
-        ValueError,
-        StrictDataclassError,
-        SafetensorError,
-    ) as err:  # no or truncated weights, a bad config value
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir), config=config)
+    except (OSError, ValueError, StrictDataclassError, SafetensorError) as err:
         raise ModelDirError(f"cannot load the model in {model_dir}: {one_line(err)}") from err
     if device is not None:
         model.to(device)

@@ -651,9 +651,8 @@ class FixupTransformerPreTrainedModel(InitsOwnedModules, PreTrainedModel):
             decoder.embed_tokens = self._get_resized_embeddings(
                 decoder.embed_tokens, embeddings.num_embeddings, mean_resizing=mean_resizing
             )
-        self.config.decoder_vocab_size = (
-            None  # both sides have the new size (also if it was given explicitly)
-        )
+        # Both sides have the new size (also if decoder_vocab_size was given explicitly).
+        self.config.decoder_vocab_size = None
         return embeddings
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
