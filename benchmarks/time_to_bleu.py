@@ -19,8 +19,8 @@ the job's end-of-training validation, checkpoint and export; test decoding exclu
 example side by side with ``--threads 1``); ``--report-only`` prints the table from what is there, and
 ``--summarize-only`` redoes a job system's summary from its finished run folder without training it again.
 
-One run's test score depends on where the clock happens to stop (13 updates apart, two runs of the main
-job differed by 0.8 BLEU; docs/benchmarks.md). ``--late-stops K`` therefore also scores, for each system,
+One run's test score depends on where the clock happens to stop (two runs of the main job, identical
+up to update 3000, ended 47 updates apart and 1.0 BLEU apart; docs/benchmarks.md). ``--late-stops K`` therefore also scores, for each system,
 the weights at its last K stopping points (every ``checkpoint.save_interval_updates`` updates, and the last
 update) and reports their mean and spread. Like the headline score, these are raw weights, never the
 job's choice of the best or averaged model on validation, so every system is scored the same way. The job keeps

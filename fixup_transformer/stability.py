@@ -2,9 +2,10 @@
 
 One *cell* is a model variant at a depth, a learning rate, a warmup and a precision, trained for a fixed
 number of Adam steps on fixed batches (the same batches for every variant). This is the experiment a user
-runs in their head when they drop LayerNorm: plain ``torch.optim.Adam`` (betas 0.9/0.98, every parameter
-at the same lr, as `Seq2SeqTrainer` would do), constant lr after an optional linear warmup, no clipping,
-fp32 or autocast fp16 with a ``GradScaler`` / bf16.
+runs in their head when they drop LayerNorm. By default: plain ``torch.optim.Adam`` (betas 0.9/0.98, every
+parameter at the same lr, as `Seq2SeqTrainer` would do), constant lr after an optional linear warmup, no
+clipping, fp32 or autocast fp16 with a ``GradScaler`` / bf16; a cell may instead use RAdam
+(``Cell.optimizer``, T-Fixup's reference optimizer) and clip the gradient norm (``Cell.clip_norm``).
 
 A cell *diverges* when a loss is not finite or rises more than ``SPIKE_NATS`` above the first loss;
 it *learns* when the last loss is below the first. fp16 steps skipped by the scaler are counted; the

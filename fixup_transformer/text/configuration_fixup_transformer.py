@@ -60,7 +60,8 @@ class FixupTransformerConfig(PreTrainedConfig):
         tie_word_embeddings: the output projection reuses the decoder's input embedding. Off by default:
             Fixup's rule 1 (zero classifier, initial loss ln V) cannot hold for a tied projection without
             zeroing the input embeddings, and a tied Fixup decoder at init predicts its own input token
-            (initial loss ~22 at d 512). Tied, the projection keeps the embedding init N(0, d^-1/2).
+            (initial loss ~22 at d 512). Tied, the projection keeps the embedding's init (N(0, d^-1/2) under `fixup`/`xavier`,
+            scaled by T-Fixup's factor under `t_fixup`, N(0, `init_std`) under `normal`).
         normalization: `"none"` (Fixup, default), `"post_ln"` (the original Transformer), `"pre_ln"`.
         init: `"fixup"` (default), `"t_fixup"` (Huang et al. 2020), or, for the LayerNorm baselines,
             `"xavier"` (fairseq's: Xavier-uniform linears, N(0, d^-1/2) embeddings) or `"normal"` (transformers'

@@ -8,7 +8,7 @@ Per residual branch (attention or FFN) the layer computes
     x = post_norm(x + scale * dropout(branch(pre_norm(x))))
 
 with ``post_norm``/``pre_norm`` the identity unless LayerNorm is asked for, ``scale`` a learned scalar
-(init 1), and, inside each branch, a learned scalar bias before every linear and activation:
+(init 0 under the default ``fixup_zero="multiplier"``, 1 otherwise), and, inside each branch, a learned scalar bias before every linear and activation:
 
     attention:  out_proj(Attention(qkv_proj(x + b0)))
     FFN:        fc2(dropout(relu(fc1(x + b1) + b2)) + b3)
