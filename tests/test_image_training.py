@@ -243,9 +243,17 @@ def test_a_rerun_of_a_spent_time_budget_trains_no_extra_update(shared_data_dir, 
     ]  # fmt: skip
     assert _run(argv, [sys.executable]).returncode == 0
     steps = sorted(p.name for p in (run / "checkpoints").iterdir())
-    result = _run([*argv, "--resume", "auto"], [sys.executable])
+    files = ["metrics.jsonl", "config.yaml", "final/model.safetensors", "final/export_info.json"]
+    before = {name: ((run / name).read_bytes(), (run / name).stat().st_mtime_ns) for name in files}
+    # The finished run, rerun with --resume and a changed evaluation setting: nothing to do, nothing written,
+    # and the change is reported as not applied (--resume itself is not a setting of the run).
+    result = _run([*argv, "--resume", "auto", "--eval_batch_size", "32"], [sys.executable])
     assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert "is already complete" in out and "nothing to do" in out, out[-2000:]
+    assert "not applied" in out and "eval_batch_size" in out and "resume None" not in out, out[-2000:]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == steps
+    assert {name: ((run / name).read_bytes(), (run / name).stat().st_mtime_ns) for name in files} == before
 
 
 def test_evaluate_top1_leaves_the_model_in_the_mode_it_came_in():

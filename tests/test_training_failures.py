@@ -114,7 +114,13 @@ def test_finite_loss_with_nan_gradient_is_not_applied(multi30k, tmp_path, monkey
 
 
 def _snapshot(run: Path) -> dict[str, bytes | int]:
-    files = ["metrics.jsonl", "results.json", "last/model.safetensors", "best/model.safetensors"]
+    files = [
+        "config.yaml",
+        "metrics.jsonl",
+        "results.json",
+        "last/model.safetensors",
+        "best/model.safetensors",
+    ]
     snap: dict[str, bytes | int] = {name: (run / name).read_bytes() for name in files}
     snap.update({f"mtime {name}": (run / name).stat().st_mtime_ns for name in files})
     snap["checkpoints"] = len(list_checkpoints(run / "checkpoints"))
@@ -147,6 +153,14 @@ def test_rerunning_a_finished_run_does_nothing(multi30k, tmp_path, monkeypatch, 
     before = _snapshot(run)
     assert mt.train(cfg) == summary  # the same command once more: complete, nothing is touched
     assert "is already complete (update 8); nothing to do" in capsys.readouterr().out
+    assert _snapshot(run) == before
+
+    # Changed eval settings on a complete run: nothing is re-tested, so nothing claims to be applied and
+    # config.yaml keeps the settings the results were made with.
+    changed = tiny_config(multi30k, run, data__test_limit=4, eval__beam=4)
+    assert mt.train(changed) == summary
+    out = capsys.readouterr().out
+    assert "not applied (the run is complete" in out and "eval.beam 2 -> 4" in out and "applied:" not in out
     assert _snapshot(run) == before
 
 

@@ -19,6 +19,7 @@ a ``TrainerState`` saved with every checkpoint, the time budget decided together
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 import warnings
@@ -39,6 +40,7 @@ from .checkpoint import (
     TRAINING_CONFIG_FILE,
     check_replaceable_export,
     export_pretrained,
+    export_step,
     find_resume_checkpoint,
     load_training_checkpoint,
     read_trainer_state,
@@ -150,10 +152,9 @@ def evaluate_top1(model, images: torch.Tensor, labels: torch.Tensor, accelerator
     return float(correct) / max(1, int(total))
 
 
-# What a resumed image run may change: where it writes and evaluates, its budget, how it runs and logs.
+# What a resumed image run may change: where its data lives, what it evaluates, its budget, how it runs and
+# logs (where the run and its checkpoint are found is never compared: resume.RUN_LOCATION_KEYS).
 CHANGEABLE_ON_RESUME = (
-    "output_dir",
-    "resume",
     "train_data",
     "test_data",
     "test_samples",
@@ -231,9 +232,10 @@ class ImageTrainer:
         acc.register_for_checkpointing(self.scheduler)
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=acc.is_main_process)
         self.state = ImageTrainerState(data_fingerprint=self.data_fingerprint)
+        self.completed: dict | None = None  # the final record, when this is a rerun of a finished run
         self._resume()
         self.clock = WallClock(self.state.time_breakdown)
-        if acc.is_main_process:
+        if acc.is_main_process and self.completed is None:  # config.yaml: the settings of the results
             dump_config(cfg, self.out / "config.yaml")
         self.config_yaml = dump_yaml(cfg)
         self.last_eval: tuple[int, float] | None = None  # (update, test top-1) of the newest evaluation
@@ -264,6 +266,14 @@ class ImageTrainer:
             )
         self.state = ImageTrainerState.from_dict(load_training_checkpoint(self.accelerator, path))
         self.state.data_fingerprint = self.data_fingerprint
+        self.completed = self._completed_record()
+        if self.completed is not None:  # a rerun of a finished command: nothing is written
+            if changes:
+                self.accelerator.print(
+                    f"settings changed since {path.name}, not applied (the run is complete; raise epochs or "
+                    f"max_minutes to train on): {format_changes(changes)}"
+                )
+            return
         self.metrics.truncate_after(self.state.step, drop_at_step=("final",))
         if self.accelerator.is_main_process:  # newer checkpoints are not this run's timeline (mt.py says why)
             for moved in set_aside_checkpoints_after(self.out / "checkpoints", self.state.step):
@@ -273,6 +283,19 @@ class ImageTrainer:
         self.accelerator.print(f"resumed from {path} at update {self.state.step} (epoch {epoch})")
         if changes:
             self.accelerator.print(f"settings changed since {path.name}, applied: {format_changes(changes)}")
+
+    def _completed_record(self) -> dict | None:
+        """The ``final`` record of the resumed update when the run already ended there (its epochs or its
+        time budget spent, and the ``final/`` export written for it), else None."""
+        step = self.state.step
+        spent = step >= self.total_steps or out_of_time(self.accelerator, self.state, self.cfg.max_minutes)
+        if not spent or export_step(self.out / "final") != step:
+            return None
+        try:
+            record = json.loads((self.out / "final" / "export_info.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and record.get("kind") == "final" else None
 
     def close(self) -> None:
         """Release the output_dir lock (idempotent; process exit releases it too)."""
@@ -491,6 +514,12 @@ def train(cfg: ImageTrainConfig) -> dict:
     """Run (or resume) training as configured; returns the final metrics record."""
     trainer = ImageTrainer(cfg)
     try:
+        if trainer.completed is not None:
+            trainer.accelerator.print(
+                f"{trainer.out} is already complete (update {trainer.state.step}); nothing to do. "
+                f"Results: {trainer.out / 'final'}"
+            )
+            return trainer.completed
         return trainer.finish(trainer.fit())
     finally:
         trainer.close()

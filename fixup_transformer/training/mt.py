@@ -245,8 +245,11 @@ class MTTrainer:
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=accelerator.is_main_process)
         self.state = MTTrainerState()
         self._saved_step: int | None = None  # update of the checkpoint this process saved or resumed last
+        complete = False
         if resume is not None:
             self._resume(resume, changes)
+            complete = self.completed_summary() is not None
+            self._announce_changes(resume, changes, complete)
         else:
             self.metrics.truncate_after(0)  # records of an earlier attempt that saved no checkpoint
         self.clock = WallClock(self.state.time_breakdown)
@@ -268,7 +271,8 @@ class MTTrainer:
             ) from None
         if accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / "config.yaml", self.config_yaml)
+            if not complete:  # config.yaml holds the settings the run's results were made with
+                atomic_write_text(self.out / "config.yaml", self.config_yaml)
             n_params = sum(p.numel() for p in accelerator.unwrap_model(self.model).parameters())
             accelerator.print(
                 f"model: {n_params / 1e6:.2f}M parameters, normalization={cfg.model.normalization}, "
@@ -329,12 +333,25 @@ class MTTrainer:
         self.accelerator.print(
             f"resumed from {path} (update {self.state.step}, epoch {self.state.epoch + 1})"
         )
-        if not changes:
-            return
         if any(
             key.startswith(("optim.", "schedule.")) or key == "train.max_updates" for key, _, _ in changes
         ):
             self._apply_optim_settings(fresh_groups)
+
+    def _announce_changes(self, path: Path, changes: list, complete: bool) -> None:
+        """Say which settings changed since the resumed checkpoint, and whether they take effect: a run
+        that is already complete trains, validates and tests nothing more, so only its upload is redone."""
+        if complete:
+            ignored = [change for change in changes if change[0] != "train.push_to_hub"]
+            if ignored:
+                self.accelerator.print(
+                    f"settings changed since {path.name}, not applied (the run is complete; raise "
+                    f"train.max_updates/max_minutes/max_epochs to train on, or score its best/ export with "
+                    f"fixup-evaluate-mt): {format_changes(ignored)}"
+                )
+            return
+        if not changes:
+            return
         self.accelerator.print(f"settings changed since {path.name}, applied: {format_changes(changes)}")
         self.metrics.write(
             {

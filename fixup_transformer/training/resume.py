@@ -45,6 +45,9 @@ def is_fixed(key: str, fixed: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in fixed)
 
 
+RUN_LOCATION_KEYS = ("output_dir", "resume", "checkpoint.resume")
+
+
 def format_changes(changes: list[Change]) -> str:
     return ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes)
 
@@ -63,7 +66,8 @@ def check_resume_config(
         return []
     saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     current = yaml.safe_load(dump_yaml(cfg))
-    changes = config_changes(saved, current)
+    # Where the run and its checkpoint are found is how this resume came about, not a setting of the run.
+    changes = [c for c in config_changes(saved, current) if c[0] not in RUN_LOCATION_KEYS]
     fixed, allowed = tuple(fixed), tuple(allowed)
     refused = [c for c in changes if is_fixed(c[0], fixed) and not is_fixed(c[0], allowed)]
     if refused:
