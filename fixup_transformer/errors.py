@@ -8,7 +8,8 @@ catch exactly these types (never a bare ``Exception``, which would hide real bug
 - exit code 2, usage / input errors: :class:`ConfigError` (and its
   :class:`ResumeMismatchError`), :class:`CorpusError`, :class:`RunLockedError`, :class:`ModelDirError`,
   :class:`ImageDataError`, :class:`InputError`;
-- exit code 1, the run itself failed: :class:`NonFiniteLossError`, :class:`CheckpointError`.
+- exit code 1, the run itself failed: :class:`NonFiniteLossError`, :class:`CheckpointError`, or its upload
+  did: :class:`HubPushError`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class ResumeMismatchError(ConfigError):
     """Resuming with settings that cannot change mid-run (model shape, data, tokenizer); lists them all."""
 
 
+class HubPushError(RuntimeError):
+    """An upload to the Hub failed after the run saved everything; the message gives the command to retry."""
+
+
 class ModelDirError(ValueError):
     """A model directory is missing or lacks a file it needs (config, weights, tokenizer)."""
 
@@ -73,7 +78,7 @@ def yaml_problem(err: Exception) -> str:
 USAGE_ERRORS = (ConfigError, CorpusError, RunLockedError, ModelDirError, ImageDataError, InputError)
 
 
-FAILURE_ERRORS = (NonFiniteLossError, CheckpointError)
+FAILURE_ERRORS = (NonFiniteLossError, CheckpointError, HubPushError)
 
 
 def run_script(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:

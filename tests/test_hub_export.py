@@ -397,6 +397,30 @@ def test_push_to_hub_uploads_the_best_export_at_the_end(run):
     assert f"model_id = '{PUSH_REPO}'" in card and "name: fixup-multi30k-tiny" in card
 
 
+@pytest.mark.slow
+def test_a_failed_push_at_the_end_is_one_line_with_the_retry_command(run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from fixup_transformer.cli import train_mt
+
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy)
+    results = (copy / "results.json").read_bytes()
+
+    def refused(*args, **kwargs):
+        raise OSError("401 Client Error: Unauthorized\n\nInvalid username or password.")
+
+    monkeypatch.setattr(hub, "create_repo", refused)
+    argv = ["--config", str(TINY), "--data.data_dir", run["cfg"].data.data_dir, "--output_dir", str(copy),
+            "--checkpoint.average_last", "2", "--train.push_to_hub", "someone/elsewhere"]  # fmt: skip
+    assert train_mt.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: training finished and everything is saved"), err
+    assert "Unauthorized Invalid username" in err
+    assert f"Retry with: python -m fixup_transformer.hub {copy / 'best'} someone/elsewhere" in err
+    assert (copy / "results.json").read_bytes() == results  # not recorded as pushed: a rerun retries
+
+
 def test_push_refuses_an_incomplete_export_before_any_network_call(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "create_repo", lambda *a, **k: pytest.fail("create_repo called"))
     (tmp_path / "config.json").write_text("{}")

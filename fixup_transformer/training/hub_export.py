@@ -20,6 +20,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..atomic_files import atomic_write_text
 from ..data.corpora import CORPORA
+from ..errors import HubPushError, one_line
 from ..hub import add_remote_code, push_export
 from .checkpoint import TRAINING_CONFIG_FILE, atomic_write_json
 from .state import epoch_of_last_update
@@ -116,9 +117,9 @@ def push_best_export(run_dir: str | Path, repo_id: str, private: bool | None = N
             export, repo_id, private=private, commit_message=f"Upload the {export.name} export"
         )
     except Exception as err:
-        raise RuntimeError(
+        raise HubPushError(
             f"training finished and everything is saved in {run_dir}, but pushing {export} to the Hub "
-            f"repository {repo_id} failed ({type(err).__name__}: {err}). Retry with: "
+            f"repository {repo_id} failed ({type(err).__name__}: {one_line(err)}). Retry with: "
             f"python -m fixup_transformer.hub {export} {repo_id}"
         ) from err
 
