@@ -79,6 +79,23 @@ def test_unknown_split_and_corpus() -> None:
         load_parallel(CorpusConfig(name="nope"), "train")
 
 
+def test_a_typo_in_a_known_corpus_name_is_pointed_out_where_a_split_file_is_missing(tmp_path: Path) -> None:
+    for lang in ("de", "en"):
+        write(tmp_path / f"train.{lang}", "a\n")
+        write(tmp_path / f"val.{lang}", "b\n")  # Multi30k's name for its validation files
+    # Any name works with local files; train.* exists under every name, so only validation shows the typo.
+    assert load_parallel(CorpusConfig(name="multi31k", data_dir=tmp_path), "train") == [("a", "a")]
+    with pytest.raises(
+        CorpusError, match=r"validation\.de.*'multi31k' is not one of .*did you mean 'multi30k'"
+    ):
+        load_parallel(CorpusConfig(name="multi31k", data_dir=tmp_path), "validation")
+    assert load_parallel(CorpusConfig(name="multi30k", data_dir=tmp_path), "validation") == [("b", "b")]
+    # A name of one's own with the split mapped to its files: no hint (nothing is wrong with the name).
+    with pytest.raises(CorpusError) as missing:
+        load_parallel(CorpusConfig(name="mine", data_dir=tmp_path, split_files={"test": "tst"}), "test")
+    assert "is not one of" not in str(missing.value)
+
+
 def test_hub_offline_raises_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 

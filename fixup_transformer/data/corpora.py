@@ -6,6 +6,7 @@ table :data:`CORPORA`, so adding a corpus is one entry and nothing else changes.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,25 @@ def load_hub_parallel(
     return [(row[src_lang], row[tgt_lang]) for row in rows]
 
 
+def _unknown_name_hint(config: CorpusConfig, split: str) -> str:
+    """Why a local split file may be missing: a corpus name outside the table (a typo of a known one?) has no
+    file names of its own, so the split is looked for under its own name."""
+    stem = config.local_stem(split)
+    present = all(
+        any((Path(config.data_dir) / f"{stem}.{lang}{ext}").is_file() for ext in ("", ".gz"))
+        for lang in (config.src_lang, config.tgt_lang)
+    )
+    if config.name in CORPORA or split in config.split_files or present:
+        return ""
+    close = difflib.get_close_matches(config.name, CORPORA, n=1)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    return (
+        f". The corpus name {config.name!r} is not one of {sorted(CORPORA)}, so its {split} split is read from "
+        f"{stem}.<lang>: {guess}Name a known corpus, or map the split to its files with "
+        "data.split_files"
+    )
+
+
 def load_parallel(config: CorpusConfig, split: str) -> list[Pair]:
     """Load a split exactly as stored, unfiltered: local files if ``config.data_dir`` is set, else the Hub.
 
@@ -162,9 +182,12 @@ def load_parallel(config: CorpusConfig, split: str) -> list[Pair]:
         raise CorpusError(f"unknown split {split!r}; expected one of {SPLITS}")
     spec = config.spec
     if config.data_dir is not None:
-        return load_local_parallel(
-            config.data_dir, config.local_stem(split), config.src_lang, config.tgt_lang
-        )
+        try:
+            return load_local_parallel(
+                config.data_dir, config.local_stem(split), config.src_lang, config.tgt_lang
+            )
+        except CorpusError as err:
+            raise CorpusError(f"{err}{_unknown_name_hint(config, split)}") from None
     return load_hub_parallel(spec, split, config.src_lang, config.tgt_lang, config.cache_dir)
 
 

@@ -31,8 +31,8 @@ def find_split_file(data_dir: str | Path, stem: str, lang: str) -> Path:
     found = [p for p in (plain, zipped) if p.is_file()]
     if not found:
         raise CorpusError(
-            f"corpus file not found: tried {plain} and {zipped} (set data.data_dir, or $FIXUP_DATA_DIR for the "
-            "configs' default)"
+            f"corpus file not found: tried {plain} and {zipped} (check the data directory: data.data_dir in "
+            "training, --data-dir in fixup-evaluate-mt, or $FIXUP_DATA_DIR for the configs' default)"
         )
     if len(found) == 2:
         raise CorpusError(f"ambiguous corpus file: both {plain} and {zipped} exist; remove one")
