@@ -126,8 +126,15 @@ def test_order_blanks_and_options_with_an_echo_model(run_dir, source_lines, tmp_
     assert capsys.readouterr().err == ""  # --quiet: no progress bar
 
     calls.clear()
-    assert cli.main([*argv, "--beam", "1", "--lenpen", "0.6", "--max-new-tokens", "3"]) == 0
-    assert all(c["num_beams"] == 1 and c["length_penalty"] == 0.6 and c["max_new_tokens"] == 3 for c in calls)
+    assert cli.main([*argv, "--beam", "3", "--lenpen", "0.6", "--max-new-tokens", "3"]) == 0
+    assert all(c["num_beams"] == 3 and c["length_penalty"] == 0.6 and c["max_new_tokens"] == 3 for c in calls)
+    # Greedy gets no beam-only flags (transformers warns about them at every batch), and never the
+    # export's max_length cap beside max_new_tokens (another warning per batch).
+    calls.clear()
+    assert cli.main([*argv, "--beam", "1", "--lenpen", "0.6"]) == 0
+    assert calls and all(
+        c["num_beams"] == 1 and "length_penalty" not in c and c["max_length"] is None for c in calls
+    )
 
 
 def test_empty_input_gives_empty_output(run_dir, tmp_path):

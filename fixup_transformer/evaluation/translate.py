@@ -116,6 +116,11 @@ def translate_corpus(
     lengths = [len(ids) for ids in encoded]
     sampler = SortedBatchSampler(lengths, settings.batch_tokens, num_replicas=world, rank=rank)
     collate = TranslationCollator(pad_id=tokenizer.pad_token_id)
+    # Only what this decoding uses: transformers warns at every batch about flags that do not apply (a
+    # length penalty in greedy search) and about the exports' max_length cap beside max_new_tokens.
+    decoding_flags: dict = {"num_beams": settings.num_beams, "max_length": None}
+    if settings.num_beams > 1:
+        decoding_flags.update(length_penalty=settings.length_penalty, early_stopping=True)
     was_training = model.training
     model.eval()
     ids: list[int] = []
@@ -130,11 +135,9 @@ def translate_corpus(
                 output = model.generate(
                     input_ids=batch["input_ids"].to(device),
                     attention_mask=batch["attention_mask"].to(device),
-                    num_beams=settings.num_beams,
-                    length_penalty=settings.length_penalty,
-                    early_stopping=settings.num_beams > 1,
                     max_new_tokens=settings.new_tokens(max(lengths[i] for i in batch_ids), positions),
                     do_sample=False,
+                    **decoding_flags,
                 )
             ids.extend(batch_ids)
             hypotheses.extend(tokenizer.batch_decode(output, skip_special_tokens=True))
