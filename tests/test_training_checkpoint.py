@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -151,3 +152,29 @@ def test_export_pretrained_is_atomic(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["best"]
     reloaded = MarianMTModel.from_pretrained(out)
     torch.testing.assert_close(reloaded.lm_head.weight, model.lm_head.weight)
+
+
+class SharedNet(nn.Module):
+    """Two modules holding one weight, as the Transformer's shared encoder/decoder embeddings do."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Embedding(5, 3)
+        self.second = nn.Embedding(5, 3)
+        self.second.weight = self.first.weight
+
+
+def test_shared_weights_save_quietly_and_come_back_shared(tmp_path, caplog):
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    model, optimizer = accelerator.prepare(SharedNet(), torch.optim.SGD(SharedNet().parameters(), lr=0.1))
+    saved = model.first.weight.detach().clone()
+    with caplog.at_level("WARNING"):
+        path = ckpt.save_training_checkpoint(accelerator, tmp_path / "checkpoints", 1, {})
+    assert "Removed shared tensor" not in caplog.text
+    # Logging stays as it was for everything else.
+    assert not logging.getLogger("accelerate.utils.other").filters
+    with torch.no_grad():
+        model.first.weight.zero_()
+    ckpt.load_training_checkpoint(accelerator, path)
+    assert torch.equal(model.first.weight, saved) and model.second.weight is model.first.weight
