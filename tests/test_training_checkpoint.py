@@ -178,3 +178,103 @@ def test_shared_weights_save_quietly_and_come_back_shared(tmp_path, caplog):
         model.first.weight.zero_()
     ckpt.load_training_checkpoint(accelerator, path)
     assert torch.equal(model.first.weight, saved) and model.second.weight is model.first.weight
+
+
+def test_a_crash_while_replacing_an_export_keeps_the_previous_copy(tmp_path, monkeypatch):
+    final = tmp_path / "best"
+    with ckpt.atomic_directory(final) as tmp:
+        (tmp / "weights").write_text("old")
+    real_replace, calls = os.replace, []
+
+    def dies_before_the_new_copy_lands(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the old copy is out of the way, the new one not yet in place
+            raise KeyboardInterrupt("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dies_before_the_new_copy_lands)
+    with pytest.raises(KeyboardInterrupt), ckpt.atomic_directory(final) as tmp:
+        (tmp / "weights").write_text("new")
+    monkeypatch.undo()
+    assert not final.exists() and (tmp_path / ".old-best" / "weights").read_text() == "old"
+    ckpt.recover_dir(final)  # what the next export (export_pretrained) does first
+    assert (final / "weights").read_text() == "old" and not (tmp_path / ".old-best").exists()
+    with ckpt.atomic_directory(final) as tmp:  # and a replacement that completes replaces it
+        (tmp / "weights").write_text("new")
+    assert (final / "weights").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+def _corrupt_one_member(archive, member_prefix="data/"):
+    """Flip a byte inside the stored payload of a torch zip archive's tensor data (its CRC no longer holds)."""
+    import zipfile
+
+    with zipfile.ZipFile(archive) as z:
+        info = next(i for i in z.infolist() if member_prefix in i.filename and i.file_size > 0)
+    raw = bytearray(archive.read_bytes())
+    name_len = int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start] ^= 0xFF
+    archive.write_bytes(bytes(raw))
+
+
+def test_damaged_checkpoints_are_named_and_skipped_never_unpickled(tmp_path):
+    accelerator, model, optimizer = make_accelerator_and_model()
+    out = tmp_path / "checkpoints"
+    model.lin(torch.randn(3, 4)).sum().backward()
+    optimizer.step()  # AdamW state exists: optimizer.bin holds tensors
+    good = ckpt.save_training_checkpoint(accelerator, out, 1, {})
+    assert ckpt.checkpoint_problem(good) is None
+
+    crc = ckpt.save_training_checkpoint(accelerator, out, 2, {})
+    _corrupt_one_member(crc / "optimizer.bin")
+    assert ckpt.checkpoint_problem(crc) == f"optimizer.bin is corrupt (bad CRC in {_bad_member(crc)})"
+
+    cut = ckpt.save_training_checkpoint(accelerator, out, 3, {})
+    rng = next(cut.glob("random_states_*.pkl"))
+    rng.write_bytes(rng.read_bytes()[: rng.stat().st_size // 2])
+    assert ckpt.checkpoint_problem(cut).startswith(f"unreadable {rng.name}")
+
+    nan = ckpt.save_training_checkpoint(accelerator, out, 4, {})
+    weights = load_file_dict(nan / ckpt.WEIGHTS_FILE)
+    weights["lin.weight"][0, 0] = float("nan")
+    save_file(weights, str(nan / ckpt.WEIGHTS_FILE))
+    assert (
+        ckpt.checkpoint_problem(nan)
+        == f"{ckpt.WEIGHTS_FILE} has non-finite values in 1 tensors (e.g. lin.weight)"
+    )
+
+    logged = []
+    path, skipped = ckpt.find_resume_checkpoint("auto", tmp_path, log=logged.append)
+    assert path == good and [p.name for p, _ in skipped] == ["checkpoint-4", "checkpoint-3", "checkpoint-2"]
+    assert all(p.is_dir() for p in (crc, cut, nan))  # skipped, never deleted
+    with pytest.raises(
+        CheckpointError, match=r"cannot resume from .*checkpoint-2: optimizer\.bin is corrupt"
+    ):
+        ckpt.find_resume_checkpoint(str(crc), tmp_path)
+
+
+def _bad_member(checkpoint):
+    import zipfile
+
+    with zipfile.ZipFile(checkpoint / "optimizer.bin") as z:
+        return z.testzip()
+
+
+def load_file_dict(path):
+    from safetensors.torch import load_file
+
+    return dict(load_file(str(path)))
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_names_itself(tmp_path):
+    accelerator, model, optimizer = make_accelerator_and_model()
+    path = ckpt.save_training_checkpoint(accelerator, tmp_path / "checkpoints", 5, {})
+    weights = load_file_dict(path / ckpt.WEIGHTS_FILE)
+    weights["lin.weight"] = torch.zeros(3, 4)  # another model's shape
+    save_file(weights, str(path / ckpt.WEIGHTS_FILE))
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^cannot restore checkpoint {path}: RuntimeError: Error\(s\) in loading state_dict for Net: size mismatch for lin\.weight.*\]\)\.$",
+    ):
+        ckpt.load_training_checkpoint(accelerator, path)

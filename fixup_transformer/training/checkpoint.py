@@ -33,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..atomic_files import atomic_write_text, fsync_dir, replacing
-from ..errors import CheckpointError, ConfigError, ModelDirError
+from ..errors import CheckpointError, ConfigError, ModelDirError, one_line
 from ..paths import TRAINING_CONFIG_FILE
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -384,7 +384,9 @@ def load_training_checkpoint(accelerator, path: str | os.PathLike) -> dict[str, 
         return read_trainer_state(path)
     except (OSError, RuntimeError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         # Accelerate/torch errors (size mismatches, truncated pickles) never say which checkpoint it was.
-        raise CheckpointError(f"cannot restore checkpoint {path}: {type(err).__name__}: {err}") from err
+        raise CheckpointError(
+            f"cannot restore checkpoint {path}: {type(err).__name__}: {one_line(err)}"
+        ) from err
 
 
 # ----------------------------------------------------------------------------------------------------------
