@@ -32,10 +32,10 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _setup(seed: int = 0):
+def _setup(seed: int = 0, optimizer_name: str = "adamw"):
     torch.manual_seed(seed)
     model = FixupTransformerForConditionalGeneration(tiny_config())
-    optimizer = build_optimizer(model, OptimConfig(lr=1e-3))
+    optimizer = build_optimizer(model, OptimConfig(name=optimizer_name, lr=1e-3))
     accelerator = Accelerator(cpu=True)
     model, optimizer = accelerator.prepare(model, optimizer)
     return model, optimizer, accelerator
@@ -81,8 +81,10 @@ def test_training_steps_read_nothing_back_to_the_host(monkeypatch):
 
 
 @pytest.mark.usefixtures("fresh_accelerator_state")
-def test_a_non_finite_step_and_every_later_one_change_nothing(monkeypatch):
-    model, optimizer, accelerator = _setup()
+@pytest.mark.parametrize("optimizer_name", ["adamw", "radam"])  # fused: decided on the device; RAdam: not
+def test_a_non_finite_step_and_every_later_one_change_nothing(monkeypatch, optimizer_name):
+    model, optimizer, accelerator = _setup(optimizer_name=optimizer_name)
+    assert uses_device_skip(optimizer) == (optimizer_name == "adamw")
     cfg = MTConfig()
     steps = StepAccumulator(accelerator.device)
     model.train()
