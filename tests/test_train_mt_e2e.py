@@ -223,6 +223,17 @@ def test_a_best_metric_changed_on_resume_judges_the_best_model_anew(multi30k, tm
     assert results["best_step"] == 12
 
 
+def test_the_best_model_is_the_validation_with_the_lowest_loss(multi30k, tmp_path):
+    out = tmp_path / "run"
+    common = dict(eval__valid_interval_updates=2, eval__test_split="none", checkpoint__average_last=0)
+    mt.train(tiny_config(multi30k, out, eval__best_metric="loss", **common))
+    losses = {r["step"]: r["valid_loss"] for r in read_metrics(out / "metrics.jsonl", "valid")}
+    assert len(losses) >= 3 and len(set(losses.values())) == len(losses)  # distinct: a wrong pick shows
+    best = min(losses, key=losses.get)
+    assert json.loads((out / "results.json").read_text())["best_step"] == best
+    assert json.loads((out / "best" / "export_info.json").read_text())["step"] == best
+
+
 @pytest.mark.slow
 def test_non_finite_loss_stops_naming_the_step(multi30k, tmp_path, monkeypatch):
     # one micro-batch per update: update 6 diverges
