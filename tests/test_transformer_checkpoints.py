@@ -70,6 +70,20 @@ def test_from_pretrained_does_not_reinitialise_loaded_zero_or_trained_weights(tm
         model.state_dict().items(), reloaded.state_dict().items(), strict=True
     ):
         assert torch.equal(original, loaded), name
+    # Zeros where the init would draw values (and values where it would put zeros) stay as loaded too.
+    with torch.no_grad():
+        zeroed = [p for n, p in model.named_parameters() if n.endswith(("fc1.weight", "qkv_proj.weight"))]
+        for parameter in zeroed:
+            parameter.zero_()
+    model.save_pretrained(tmp_path)
+    reloaded = FixupTransformerForConditionalGeneration.from_pretrained(tmp_path)
+    for (name, original), (_, loaded) in zip(
+        model.state_dict().items(), reloaded.state_dict().items(), strict=True
+    ):
+        assert torch.equal(original, loaded), name
+    assert zeroed and all(
+        not p.any() for n, p in reloaded.named_parameters() if n.endswith(("fc1.weight", "qkv_proj.weight"))
+    )
 
 
 def test_checkpoint_that_does_not_match_the_config_is_a_clear_error(tmp_path: Path, caplog):
