@@ -57,7 +57,7 @@ def compare(run, repeats: int, unit: float) -> dict:
         "f_dropout": unit / statistics.median(base),
         "byte_mask": unit / statistics.median(new),
         # byte-mask calls/s over F.dropout calls/s (> 1: the byte masks are faster). Files written before
-        # 2026-11-28 hold the inverse under the name "ratio" (F.dropout's calls/s over the byte masks').
+        # this change (2026-11-27) hold the inverse under the name "ratio" (F.dropout's calls/s over the byte masks').
         "speedup_of_medians": statistics.median(new) / statistics.median(base),
         "paired_speedup": statistics.median(n / b for b, n in zip(base, new, strict=True)),
     }
