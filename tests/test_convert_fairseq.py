@@ -402,12 +402,12 @@ def encode_line(words: list[str], symbols: list[str]) -> list[int]:
     return [index.get(word, 3) for word in words] + [EOS]
 
 
-def test_real_multi30k_sentences_through_fairseq_dictionaries(tmp_path, shared_data_dir):
+def test_real_multi30k_sentences_through_fairseq_dictionaries(tmp_path, multi30k):
     """Real sentences, dictionaries built the way fairseq-preprocess builds them (separate de/en), ids
     made the way fairseq makes them, and a left-padded source batch as fairseq batches it."""
 
     def read(split: str, lang: str, n: int) -> list[list[str]]:
-        with gzip.open(shared_data_dir / "multi30k" / f"{split}.{lang}.gz", "rt", encoding="utf-8") as handle:
+        with gzip.open(multi30k / f"{split}.{lang}.gz", "rt", encoding="utf-8") as handle:
             return [next(handle).split() for _ in range(n)]
 
     data = tmp_path / "data-bin"

@@ -167,8 +167,8 @@ def test_collator_pads_inputs_and_labels() -> None:
     assert set(plain) == {"input_ids", "attention_mask", "labels"} and plain["input_ids"].shape == (2, 8)
 
 
-def test_end_to_end_on_real_multi30k(shared_data_dir: Path) -> None:
-    pairs = load_parallel(CorpusConfig("multi30k", data_dir=shared_data_dir / "multi30k"), "validation")
+def test_end_to_end_on_real_multi30k(multi30k: Path) -> None:
+    pairs = load_parallel(CorpusConfig("multi30k", data_dir=multi30k), "validation")
     tokenizer = train_tokenizer(pairs, vocab_size=500)
     dataset = encode_pairs(pairs, tokenizer)
     assert isinstance(dataset, TranslationDataset) and len(dataset) == 1014

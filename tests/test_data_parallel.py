@@ -160,28 +160,28 @@ def test_a_script_hub_dataset_says_to_use_local_files(monkeypatch: pytest.Monkey
     assert "download it first" not in str(caught.value)  # downloading again cannot help
 
 
-def test_real_multi30k_split_sizes(shared_data_dir: Path) -> None:
-    config = CorpusConfig("multi30k", "de", "en", data_dir=shared_data_dir / "multi30k")
+def test_real_multi30k_split_sizes(multi30k: Path) -> None:
+    config = CorpusConfig("multi30k", "de", "en", data_dir=multi30k)
     sizes = {split: len(load_parallel(config, split)) for split in ("train", "validation", "test")}
     assert sizes == {"train": 29000, "validation": 1014, "test": 1000}
     first = load_parallel(config, "validation")[0]
     assert first[0].startswith("Eine Gruppe von Männern") and first[1].startswith("A group of men")
 
 
-def test_real_multi30k_training_cleaning(shared_data_dir: Path) -> None:
-    config = CorpusConfig("multi30k", data_dir=shared_data_dir / "multi30k")
+def test_real_multi30k_training_cleaning(multi30k: Path) -> None:
+    config = CorpusConfig("multi30k", data_dir=multi30k)
     kept, stats = load_training_pairs(config, max_len=50, max_ratio=2.0)
     assert stats.total == 29000 and stats.kept == len(kept)
     assert 0 < stats.dropped < 2900  # a few percent at most on this clean corpus
 
 
-def test_real_iwslt14_and_wmt_dev_sets(shared_data_dir: Path) -> None:
-    iwslt = CorpusConfig(
-        "iwslt14", data_dir=shared_data_dir / "iwslt14", split_files={"validation": "valid.tok.lc"}
-    )
+def test_real_iwslt14_dev_set(iwslt14: Path) -> None:
+    iwslt = CorpusConfig("iwslt14", data_dir=iwslt14, split_files={"validation": "valid.tok.lc"})
     assert len(load_parallel(iwslt, "validation")) == 7283
-    wmt = CorpusConfig("wmt16", data_dir=shared_data_dir / "wmt")
-    pairs = load_parallel(wmt, "validation")
+
+
+def test_real_wmt_dev_set(wmt: Path) -> None:
+    pairs = load_parallel(CorpusConfig("wmt16", data_dir=wmt), "validation")
     assert len(pairs) == 3000
     assert pairs[0][0] == "Eine republikanische Strategie, um der Wiederwahl von Obama entgegenzutreten"
 
@@ -217,7 +217,7 @@ def test_files_that_would_misalign_silently_are_named(tmp_path: Path) -> None:
         read_lines(packed)
 
 
-def test_cleaning_counts_chinese_and_japanese_words_without_spaces(shared_data_dir: Path) -> None:
+def test_cleaning_counts_chinese_and_japanese_words_without_spaces(multi30k: Path) -> None:
     from fixup_transformer.data.cleaning import sentence_length
 
     # Each ideograph a word, a run of kana one word: a whole sentence is no longer a single "word".
@@ -230,6 +230,6 @@ def test_cleaning_counts_chinese_and_japanese_words_without_spaces(shared_data_d
     ]
     assert clean_pairs(pairs)[1].kept == 3  # with whitespace words all three failed the 1.5 ratio
     # Text without ideographs or kana counts exactly as clean-corpus-n.perl (whitespace words).
-    lines = [s for pair in load_local_parallel(shared_data_dir / "multi30k", "val", "de", "en") for s in pair]
+    lines = [s for pair in load_local_parallel(multi30k, "val", "de", "en") for s in pair]
     assert [sentence_length(s) for s in lines] == [len(s.split()) for s in lines]
     assert sentence_length(" a\x85b\tc\u3000d ") == len(" a\x85b\tc\u3000d ".split())

@@ -25,8 +25,8 @@ from fixup_transformer.data import (
 
 
 @pytest.fixture(scope="module")
-def multi30k_pairs(shared_data_dir: Path) -> list[tuple[str, str]]:
-    return load_parallel(CorpusConfig("multi30k", data_dir=shared_data_dir / "multi30k"), "train")[:5000]
+def multi30k_pairs(multi30k: Path) -> list[tuple[str, str]]:
+    return load_parallel(CorpusConfig("multi30k", data_dir=multi30k), "train")[:5000]
 
 
 @pytest.fixture(scope="module")

@@ -31,10 +31,8 @@ def assert_trains(losses: list[float]) -> None:
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), f"loss not decreasing: {losses}"
 
 
-def test_fixup_resnet_998_layers_trains_without_normalization(shared_data_dir):
-    if not (shared_data_dir / "cifar10" / "train_subset.npz").is_file():
-        pytest.skip(f"CIFAR-10 subset not found under {shared_data_dir / 'cifar10'}")
-    batches = cifar_batches(shared_data_dir, batch_size=8)
+def test_fixup_resnet_998_layers_trains_without_normalization(cifar10):
+    batches = cifar_batches(cifar10, batch_size=8)
     torch.manual_seed(0)
     config = FixupResNetConfig.cifar(depth=998, width_multiplier=0.25)  # 6n+2 with n = 166: 498 blocks
     model = FixupResNetForImageClassification(config)
@@ -46,11 +44,9 @@ def test_fixup_resnet_998_layers_trains_without_normalization(shared_data_dir):
     assert all(math.isfinite(g) for g in run.grad_norms)
 
 
-def test_fixup_transformer_50_plus_50_layers_trains_without_warmup(shared_data_dir):
-    if not (shared_data_dir / "multi30k").is_dir():
-        pytest.skip(f"Multi30k not found under {shared_data_dir / 'multi30k'}")
+def test_fixup_transformer_50_plus_50_layers_trains_without_warmup(multi30k):
     batches, vocab_size = multi30k_batches(
-        shared_data_dir, batch_size=8, vocab_size=500, max_tokens=20, tokenizer_pairs=2000
+        multi30k, batch_size=8, vocab_size=500, max_tokens=20, tokenizer_pairs=2000
     )
     torch.manual_seed(0)
     config = FixupTransformerConfig(

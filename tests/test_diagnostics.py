@@ -35,19 +35,13 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def cifar_batch(shared_data_dir):
-    if not (shared_data_dir / "cifar10" / "train_subset.npz").is_file():
-        pytest.skip(f"CIFAR-10 subset not found under {shared_data_dir / 'cifar10'}")
-    return cifar_batches(shared_data_dir, batch_size=8)
+def cifar_batch(cifar10):
+    return cifar_batches(cifar10, batch_size=8)
 
 
 @pytest.fixture(scope="module")
-def mt_batch(shared_data_dir):
-    if not (shared_data_dir / "multi30k").is_dir():
-        pytest.skip(f"Multi30k not found under {shared_data_dir / 'multi30k'}")
-    return multi30k_batches(
-        shared_data_dir, batch_size=8, vocab_size=500, max_tokens=20, tokenizer_pairs=2000
-    )
+def mt_batch(multi30k):
+    return multi30k_batches(multi30k, batch_size=8, vocab_size=500, max_tokens=20, tokenizer_pairs=2000)
 
 
 def tiny_resnet(depth: int = 20, **kwargs) -> FixupResNetForImageClassification:

@@ -158,8 +158,8 @@ def test_hub_loader_offline_error_is_clear(monkeypatch):
         load_hub_cifar10("test", "fixup-transformer-tests/surely-not-cached")
 
 
-def test_shared_cifar10_files_load(shared_data_dir):
-    data = load_images(str(shared_data_dir / "cifar10"), "test")
+def test_shared_cifar10_files_load(cifar10):
+    data = load_images(str(cifar10), "test")
     assert data.images.shape[1:] == (32, 32, 3) and len(data.classes) == 10
     assert data.classes[0] == "airplane" and data.classes[9] == "truck"
 

@@ -30,8 +30,8 @@ CPU_CONFIG = REPO / "configs" / "cifar10_resnet20_cpu.yaml"
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def test_sgd_steps_on_real_cifar10_reduce_the_loss(shared_data_dir):
-    data = load_images(str(shared_data_dir / "cifar10"), "test").subset(128)
+def test_sgd_steps_on_real_cifar10_reduce_the_loss(cifar10):
+    data = load_images(str(cifar10), "test").subset(128)
     images, labels = data.tensors()
     x = normalize(images, V.CIFAR10_MEAN, V.CIFAR10_STD)
     torch.manual_seed(0)
@@ -110,10 +110,10 @@ def _epoch_records(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_train_image_script_end_to_end_with_exact_resume(shared_data_dir, tmp_path):
+def test_train_image_script_end_to_end_with_exact_resume(cifar10, tmp_path):
     common = [
         "--config", str(CPU_CONFIG),
-        "--train_data", str(shared_data_dir / "cifar10"),
+        "--train_data", str(cifar10),
         "--depth", "8", "--width_multiplier", "0.25",
         "--train_samples", "256", "--test_samples", "200", "--batch_size", "64",
         "--epochs", "2", "--schedule", "step", "--milestones", "1", "--mixup_alpha", "0.7",
@@ -175,22 +175,18 @@ def test_train_image_script_end_to_end_with_exact_resume(shared_data_dir, tmp_pa
     )
     assert (final / "modeling_fixup_resnet.py").is_file()
     predictions = pipeline("image-classification", model=str(final))(
-        load_images(str(shared_data_dir / "cifar10"), "test")
-        .subset(1)
-        .tensors()[0][0]
-        .permute(1, 2, 0)
-        .numpy()
+        load_images(str(cifar10), "test").subset(1).tensors()[0][0].permute(1, 2, 0).numpy()
     )
     assert predictions[0]["label"] in V.CIFAR10_CLASSES
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_and_stop_together_on_the_time_budget(shared_data_dir, tmp_path):
+def test_two_processes_train_like_one_and_stop_together_on_the_time_budget(cifar10, tmp_path):
     """Global batch split over 2 gloo processes (crops, flips and mixup too) = one process with the whole
     batch; a time budget stops both ranks at the same update, one where they agree (a multiple of
     log_interval)."""
     common = [
-        "--config", str(CPU_CONFIG), "--train_data", str(shared_data_dir / "cifar10"),
+        "--config", str(CPU_CONFIG), "--train_data", str(cifar10),
         "--depth", "8", "--width_multiplier", "0.25", "--train_samples", "256", "--test_samples", "64",
         "--batch_size", "64", "--epochs", "2", "--progress_bar", "false", "--num_threads", "1",
         "--cpu", "true", "--max_minutes", "null", "--log_interval", "3", "--mixup_alpha", "0.7",
@@ -233,10 +229,10 @@ def test_two_processes_train_like_one_and_stop_together_on_the_time_budget(share
     assert final["stopped_early"] == "max_minutes" and final["step"] % 3 == 0, final
 
 
-def test_a_rerun_of_a_spent_time_budget_trains_no_extra_update(shared_data_dir, tmp_path):
+def test_a_rerun_of_a_spent_time_budget_trains_no_extra_update(cifar10, tmp_path):
     run = tmp_path / "budget"
     argv = [
-        "--config", str(CPU_CONFIG), "--train_data", str(shared_data_dir / "cifar10"),
+        "--config", str(CPU_CONFIG), "--train_data", str(cifar10),
         "--depth", "8", "--width_multiplier", "0.25", "--train_samples", "256", "--test_samples", "64",
         "--batch_size", "64", "--epochs", "50", "--progress_bar", "false", "--num_threads", "1",
         "--max_minutes", "0.01", "--output_dir", str(run),

@@ -413,11 +413,8 @@ def test_evaluate_script_names_a_missing_model_dir_or_tokenizer(tmp_path, capsys
 # 7. Image data the ResNet cannot use is refused, naming the file
 
 
-def test_one_channel_images_and_bad_labels_are_refused_naming_the_file(shared_data_dir, tmp_path, capsys):
-    source = shared_data_dir / "cifar10" / "test_shared.npz"
-    if not source.exists():
-        pytest.skip(f"CIFAR-10 not found at {source}")
-    with np.load(source) as real:
+def test_one_channel_images_and_bad_labels_are_refused_naming_the_file(cifar10, tmp_path, capsys):
+    with np.load(cifar10 / "test_shared.npz") as real:
         x, y, classes = real["x"][:64], real["y"][:64], real["classes"]
     gray = tmp_path / "gray.npz"
     np.savez(gray, x=x.mean(axis=-1, keepdims=True).astype(np.uint8), y=y, classes=classes)  # 32x32x1
@@ -460,12 +457,12 @@ def test_the_position_check_ignores_pairs_the_batching_drops(multi30k, tmp_path)
         mt.check_lengths_fit_positions(SimpleNamespace(train=lengths(10), valid=lengths(20, 70, 90)), cfg)
 
 
-def test_an_image_warmup_as_long_as_the_run_is_a_config_error(shared_data_dir, tmp_path, capsys):
+def test_an_image_warmup_as_long_as_the_run_is_a_config_error(cifar10, tmp_path, capsys):
     from fixup_transformer.errors import run_script
     from fixup_transformer.training.image import main as train_image
 
     argv = [
-        "--train_data", str(shared_data_dir / "cifar10"), "--depth", "8", "--train_samples", "256",
+        "--train_data", str(cifar10), "--depth", "8", "--train_samples", "256",
         "--test_samples", "64", "--batch_size", "64", "--epochs", "1", "--warmup_epochs", "0.9",
         "--schedule", "cosine", "--num_threads", "1", "--output_dir", str(tmp_path / "run"),
     ]  # fmt: skip
@@ -473,13 +470,13 @@ def test_an_image_warmup_as_long_as_the_run_is_a_config_error(shared_data_dir, t
     assert "warmup_epochs 0.9 is 4 updates, as long as the whole run (4)" in capsys.readouterr().err
 
 
-def test_resuming_an_image_run_on_changed_images_is_refused(shared_data_dir, tmp_path, capsys):
+def test_resuming_an_image_run_on_changed_images_is_refused(cifar10, tmp_path, capsys):
     # The settings can be equal while the files under train_data changed: the epoch's permutation and the
     # batch position would then index other images.
     from fixup_transformer.errors import run_script
     from fixup_transformer.training.image import main as train_image
 
-    with np.load(shared_data_dir / "cifar10" / "test_shared.npz") as real:
+    with np.load(cifar10 / "test_shared.npz") as real:
         x, y, classes = real["x"][:128], real["y"][:128], real["classes"]
     data = tmp_path / "train.npz"
     np.savez(data, x=x, y=y, classes=classes)

@@ -40,8 +40,8 @@ def test_every_variant_runs_forward_and_backward(normalization, init):
 
 
 @pytest.mark.parametrize(("normalization", "init"), VARIANTS)
-def test_a_few_adam_steps_on_real_multi30k_reduce_the_loss(shared_data_dir, normalization, init):
-    input_ids, attention_mask, labels, vocab = multi30k_word_batch(shared_data_dir)
+def test_a_few_adam_steps_on_real_multi30k_reduce_the_loss(multi30k, normalization, init):
+    input_ids, attention_mask, labels, vocab = multi30k_word_batch(multi30k.parent)
     model = build(normalization=normalization, init=init, vocab_size=vocab, d_model=64, label_smoothing=0.1)
     # The library's groups (what the training scripts use): Fixup's zero gates train at 10x lr, scalars at lr/10.
     optimizer = build_optimizer(model, OptimConfig(name="adam", lr=1e-3, weight_decay=0.0))

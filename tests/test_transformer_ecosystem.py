@@ -22,8 +22,8 @@ class PairDataset(torch.utils.data.Dataset):
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def test_seq2seq_trainer_trains_and_predicts_with_generate(shared_data_dir, tmp_path):
-    input_ids, attention_mask, labels, vocab = multi30k_word_batch(shared_data_dir, n_pairs=16)
+def test_seq2seq_trainer_trains_and_predicts_with_generate(multi30k, tmp_path):
+    input_ids, attention_mask, labels, vocab = multi30k_word_batch(multi30k.parent, n_pairs=16)
     torch.manual_seed(0)
     model = FixupTransformerForConditionalGeneration(tiny_config(vocab_size=vocab, label_smoothing=0.1))
     dataset = PairDataset(input_ids, attention_mask, labels)
