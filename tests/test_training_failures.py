@@ -101,12 +101,26 @@ def test_finite_loss_with_nan_gradient_is_not_applied(multi30k, tmp_path, monkey
     cfg = tiny_config(
         multi30k, run, train__mixed_precision=precision, checkpoint__save_interval_updates=2, **no_test()
     )
+    trainers = []
+    real_init = mt.MTTrainer.__init__
+
+    def keep(self, *args, **kwargs):
+        trainers.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(mt.MTTrainer, "__init__", keep)
     with pytest.raises(
         mt.NonFiniteLossError, match=r"non-finite gradient norm \(nan.* at update 3 .*checkpoint-2"
     ):
         mt.train(cfg)
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["checkpoint-2"]
     assert max(train_losses(run)) == 2  # update 3 was neither applied nor logged as a train record
+    # ... and the weights the run stopped with are those of update 2, the ones the message points to.
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run / "checkpoints" / "checkpoint-2" / "model.safetensors"))
+    live = trainers[0].accelerator.unwrap_model(trainers[0].model).state_dict()
+    assert saved and all(torch.equal(live[name], saved[name]) for name in saved)
 
 
 # ----------------------------------------------------------------------------------------------------------
