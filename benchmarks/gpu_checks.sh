@@ -14,6 +14,9 @@
 # repo, named in the device call's carry, where ../shared does not travel).
 #
 #   FIXUP_DATA_DIR=local_data/gpu bash benchmarks/gpu_checks.sh    # (a copy of ../shared/data/multi30k inside)
+#
+# Part 3 alone, on other cells (what issue #8 asks next: T-Fixup's 50+50 cells at real batch sizes, the twins on
+# the same batches): PARTS=3 GRID_LAYERS=50 GRID_BATCH=256 GRID_PRECISIONS="fp32 fp16" bash benchmarks/gpu_checks.sh
 set -u
 START=$(date +%s)
 BUDGET=${BUDGET_S:-560}
@@ -22,6 +25,10 @@ upto() { local t; t=$(($(left) - $2)); echo $((t < $1 ? (t > 5 ? t : 5) : $1)); 
 OUT=${OUT:-runs/gpu_checks}
 DATA=${FIXUP_DATA_DIR:-../shared/data}
 SPEED_UPDATES=${MT_SPEED_UPDATES:-300}
+PARTS=${PARTS:-123}                         # which parts run (digits); part 3 uses the grid settings below
+GRID_LAYERS=${GRID_LAYERS:-50 18 6}         # N of N+N, deepest first
+GRID_BATCH=${GRID_BATCH:-16}                # sentences (copy task: sequences) per update, 16 tokens each
+GRID_PRECISIONS=${GRID_PRECISIONS:-fp16}
 WORK=runs/gpu_work
 rm -rf "$WORK"  # a warm machine keeps ignored folders: a rerun must not resume (or report) the last run's jobs
 mkdir -p "$OUT" "$WORK"
@@ -35,6 +42,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 python3 -c 'import torch, transformers, accelerate; print("torch", torch.__version__, "transformers",
 transformers.__version__, "accelerate", accelerate.__version__, torch.cuda.get_device_name())'
 
+if [[ $PARTS == *1* ]]; then
 log "1. host-device syncs"
 timeout "$(upto 90 300)" python3 benchmarks/cuda_syncs.py --output "$OUT/cuda_syncs.json" || log "cuda_syncs failed: $?"
 
@@ -42,6 +50,9 @@ log "1b. attention on new shapes per SDPA backend set (cuDNN's per-shape graph b
 timeout "$(upto 60 300)" python3 benchmarks/attention_shapes.py --shapes 25 --output "$OUT/attention_shapes.json" \
     || log "attention_shapes failed: $?"
 
+fi
+
+if [[ $PARTS == *2* ]]; then
 log "2. Fixup vs Marian, bf16 (8k target tokens per batch, 32 + 32 tokens per pair; Fixup also with its loss from logits)"
 for size in iwslt base; do
     reserve=$([ "$size" = iwslt ] && echo 300 || echo 190)  # base still gets its time after a slow iwslt
@@ -65,7 +76,10 @@ for precision in no auto; do
     grep -h '"time_breakdown"' -A7 "$WORK/mt_speed_$precision/results.json" | tr -d '\n '; echo
 done
 
-log "3. d512 stability grid in fp16, whatever time is left (deepest cells and lr 1e-3 first), side by side"
+fi
+
+[[ $PARTS == *3* ]] || { log "done"; exit 0; }
+log "3. d512 stability grid ($GRID_PRECISIONS, N+N for N in $GRID_LAYERS, batch $GRID_BATCH), whatever time is left, side by side"
 export OMP_NUM_THREADS=1
 pids=()
 # One process per task and variant:optimizer:clip: the default, T-Fixup with its reference run's RAdam and
@@ -76,8 +90,9 @@ for task in copy multi30k; do
         dir="$WORK/stability/$task-$variant-$optimizer-clip$clip"
         mkdir -p "$dir"
         timeout "$(upto 600 20)" python3 benchmarks/stability.py --device cuda --tasks "$task" --variants "$variant" \
-            --optimizers "$optimizer" --clip-norms "$clip" --layers 50 18 6 --lrs 1e-3 5e-4 --warmups 0 10 \
-            --precisions fp16 --data-dir "$DATA" --output-dir "$dir" > "$dir/fp16.log" 2>&1 &
+            --optimizers "$optimizer" --clip-norms "$clip" --layers $GRID_LAYERS --lrs 1e-3 5e-4 --warmups 0 10 \
+            --precisions $GRID_PRECISIONS --batch-size "$GRID_BATCH" --data-dir "$DATA" --output-dir "$dir" \
+            > "$dir/grid.log" 2>&1 &
         pids+=($!)
     done
 done
@@ -86,7 +101,7 @@ log "stability grid merged"
 mkdir -p "$WORK/stability/all"
 python3 benchmarks/stability.py --report-only --output-dir "$WORK/stability/all" \
     --merge "$WORK"/stability/*-clip*/results.json | tail -3
-cp "$WORK/stability/all/results.json" "$OUT/stability_fp16.json" 2>/dev/null
+cp "$WORK/stability/all/results.json" "$OUT/stability_$(tr ' ' _ <<< "$GRID_PRECISIONS")_batch$GRID_BATCH.json" 2>/dev/null
 tar -czf "$OUT/gpu_work.tar.gz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.bin' \
     --exclude='checkpoint*' --exclude='best' --exclude='last' -C "$WORK" .
 log "done"
