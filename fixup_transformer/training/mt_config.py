@@ -120,7 +120,11 @@ class TrainConfig:
         "Gradient accumulation: batches per update (fairseq --update-freq). The loss is normalized by the "
         "target tokens of all accumulated batches on all processes.",
     )
-    label_smoothing: float = field_doc(0.1, "Label smoothing epsilon (fairseq label_smoothed_cross_entropy).")
+    label_smoothing: float = field_doc(
+        0.1,
+        "Label smoothing epsilon, in torch's convention (eps / V on every class; fairseq's "
+        "label_smoothed_cross_entropy puts eps / (V - 1) on the other classes: a difference of O(eps / V)).",
+    )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field_doc(
         "auto",
         "auto = bf16 autocast where the hardware has it (a CUDA GPU with bf16, a CPU with AMX-bf16), else fp32 "
