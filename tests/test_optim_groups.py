@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from test_training_schedules import Tiny
 from transformer_helpers import tiny_config
 
-from fixup_transformer.fixup import ScalarBias, ScalarScale, gate_parameter_names, scalar_parameter_names
+from fixup_transformer.fixup import ScalarScale, gate_parameter_names, scalar_parameter_names
 from fixup_transformer.text import FixupTransformerForConditionalGeneration
 from fixup_transformer.training.optim import OptimConfig, build_optimizer, param_groups
 
 
-class Branchy(nn.Module):
+class Branchy(Tiny):
+    """The schedule tests' module plus a zero-initialised branch multiplier (a gate)."""
+
     def __init__(self):
         super().__init__()
-        self.lin = nn.Linear(3, 3)
-        self.norm = nn.LayerNorm(3)
-        self.shift = ScalarBias()
-        self.scale = ScalarScale()
         self.gate = ScalarScale(init_value=0.0)
 
 
