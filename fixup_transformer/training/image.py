@@ -40,7 +40,6 @@ from .checkpoint import (
     TRAINING_CONFIG_FILE,
     check_replaceable_export,
     export_pretrained,
-    export_step,
     find_resume_checkpoint,
     load_training_checkpoint,
     read_trainer_state,
@@ -52,7 +51,7 @@ from .image_config import ImageTrainConfig
 from .metrics import MetricsWriter
 from .optim import build_optimizer
 from .process import check_process_count, keep_alive
-from .resume import check_resume_config, format_changes
+from .resume import changes_line, check_resume_config
 from .runlock import lock_run_dir
 from .schedules import build_scheduler
 from .state import TrainerState, epoch_of_last_update, out_of_time
@@ -269,10 +268,8 @@ class ImageTrainer:
         self.completed = self._completed_record()
         if self.completed is not None:  # a rerun of a finished command: nothing is written
             if changes:
-                self.accelerator.print(
-                    f"settings changed since {path.name}, not applied (the run is complete; raise epochs or "
-                    f"max_minutes to train on): {format_changes(changes)}"
-                )
+                hint = "raise epochs or max_minutes to train on"
+                self.accelerator.print(changes_line(path.name, changes, hint))
             return
         self.metrics.truncate_after(self.state.step, drop_at_step=("final",))
         if self.accelerator.is_main_process:  # newer checkpoints are not this run's timeline (mt.py says why)
@@ -282,20 +279,20 @@ class ImageTrainer:
         epoch = epoch_of_last_update(self.state.epoch, self.state.batches_done)
         self.accelerator.print(f"resumed from {path} at update {self.state.step} (epoch {epoch})")
         if changes:
-            self.accelerator.print(f"settings changed since {path.name}, applied: {format_changes(changes)}")
+            self.accelerator.print(changes_line(path.name, changes))
 
     def _completed_record(self) -> dict | None:
         """The ``final`` record of the resumed update when the run already ended there (its epochs or its
         time budget spent, and the ``final/`` export written for it), else None."""
         step = self.state.step
-        spent = step >= self.total_steps or out_of_time(self.accelerator, self.state, self.cfg.max_minutes)
-        if not spent or export_step(self.out / "final") != step:
+        if step < self.total_steps and not out_of_time(self.accelerator, self.state, self.cfg.max_minutes):
             return None
         try:
             record = json.loads((self.out / "final" / "export_info.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return record if isinstance(record, dict) and record.get("kind") == "final" else None
+        complete = isinstance(record, dict) and record.get("kind") == "final" and record.get("step") == step
+        return record if complete else None
 
     def close(self) -> None:
         """Release the output_dir lock (idempotent; process exit releases it too)."""

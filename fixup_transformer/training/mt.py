@@ -94,7 +94,7 @@ from .mt_validation import best_metric_key, best_metric_value, generation_settin
 from .optim import build_optimizer
 from .plots import try_write_curves
 from .process import check_process_count, keep_alive
-from .resume import check_resume_config, format_changes
+from .resume import changes_line, check_resume_config
 from .runlock import lock_run_dir
 from .schedules import build_scheduler
 from .state import TrainerState, epoch_of_last_update, improves, out_of_time
@@ -245,11 +245,11 @@ class MTTrainer:
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=accelerator.is_main_process)
         self.state = MTTrainerState()
         self._saved_step: int | None = None  # update of the checkpoint this process saved or resumed last
-        complete = False
+        self.completed: dict | None = None  # results.json, when this is a rerun of a finished run
         if resume is not None:
             self._resume(resume, changes)
-            complete = self.completed_summary() is not None
-            self._announce_changes(resume, changes, complete)
+            self.completed = self.completed_summary()
+            self._announce_changes(resume, changes)
         else:
             self.metrics.truncate_after(0)  # records of an earlier attempt that saved no checkpoint
         self.clock = WallClock(self.state.time_breakdown)
@@ -271,7 +271,7 @@ class MTTrainer:
             ) from None
         if accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            if not complete:  # config.yaml holds the settings the run's results were made with
+            if self.completed is None:  # config.yaml holds the settings the run's results were made with
                 atomic_write_text(self.out / "config.yaml", self.config_yaml)
             n_params = sum(p.numel() for p in accelerator.unwrap_model(self.model).parameters())
             accelerator.print(
@@ -338,21 +338,21 @@ class MTTrainer:
         ):
             self._apply_optim_settings(fresh_groups)
 
-    def _announce_changes(self, path: Path, changes: list, complete: bool) -> None:
+    def _announce_changes(self, path: Path, changes: list) -> None:
         """Say which settings changed since the resumed checkpoint, and whether they take effect: a run
         that is already complete trains, validates and tests nothing more, so only its upload is redone."""
-        if complete:
+        if self.completed is not None:
             ignored = [change for change in changes if change[0] != "train.push_to_hub"]
             if ignored:
-                self.accelerator.print(
-                    f"settings changed since {path.name}, not applied (the run is complete; raise "
-                    f"train.max_updates/max_minutes/max_epochs to train on, or score its best/ export with "
-                    f"fixup-evaluate-mt): {format_changes(ignored)}"
+                hint = (
+                    "raise train.max_updates/max_minutes/max_epochs to train on, or score its best/ export "
+                    "with fixup-evaluate-mt"
                 )
+                self.accelerator.print(changes_line(path.name, ignored, hint))
             return
         if not changes:
             return
-        self.accelerator.print(f"settings changed since {path.name}, applied: {format_changes(changes)}")
+        self.accelerator.print(changes_line(path.name, changes))
         self.metrics.write(
             {
                 "kind": "resume",
@@ -790,7 +790,7 @@ def train(cfg: MTConfig) -> dict:
     """Run the whole pipeline for ``cfg``; returns the summary also written to ``results.json``."""
     trainer = MTTrainer(cfg)
     try:
-        done = trainer.completed_summary()
+        done = trainer.completed
         if done is not None:
             trainer.accelerator.print(
                 f"{trainer.out} is already complete (update {done['step']}); nothing to do. "

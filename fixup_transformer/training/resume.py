@@ -52,6 +52,17 @@ def format_changes(changes: list[Change]) -> str:
     return ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes)
 
 
+def changes_line(checkpoint: str, changes: list[Change], complete_hint: str | None = None) -> str:
+    """The console line for settings changed since ``checkpoint``: applied, or, for a run that is already
+    complete (``complete_hint`` says how to train on), not applied."""
+    if complete_hint is None:
+        return f"settings changed since {checkpoint}, applied: {format_changes(changes)}"
+    return (
+        f"settings changed since {checkpoint}, not applied (the run is complete; {complete_hint}): "
+        f"{format_changes(changes)}"
+    )
+
+
 def check_resume_config(
     saved_yaml_file: str | Path, cfg: Any, fixed: Iterable[str], allowed: Iterable[str] = ()
 ) -> list[Change]:
