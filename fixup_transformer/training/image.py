@@ -9,6 +9,9 @@ a ``TrainerState`` saved with every checkpoint, the time budget decided together
   ``(seed, epoch)``; crops, flips and mixup use a generator seeded by ``(seed, epoch, batch)``. Resuming a
   checkpoint taken anywhere (end of epoch, ``stop_after_steps``, time budget) replays exactly the batches
   an uninterrupted run would have seen.
+- **``stream: true``** (ImageNet-sized folders): only the file list is held; DataLoader workers decode each
+  batch (:mod:`fixup_transformer.vision.streaming`), with each image's random-resized crop and flip seeded
+  by ``(seed, epoch, batch, position)``, so resume stays exact. Test images go through the exported processor.
 - **``batch_size`` is the global batch**: each process takes every ``world``-th example of it, so the
   schedule does not depend on the number of processes.
 - **No host read per step**: the epoch's loss sum stays on the device and is read every ``log_interval``
@@ -32,10 +35,11 @@ from ..errors import ImageDataError, NonFiniteLossError, ResumeMismatchError
 from ..hardware import sum_dtype
 from ..hub import add_remote_code
 from ..paths import shared_data_dir
-from ..vision.augment import draw_mixup, mix, normalize, random_crop_flip
+from ..vision.augment import draw_mixup, mix, mixup, normalize, random_crop_flip
 from ..vision.data import ImageArrays, load_images, split_location
 from ..vision.image_processing_fixup_resnet import FixupResNetImageProcessor
 from ..vision.modeling_fixup_resnet import FixupResNetForImageClassification
+from ..vision.streaming import ImageFiles, TrainBatches, eval_loader, image_files, train_loader
 from .checkpoint import (
     TRAINING_CONFIG_FILE,
     check_replaceable_export,
@@ -69,6 +73,10 @@ class ImageTrainerState(TrainerState):
     data_fingerprint: str | None = None
 
 
+# stream: the side of the training and test crops when image_size is not set (the authors' ImageNet 224).
+DEFAULT_STREAM_IMAGE_SIZE = 224
+
+
 def _generator(*keys: int) -> torch.Generator:
     # A fresh generator per (seed, epoch[, batch]): reproducible regardless of what ran before.
     seed = 0
@@ -81,37 +89,63 @@ def _resolve_source(source: str | None) -> str:
     return source if source else str(shared_data_dir() / "cifar10")
 
 
-def load_data(cfg: ImageTrainConfig) -> tuple[ImageArrays, ImageArrays]:
-    """The train and test images of ``cfg``; they must agree on classes and image shape."""
+def _sources(cfg: ImageTrainConfig) -> tuple[str, str]:
+    """The train and test sources of ``cfg``, with a warning when both are the same images."""
     train_source = _resolve_source(cfg.train_data)
     test_source = _resolve_source(cfg.test_data or cfg.train_data)
     try:
         train_location = split_location(train_source, "train")
         same = train_location == split_location(test_source, "test")
     except FileNotFoundError:
-        same = False  # load_images says which source is missing
+        same = False  # the loaders say which source is missing
     if same:
         warnings.warn(
             f"the test images are the training images ({train_location}): 'test top-1' "
             "is not a held-out score; pass --test_data, or a folder with train/ and test/ parts",
-            stacklevel=2,
+            stacklevel=3,
         )
+    return train_source, test_source
+
+
+def _check_classes(train: list[str], test: list[str], train_source: str, test_source: str) -> None:
+    if len(train) < 2:  # one output is a regression in transformers' convention, not a classifier
+        raise ImageDataError(
+            f"{train_source}: {len(train)} class(es) {train}; classification needs 2 or more"
+        )
+    if test != train:
+        raise ImageDataError(f"class names differ: {train} in {train_source} vs {test} in {test_source}")
+
+
+def load_data(cfg: ImageTrainConfig) -> tuple[ImageArrays, ImageArrays]:
+    """The train and test images of ``cfg``; they must agree on classes and image shape."""
+    train_source, test_source = _sources(cfg)
     train = load_images(train_source, "train", cfg.image_size).subset(cfg.train_samples)
     test = load_images(test_source, "test", cfg.image_size).subset(cfg.test_samples)
-    if len(train.classes) < 2:  # one output is a regression in transformers' convention, not a classifier
-        raise ImageDataError(
-            f"{train_source}: {len(train.classes)} class(es) {train.classes}; classification needs 2 or more"
-        )
-    if test.classes != train.classes:
-        raise ImageDataError(
-            f"class names differ: {train.classes} in {train_source} vs {test.classes} in {test_source}"
-        )
+    _check_classes(train.classes, test.classes, train_source, test_source)
     if test.images.shape[1:] != train.images.shape[1:]:
         raise ImageDataError(
             f"train images are {train.images.shape[1:]} ({train_source}), test images "
             f"{test.images.shape[1:]} ({test_source})"
         )
     return train, test
+
+
+def load_files(cfg: ImageTrainConfig) -> tuple[ImageFiles, ImageFiles]:
+    """The train and test file lists of ``cfg`` (``stream: true``); they must agree on classes."""
+    train_source, test_source = _sources(cfg)
+    train = image_files(train_source, "train").subset(cfg.train_samples)
+    test = image_files(test_source, "test").subset(cfg.test_samples)
+    _check_classes(train.classes, test.classes, train_source, test_source)
+    return train, test
+
+
+def processor_for_streamed_images(model_config) -> FixupResNetImageProcessor:
+    """The processor of a ``stream`` run: the ImageNet evaluation transform (short side ``S * 256/224``,
+    center crop ``S``) with the family's channel statistics; the test images are scored through it."""
+    statistics = FixupResNetImageProcessor.for_config(model_config)
+    return FixupResNetImageProcessor.imagenet(
+        model_config.image_size, image_mean=statistics.image_mean, image_std=statistics.image_std
+    )
 
 
 def processor_for_training_images(model_config, height: int, width: int) -> FixupResNetImageProcessor:
@@ -127,23 +161,33 @@ def processor_for_training_images(model_config, height: int, width: int) -> Fixu
     )
 
 
-@torch.no_grad()
 def evaluate_top1(model, images: torch.Tensor, labels: torch.Tensor, accelerator, mean, std, cfg) -> float:
-    """Top-1 accuracy over this process's share of the data, summed over processes; the model is left in the
-    mode it came in."""
-    was_training = model.training
-    model.eval()
+    """Top-1 accuracy of in-memory uint8 images over this process's share, summed over processes."""
     rank, world = accelerator.process_index, accelerator.num_processes
     images, labels = images[rank::world], labels[rank::world]
+    size = cfg.eval_batch_size
+    batches = (
+        (normalize(images[i : i + size].to(accelerator.device), mean, std), labels[i : i + size])
+        for i in range(0, len(labels), size)
+    )
+    return top1_of_batches(model, batches, accelerator, cfg.channels_last)
+
+
+@torch.no_grad()
+def top1_of_batches(model, batches, accelerator, channels_last: bool) -> float:
+    """Top-1 accuracy over this process's ``(pixel_values, labels)`` batches, summed over processes; the model
+    is left in the mode it came in."""
+    was_training = model.training
+    model.eval()
     correct = torch.zeros((), dtype=torch.long, device=accelerator.device)
     total = torch.zeros((), dtype=torch.long, device=accelerator.device)
-    for start in range(0, len(labels), cfg.eval_batch_size):
-        x = normalize(images[start : start + cfg.eval_batch_size].to(accelerator.device), mean, std)
-        if cfg.channels_last:
+    for x, y in batches:
+        x = x.to(accelerator.device)
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
             logits = model(pixel_values=x).logits
-        y = labels[start : start + cfg.eval_batch_size].to(accelerator.device)
+        y = y.to(accelerator.device)
         correct += (logits.argmax(-1) == y).sum()
         total += y.numel()
     model.train(was_training)
@@ -168,6 +212,7 @@ CHANGEABLE_ON_RESUME = (
     "progress_bar",
     "log_interval",
     "num_threads",
+    "num_workers",
 )
 
 
@@ -196,20 +241,36 @@ class ImageTrainer:
 
         cfg, acc = self.cfg, self.accelerator
         set_seed(cfg.seed)
-        train, test = load_data(cfg)
-        height, width = train.images.shape[1:3]
-        model_config = cfg.model_config(train.classes, image_size=height)
+        if cfg.stream:
+            self.train_files, self.test_files = load_files(cfg)
+            classes, fingerprint = self.train_files.classes, self.train_files.fingerprint()
+            num_train, num_test = len(self.train_files), len(self.test_files)
+            height = width = cfg.image_size or DEFAULT_STREAM_IMAGE_SIZE
+        else:
+            train, test = load_data(cfg)
+            (self.train_x, self.train_y), (self.test_x, self.test_y) = train.tensors(), test.tensors()
+            classes, fingerprint, num_train, num_test = (
+                train.classes,
+                train.fingerprint(),
+                len(train),
+                len(test),
+            )
+            height, width = train.images.shape[1:3]
+        model_config = cfg.model_config(classes, image_size=height)
         model = FixupResNetForImageClassification(model_config)
-        self.processor = processor_for_training_images(model_config, height, width)
+        self.processor = (
+            processor_for_streamed_images(model_config)
+            if cfg.stream
+            else processor_for_training_images(model_config, height, width)
+        )
         self.num_labels = model_config.num_labels
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        (self.train_x, self.train_y), (self.test_x, self.test_y) = train.tensors(), test.tensors()
-        self.data_fingerprint = train.fingerprint()
-        self.steps_per_epoch = len(self.train_y) // cfg.batch_size
+        self.num_train, self.data_fingerprint = num_train, fingerprint
+        self.steps_per_epoch = num_train // cfg.batch_size
         if self.steps_per_epoch < 1:
-            raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(self.train_y)} training images")
-        if len(self.test_y) == 0:
+            raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {num_train} training images")
+        if num_test == 0:
             raise ConfigError("no test images to evaluate on (test_samples 0, or an empty test_data)")
         if cfg.batch_size % acc.num_processes:
             raise ConfigError(
@@ -320,7 +381,12 @@ class ImageTrainer:
         from tqdm.auto import tqdm
 
         cfg, acc, state = self.cfg, self.accelerator, self.state
-        perm = torch.randperm(len(self.train_y), generator=_generator(cfg.seed, state.epoch))
+        perm = torch.randperm(self.num_train, generator=_generator(cfg.seed, state.epoch))
+        batches = (
+            self._streamed_batches(perm)
+            if cfg.stream
+            else (self._batch(perm, b) for b in range(state.batches_done, self.steps_per_epoch))
+        )
         # A resumed epoch's loss so far is the mean over processes of their sums (see the end of this
         # method): every process starts from it, so the mean over any number of processes stays exact.
         self._loss_sum = torch.full((), state.loss_sum, dtype=sum_dtype(acc.device), device=acc.device)
@@ -334,7 +400,7 @@ class ImageTrainer:
         stop, window_start = None, time.monotonic()
         for b in range(state.batches_done, self.steps_per_epoch):
             with self.clock.section("data"):
-                x, labels = self._batch(perm, b)
+                x, labels = next(batches)
             with self.clock.section("steps"):
                 self._step(x, labels)
             state.batches_done, state.loss_count = b + 1, state.loss_count + 1
@@ -355,6 +421,7 @@ class ImageTrainer:
             if stop:
                 break
         bar.close()
+        batches.close()  # a budget stop leaves the epoch unfinished: stop its loader's workers now
         # Only the main process writes the checkpoint's state: it keeps the mean over all processes.
         state.loss_sum = float(acc.reduce(self._loss_sum.clone(), "mean"))
         return stop
@@ -382,6 +449,31 @@ class ImageTrainer:
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
+
+    def _streamed_batches(self, perm: torch.Tensor):
+        """This process's shares of the epoch's batches from ``state.batches_done`` on, decoded by the loader's
+        workers and mixed up on the device (partners within the share: each process holds only its own)."""
+        cfg, acc, state = self.cfg, self.accelerator, self.state
+        dataset = TrainBatches(
+            self.train_files,
+            perm,
+            (cfg.seed, state.epoch),
+            cfg.batch_size,
+            acc.process_index,
+            acc.num_processes,
+            self.processor.crop_size["height"],
+            cfg.crop_scale,
+            cfg.hflip,
+        )
+        loader = train_loader(dataset, state.batches_done, cfg.num_workers, acc.device.type == "cuda")
+        for b, (images, labels) in enumerate(loader, start=state.batches_done):
+            x, y = self._to_device(images), labels.to(acc.device)
+            if cfg.mixup_alpha > 0:
+                gen = _generator(cfg.seed, state.epoch, b, acc.process_index)
+                x, y = mixup(x, y, self.num_labels, cfg.mixup_alpha, gen)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> normalized floats on the device (the copy stays uint8: 4x less to move)."""
@@ -449,8 +541,20 @@ class ImageTrainer:
 
     def _evaluate(self) -> float:
         with self.clock.section("evaluation"):
-            mean, std = self.processor.image_mean, self.processor.image_std
-            top1 = evaluate_top1(self.model, self.test_x, self.test_y, self.accelerator, mean, std, self.cfg)
+            cfg, acc = self.cfg, self.accelerator
+            if cfg.stream:
+                batches = eval_loader(
+                    self.test_files,
+                    self.processor,
+                    acc.process_index,
+                    acc.num_processes,
+                    cfg.eval_batch_size,
+                    cfg.num_workers,
+                )
+                top1 = top1_of_batches(self.model, batches, acc, cfg.channels_last)
+            else:
+                mean, std = self.processor.image_mean, self.processor.image_std
+                top1 = evaluate_top1(self.model, self.test_x, self.test_y, acc, mean, std, cfg)
         self.last_eval = (self.state.step, top1)
         return top1
 
@@ -528,4 +632,12 @@ def main(argv: list[str] | None = None) -> dict:
     return train(parse_config(ImageTrainConfig, argv, prog=None))
 
 
-__all__ = ["ImageTrainConfig", "ImageTrainer", "ImageTrainerState", "train", "main", "evaluate_top1"]
+__all__ = [
+    "ImageTrainConfig",
+    "ImageTrainer",
+    "ImageTrainerState",
+    "train",
+    "main",
+    "evaluate_top1",
+    "top1_of_batches",
+]

@@ -47,10 +47,26 @@ class ImageTrainConfig:
     image_size: int | None = field_doc(
         None,
         "Resize the images of image folders to this square side (None: keep; they must then share one size). "
-        "The exported image processor resizes to the same size.",
+        "The exported image processor resizes to the same size. With stream: the side of the training and "
+        "test crops (None: 224).",
+    )
+    stream: bool = field_doc(
+        False,
+        "Read image folders batch by batch with DataLoader workers instead of into memory (ImageNet-sized "
+        "data). Training images get a random-resized crop to image_size and a flip, as in the authors' ImageNet "
+        "script; test images go through the exported image processor (short side image_size * 256/224, center "
+        "crop). Mixup partners are drawn within each process's share of a batch.",
+    )
+    num_workers: int = field_doc(
+        4, "stream: DataLoader worker processes per training process (0: decode in the training process)."
     )
     # ---- augmentation ----
-    crop_padding: int = field_doc(4, "Random-crop zero padding in pixels (0 disables cropping).")
+    crop_padding: int = field_doc(
+        4, "Random-crop zero padding in pixels (0 disables cropping); in-memory data only."
+    )
+    crop_scale: list[float] = field_doc(
+        [0.08, 1.0], "stream: range of the image area a random-resized crop covers (torchvision's default)."
+    )
     hflip: bool = field_doc(True, "Random horizontal flips.")
     mixup_alpha: float = field_doc(0.0, "Mixup Beta(alpha, alpha) parameter; 0 disables mixup.")
     # ---- optimization ----
@@ -118,6 +134,9 @@ class ImageTrainConfig:
             if getattr(self, name) is not None:
                 require(getattr(self, name) >= 1, name, getattr(self, name), ">= 1 (or null: all)")
         require(self.crop_padding >= 0, "crop_padding", self.crop_padding, ">= 0")
+        require(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
+        ok = len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1
+        require(ok, "crop_scale", self.crop_scale, "two area fractions [low, high] with 0 < low <= high <= 1")
         require(all(m >= 0 for m in self.milestones), "milestones", self.milestones, "epochs >= 0")
         self.schedule_config(1).validate(prefix="")  # gamma and the rest, named as this config names them
         self.optim.validate()

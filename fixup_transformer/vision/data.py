@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,14 +108,12 @@ def load_npz(path: str | os.PathLike) -> ImageArrays:
         raise ImageDataError(f"{path}: {err}") from None
 
 
-def load_image_folder(root: str | os.PathLike, image_size: int | None = None) -> ImageArrays:
-    """``root/<class>/*.png|jpg``; classes are the sorted sub-folder names.
+def list_image_folder(root: str | os.PathLike) -> tuple[list[str], list[Path], list[int]]:
+    """The classes (sorted sub-folder names), image files and their labels of ``root/<class>/*``.
 
-    Images are converted to RGB; with ``image_size`` they are resized to a square of that side, otherwise
-    they must all have the same size.
+    Files come round-robin over the classes (the first image of each class, then the second, ...), so that a
+    prefix (train_samples / test_samples) is balanced, not one class.
     """
-    from PIL import Image, ImageOps
-
     root = Path(root)
     # Hidden folders (.ipynb_checkpoints, .git) and macOS archive debris are no classes.
     classes = (
@@ -126,27 +123,45 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None) ->
     )
     if not classes:
         raise FileNotFoundError(f"no class sub-folders in image folder {root}")
-    images, labels, file_of_shape = [], [], {}
-    for label, name in enumerate(classes):
-        for file in sorted((root / name).iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(file) as img:
-                    # Upright as the camera meant it, as transformers' load_image (the pipeline) serves it.
-                    img = ImageOps.exif_transpose(img).convert("RGB")
-                    if image_size is not None and img.size != (image_size, image_size):
-                        img = img.resize((image_size, image_size), Image.BILINEAR)
-                    array = np.asarray(img, dtype=np.uint8)
-            except (OSError, ValueError) as err:  # truncated or not an image: Pillow's message has no path
-                raise ImageDataError(f"{file}: cannot read the image ({err})") from None
-            images.append(array)
-            labels.append(label)
-            file_of_shape.setdefault(array.shape, file)
-        if not labels or labels[-1] != label:  # a class without images would be an output that never trains
+    per_class = []
+    for name in classes:
+        files = [f for f in sorted((root / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:  # a class without images would be an output that never trains
             raise ImageDataError(f"class folder {root / name} holds no {'/'.join(IMAGE_SUFFIXES)} images")
-    if not images:
-        raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {root}")
+        per_class.append(files)
+    order = sorted(((rank, label) for label, files in enumerate(per_class) for rank in range(len(files))))
+    return classes, [per_class[label][rank] for rank, label in order], [label for _, label in order]
+
+
+def read_rgb(file: Path):
+    """One image file as an upright RGB PIL image; an unreadable file raises ``ImageDataError`` naming it."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(file) as img:
+            # Upright as the camera meant it, as transformers' load_image (the pipeline) serves it.
+            return ImageOps.exif_transpose(img).convert("RGB")
+    except (OSError, ValueError) as err:  # truncated or not an image: Pillow's message has no path
+        raise ImageDataError(f"{file}: cannot read the image ({err})") from None
+
+
+def load_image_folder(root: str | os.PathLike, image_size: int | None = None) -> ImageArrays:
+    """``root/<class>/*.png|jpg`` in memory, in :func:`list_image_folder`'s order.
+
+    Images are converted to RGB; with ``image_size`` they are resized to a square of that side, otherwise
+    they must all have the same size.
+    """
+    from PIL import Image
+
+    classes, files, labels = list_image_folder(root)
+    images, file_of_shape = [], {}
+    for file in files:
+        img = read_rgb(file)
+        if image_size is not None and img.size != (image_size, image_size):
+            img = img.resize((image_size, image_size), Image.BILINEAR)
+        array = np.asarray(img, dtype=np.uint8)
+        images.append(array)
+        file_of_shape.setdefault(array.shape, file)
     if len(file_of_shape) > 1:
         examples = ", ".join(
             f"{shape[1]}x{shape[0]} ({file})" for shape, file in sorted(file_of_shape.items())
@@ -154,15 +169,7 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None) ->
         raise ValueError(
             f"images under {root} have different sizes, e.g. {examples}; set image_size to resize them"
         )
-    # Read class by class, returned round-robin over the classes (first image of each class, then the second,
-    # ...): a prefix (train_samples / test_samples) is then balanced, not one class.
-    rank_in_class, seen = [], Counter()
-    for label in labels:
-        rank_in_class.append(seen[label])
-        seen[label] += 1
-    order = sorted(range(len(labels)), key=lambda i: (rank_in_class[i], labels[i]))
-    labels_in_order = np.asarray([labels[i] for i in order], dtype=np.int64)
-    return ImageArrays(np.stack([images[i] for i in order]), labels_in_order, classes)
+    return ImageArrays(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
 
 
 def load_hub_cifar10(split: str, dataset_name: str = "uoft-cs/cifar10") -> ImageArrays:
@@ -236,6 +243,8 @@ def _load_images(source: str, split: str, image_size: int | None) -> ImageArrays
 __all__ = [
     "ImageArrays",
     "load_npz",
+    "list_image_folder",
+    "read_rgb",
     "load_image_folder",
     "load_hub_cifar10",
     "load_images",
