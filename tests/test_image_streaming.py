@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from process_helpers import run_process_group, two_cpu_processes
 from safetensors.torch import load_file
 
 from fixup_transformer.errors import ImageDataError
@@ -170,6 +171,32 @@ def test_streamed_training_resumes_exactly_and_its_top1_is_the_pipelines(folder,
     assert not math.isnan(final["test_top1"])
 
 
+@pytest.mark.slow
+def test_two_streaming_processes_train_like_one(folder, tmp_path):
+    """Each process decodes its share of every global batch, with the crops of those positions: without mixup
+    (whose partners stay within a share) two gloo processes make the updates of one."""
+    common = [
+        "--train_data", str(folder), "--stream", "true", "--num_workers", "1", "--image_size", "32",
+        "--family", "cifar", "--depth", "8", "--width_multiplier", "0.25", "--batch_size", "6",
+        "--epochs", "2", "--optim.lr", "0.05", "--progress_bar", "false", "--num_threads", "1", "--cpu", "true",
+    ]  # fmt: skip
+    two, one = tmp_path / "two", tmp_path / "one"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", *two_cpu_processes()]
+    returncode, stderr = run_process_group(
+        [*launch, str(REPO / "scripts" / "train_image.py"), *common, "--output_dir", str(two)], 300
+    )
+    assert returncode == 0, stderr[-3000:]
+    result = _train([*common, "--output_dir", str(one)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    a = load_file(str(one / "final" / "model.safetensors"))
+    b = load_file(str(two / "final" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+    records = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    top1 = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()][-1]["test_top1"]
+    assert records[-1]["test_top1"] == pytest.approx(top1)  # each rank scored its half of the test images
+
+
 def test_imagenet_config_is_the_papers_recipe_and_streams():
     from fixup_transformer.training.config import load_config
     from fixup_transformer.training.image_config import ImageTrainConfig
@@ -177,7 +204,13 @@ def test_imagenet_config_is_the_papers_recipe_and_streams():
     cfg = load_config(ImageTrainConfig, REPO / "configs" / "imagenet_resnet50.yaml")
     assert (cfg.family, cfg.depth, cfg.normalization, cfg.init) == ("imagenet", 50, "none", "fixup")
     assert cfg.stream and cfg.image_size == 224 and cfg.crop_scale == [0.08, 1.0]
-    assert (cfg.epochs, cfg.batch_size, cfg.milestones, cfg.gamma, cfg.mixup_alpha) == (90, 256, [30, 60], 0.1, 0.7)
+    assert (cfg.epochs, cfg.batch_size, cfg.milestones, cfg.gamma, cfg.mixup_alpha) == (
+        90,
+        256,
+        [30, 60],
+        0.1,
+        0.7,
+    )
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.scalar_lr_multiplier) == (
         "sgd",
         0.1,
