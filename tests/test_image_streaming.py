@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,16 +70,21 @@ def test_random_resized_crop_boxes_stay_inside_with_the_allowed_area_and_aspect(
     assert random_resized_crop_box(300, 200, a) == random_resized_crop_box(300, 200, b)
 
 
-def test_image_files_are_round_robin_and_fingerprinted_by_names_sizes_and_labels(tmp_path):
+def test_image_files_are_round_robin_without_hidden_files_and_fingerprinted_by_names_and_labels(tmp_path):
     _write_folder(tmp_path / "train", per_class=2, seed=0)
+    (tmp_path / "train" / "red" / "._img0.jpg").write_bytes(b"macOS resource fork")  # not an image
     files = image_files(str(tmp_path), "train")
     assert files.classes == list(CLASSES)
     assert files.labels.tolist() == [0, 1, 2, 0, 1, 2]
-    assert [f.name for f in files.files] == ["img0.jpg"] * 3 + ["img1.jpg"] * 3
+    assert [files.path(i).name for i in range(len(files))] == ["img0.jpg"] * 3 + ["img1.jpg"] * 3
+    assert files.path(2) == tmp_path / "train" / "red" / "img0.jpg"
     assert files.subset(3).labels.tolist() == [0, 1, 2]
     before = files.fingerprint()
+    # A repaired (re-encoded) image indexes the same position: the run may resume.
+    Image.new("RGB", (5, 5)).save(tmp_path / "train" / "red" / "img1.jpg")
     assert image_files(str(tmp_path), "train").fingerprint() == before
-    Image.new("RGB", (5, 5)).save(tmp_path / "train" / "red" / "img1.jpg")  # re-encoded: another size
+    # Another file list does not.
+    (tmp_path / "train" / "red" / "img1.jpg").rename(tmp_path / "train" / "red" / "img9.jpg")
     assert image_files(str(tmp_path), "train").fingerprint() != before
 
 
@@ -143,17 +149,26 @@ def test_streamed_training_resumes_exactly_and_its_top1_is_the_pipelines(folder,
     full, paused = tmp_path / "full", tmp_path / "paused"
     result = _train([*common, "--output_dir", str(full)])
     assert result.returncode == 0, result.stderr[-4000:]
-    result = _train([*common, "--output_dir", str(paused), "--stop_after_steps", "7"])
+    # 6 updates per epoch: a checkpoint inside the first epoch (5), at its end (6) and at the pause (7).
+    extra = ["--checkpoint_every_steps", "5", "--keep_checkpoints", "5", "--stop_after_steps", "7"]
+    result = _train([*common, "--output_dir", str(paused), *extra])
     assert result.returncode == 0, result.stderr[-4000:]
+    checkpoints = paused / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-5", "checkpoint-6", "checkpoint-7"]
+    for name in ("checkpoint-6", "checkpoint-7"):  # as if killed right after update 5's checkpoint
+        shutil.rmtree(checkpoints / name)
     result = _train([*common, "--output_dir", str(paused), "--resume", "--num_workers", "0"])
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "resumed from" in result.stdout + result.stderr
+    assert "resumed from" in result.stdout + result.stderr and "update 5" in result.stdout + result.stderr
 
-    # Paused mid-epoch and resumed with another worker count: the same weights bit for bit.
+    # Resumed mid-epoch with another worker count: the same weights bit for bit, the same epoch losses.
     a = load_file(str(full / "final" / "model.safetensors"))
     b = load_file(str(paused / "final" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    final = json.loads((full / "metrics.jsonl").read_text().splitlines()[-1])
+    records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in (paused / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in records[:2]] == [r["train_loss"] for r in resumed[:2]]
+    final = records[-1]
     assert final["kind"] == "final" and final["step"] == 12
 
     # The export's processor is the ImageNet evaluation transform at the run's size ...
@@ -165,10 +180,45 @@ def test_streamed_training_resumes_exactly_and_its_top1_is_the_pipelines(folder,
 
     classify = pipeline("image-classification", model=str(full / "final"))
     files = image_files(str(folder), "test")
-    predicted = [classify(Image.open(f).convert("RGB"), top_k=1)[0]["label"] for f in files.files]
+    images = [Image.open(files.path(i)).convert("RGB") for i in range(len(files))]
+    predicted = [classify(image, top_k=1)[0]["label"] for image in images]
     correct = sum(p == files.classes[y] for p, y in zip(predicted, files.labels, strict=True))
     assert final["test_top1"] == pytest.approx(correct / len(files))
     assert not math.isnan(final["test_top1"])
+
+
+@pytest.mark.slow
+def test_an_unreadable_image_stops_the_run_with_one_line_naming_it_and_a_repaired_one_resumes(
+    folder, tmp_path
+):
+    from fixup_transformer.training.image import _generator
+
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    files = image_files(str(data), "train")
+    order = torch.randperm(len(files), generator=_generator(0, 0))  # the trainer's epoch-0 order at seed 0
+    broken = files.path(int(order[5 * 6]))  # first image of the last batch (6 a batch, 6 batches)
+    good = broken.read_bytes()
+    broken.write_bytes(good[: len(good) // 3])  # truncated
+    args = [
+        "--train_data", str(data), "--stream", "true", "--num_workers", "1", "--image_size", "32",
+        "--family", "cifar", "--depth", "8", "--width_multiplier", "0.25", "--batch_size", "6",
+        "--epochs", "1", "--progress_bar", "false", "--num_threads", "1", "--output_dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    result = _train([*args, "--stop_after_steps", "1"])
+    assert result.returncode == 0, result.stderr[-3000:]  # its batch comes later in the epoch
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-1").is_dir()
+    result = _train([*args, "--resume"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = [line for line in result.stderr.splitlines() if str(broken) in line]
+    assert len(error) == 1 and "cannot read the image" in error[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr, result.stderr[
+        -3000:
+    ]
+    broken.write_bytes(good)  # repaired: the run resumes from its checkpoint
+    result = _train([*args, "--resume"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout + result.stderr
 
 
 @pytest.mark.slow

@@ -73,10 +73,6 @@ class ImageTrainerState(TrainerState):
     data_fingerprint: str | None = None
 
 
-# stream: the side of the training and test crops when image_size is not set (the authors' ImageNet 224).
-DEFAULT_STREAM_IMAGE_SIZE = 224
-
-
 def _generator(*keys: int) -> torch.Generator:
     # A fresh generator per (seed, epoch[, batch]): reproducible regardless of what ran before.
     seed = 0
@@ -213,6 +209,7 @@ CHANGEABLE_ON_RESUME = (
     "log_interval",
     "num_threads",
     "num_workers",
+    "checkpoint_every_steps",
 )
 
 
@@ -245,7 +242,8 @@ class ImageTrainer:
             self.train_files, self.test_files = load_files(cfg)
             classes, fingerprint = self.train_files.classes, self.train_files.fingerprint()
             num_train, num_test = len(self.train_files), len(self.test_files)
-            height = width = cfg.image_size or DEFAULT_STREAM_IMAGE_SIZE
+            # the crop side: image_size, else the family's (ImageNet 224, as the authors' script; CIFAR 32)
+            height = width = cfg.image_size or cfg.model_config().image_size
         else:
             train, test = load_data(cfg)
             (self.train_x, self.train_y), (self.test_x, self.test_y) = train.tensors(), test.tensors()
@@ -419,7 +417,13 @@ class ImageTrainer:
                 window_start = time.monotonic()
             stop = self._budget_stop(agree=log)
             if stop:
-                break
+                break  # fit() writes the checkpoint
+            every = cfg.checkpoint_every_steps
+            if every and state.step % every == 0 and state.batches_done < self.steps_per_epoch:
+                # (an epoch's end is checkpointed by fit() anyway)
+                state.loss_sum = float(acc.reduce(self._loss_sum.clone(), "mean"))
+                with self.clock.section("checkpoints"):
+                    self._save_checkpoint()
         bar.close()
         batches.close()  # a budget stop leaves the epoch unfinished: stop its loader's workers now
         # Only the main process writes the checkpoint's state: it keeps the mean over all processes.
@@ -477,9 +481,8 @@ class ImageTrainer:
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> normalized floats on the device (the copy stays uint8: 4x less to move)."""
-        return normalize(
-            images.to(self.accelerator.device), self.processor.image_mean, self.processor.image_std
-        )
+        images = images.to(self.accelerator.device, non_blocking=True)  # pinned by the stream loader on GPUs
+        return normalize(images, self.processor.image_mean, self.processor.image_std)
 
     def _step(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         with self.accelerator.autocast():
@@ -543,7 +546,7 @@ class ImageTrainer:
         with self.clock.section("evaluation"):
             cfg, acc = self.cfg, self.accelerator
             if cfg.stream:
-                batches = eval_loader(
+                loader = eval_loader(
                     self.test_files,
                     self.processor,
                     acc.process_index,
@@ -551,6 +554,7 @@ class ImageTrainer:
                     cfg.eval_batch_size,
                     cfg.num_workers,
                 )
+                batches = ((self._to_device(images), labels) for images, labels in loader)
                 top1 = top1_of_batches(self.model, batches, acc, cfg.channels_last)
             else:
                 mean, std = self.processor.image_mean, self.processor.image_std

@@ -48,14 +48,15 @@ class ImageTrainConfig:
         None,
         "Resize the images of image folders to this square side (None: keep; they must then share one size). "
         "The exported image processor resizes to the same size. With stream: the side of the training and "
-        "test crops (None: 224).",
+        "test crops (None: the family's, 224 for imagenet and 32 for cifar).",
     )
     stream: bool = field_doc(
         False,
         "Read image folders batch by batch with DataLoader workers instead of into memory (ImageNet-sized "
         "data). Training images get a random-resized crop to image_size and a flip, as in the authors' ImageNet "
         "script; test images go through the exported image processor (short side image_size * 256/224, center "
-        "crop). Mixup partners are drawn within each process's share of a batch.",
+        "crop). Mixup partners are drawn within each process's share of a batch, so a run resumed on another "
+        "number of processes continues with other mixup pairs.",
     )
     num_workers: int = field_doc(
         4, "stream: DataLoader worker processes per training process (0: decode in the training process)."
@@ -92,6 +93,11 @@ class ImageTrainConfig:
     eval_batch_size: int = field_doc(500, "Batch size for test-set evaluation.")
     eval_every_epochs: int = field_doc(1, "Evaluate top-1 on the test split every N epochs (and at the end).")
     keep_checkpoints: int = field_doc(2, "Keep the newest N training checkpoints.")
+    checkpoint_every_steps: int | None = field_doc(
+        None,
+        "Also checkpoint every N updates inside an epoch (ImageNet's epochs are long: a killed job resumes from "
+        "the newest checkpoint, exactly). None: at the end of each epoch, a pause or a spent time budget only.",
+    )
     max_minutes: float | None = field_doc(
         None,
         "Training-time budget in minutes, summed over resumed runs; when spent, training stops early, then "
@@ -135,6 +141,8 @@ class ImageTrainConfig:
                 require(getattr(self, name) >= 1, name, getattr(self, name), ">= 1 (or null: all)")
         require(self.crop_padding >= 0, "crop_padding", self.crop_padding, ">= 0")
         require(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
+        every = self.checkpoint_every_steps
+        require(every is None or every >= 1, "checkpoint_every_steps", every, ">= 1 (or null: per epoch)")
         ok = len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1
         require(ok, "crop_scale", self.crop_scale, "two area fractions [low, high] with 0 < low <= high <= 1")
         require(all(m >= 0 for m in self.milestones), "milestones", self.milestones, "epochs >= 0")

@@ -125,7 +125,12 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[str], list[Path], l
         raise FileNotFoundError(f"no class sub-folders in image folder {root}")
     per_class = []
     for name in classes:
-        files = [f for f in sorted((root / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        # Hidden files too: macOS leaves "._name.JPEG" resource forks beside the images of copied folders.
+        files = [
+            f
+            for f in sorted((root / name).iterdir())
+            if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+        ]
         if not files:  # a class without images would be an output that never trains
             raise ImageDataError(f"class folder {root / name} holds no {'/'.join(IMAGE_SUFFIXES)} images")
         per_class.append(files)

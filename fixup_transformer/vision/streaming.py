@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,27 +34,37 @@ CROP_RATIO = (3 / 4, 4 / 3)
 
 @dataclass
 class ImageFiles:
-    """An image folder as a file list: ``files[i]`` has class index ``labels[i]`` into ``classes``."""
+    """An image folder as a file list: ``path(i)`` has class index ``labels[i]`` into ``classes``.
 
-    files: list[Path]
+    The paths are one NumPy bytes array, not a list of ``Path`` objects: DataLoader workers forked from the
+    trainer would touch every object's reference count and so copy the whole list into each worker (about
+    0.3 GB per worker for ImageNet's 1.28M files).
+    """
+
+    paths: np.ndarray  # bytes (os.fsencode), one per image
     labels: np.ndarray
     classes: list[str]
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.paths)
+
+    def path(self, i: int) -> Path:
+        return Path(os.fsdecode(self.paths[i]))
 
     def subset(self, n: int | None) -> ImageFiles:
         """The first ``n`` files (balanced over classes: the list is round-robin), or all when ``n`` is None."""
         if n is None or n >= len(self):
             return self
-        return ImageFiles(self.files[:n], self.labels[:n], self.classes)
+        return ImageFiles(self.paths[:n], self.labels[:n], self.classes)
 
     def fingerprint(self) -> str:
-        """``<files>:<hash>`` of the names, sizes and labels in order: reading every pixel of ImageNet at each
-        start would take minutes, and a replaced or re-encoded file changes its size in practice."""
+        """``<files>:<hash>`` of the class-folder/file names and labels, in order: what each position of the
+        epoch's permutation indexes. Not the bytes: reading (or stat-ing) 1.28M files at every start is slow,
+        and a corrupt image replaced by a good copy must not stop a run from resuming."""
         digest = hashlib.sha256("\n".join(self.classes).encode())
-        for file, label in zip(self.files, self.labels, strict=True):
-            digest.update(f"{file.parent.name}/{file.name}\t{file.stat().st_size}\t{label}\n".encode())
+        for i, label in enumerate(self.labels):
+            path = self.path(i)
+            digest.update(f"{path.parent.name}/{path.name}\t{label}\n".encode())
         return f"{len(self)}:{digest.hexdigest()[:16]}"
 
 
@@ -74,7 +85,8 @@ def image_files(source: str, split: str) -> ImageFiles:
         classes, files, labels = list_image_folder(location)
     except OSError as err:
         raise ImageDataError(f"cannot list {split} images of {source}: {err}") from None
-    return ImageFiles(files, np.asarray(labels, dtype=np.int64), classes)
+    paths = np.array([os.fsencode(f) for f in files], dtype=np.bytes_)
+    return ImageFiles(paths, np.asarray(labels, dtype=np.int64), classes)
 
 
 def random_resized_crop_box(
@@ -141,8 +153,8 @@ class TrainBatches(Dataset):
         scale: Sequence[float],
         hflip: bool,
     ):
-        self.files, self.labels = files.files, files.labels
-        self.order = order.tolist()
+        self.files = files
+        self.order = order.numpy()
         self.seed_key = seed_key  # (seed, epoch)
         self.batch_size, self.rank, self.world = batch_size, rank, world
         self.image_size, self.scale, self.hflip = image_size, tuple(scale), hflip
@@ -155,49 +167,64 @@ class TrainBatches(Dataset):
         images, labels = [], []
         for position in range(self.rank, len(indices), self.world):
             rng = np.random.default_rng([*self.seed_key, b, position])
-            i = indices[position]
-            images.append(augmented_image(self.files[i], self.image_size, rng, self.scale, self.hflip))
-            labels.append(int(self.labels[i]))
+            i = int(indices[position])
+            images.append(augmented_image(self.files.path(i), self.image_size, rng, self.scale, self.hflip))
+            labels.append(int(self.files.labels[i]))
         return torch.stack(images), torch.tensor(labels, dtype=torch.long)
 
 
 class EvalImages(Dataset):
-    """Item ``i``: image ``indices[i]`` through the image processor (float ``[3, S, S]``) and its label."""
+    """Item ``i``: image ``indices[i]`` resized and cropped by the image processor, as uint8 ``[3, S, S]``
+    (rescaling and normalization happen on the device, as for training batches: a quarter of the bytes to move
+    through the workers' shared memory), and its label."""
 
-    def __init__(self, files: ImageFiles, indices: Sequence[int], processor):
-        self.files, self.labels, self.indices, self.processor = (
-            files.files,
-            files.labels,
-            list(indices),
-            processor,
-        )
+    def __init__(self, files: ImageFiles, indices: range, processor):
+        self.files, self.indices, self.processor = files, indices, processor
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         index = self.indices[i]
-        pixels = self.processor(images=read_rgb(self.files[index]), return_tensors="pt")["pixel_values"][0]
-        return pixels, int(self.labels[index])
+        image = read_rgb(self.files.path(index))
+        pixels = self.processor(images=image, return_tensors="pt", do_rescale=False, do_normalize=False)
+        return pixels["pixel_values"][0], int(self.files.labels[index])
 
 
-def train_loader(dataset: TrainBatches, start: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
+def train_loader(
+    dataset: TrainBatches, start: int, num_workers: int, pin_memory: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches ``start, start + 1, ...`` of ``dataset`` in order (each worker decodes whole batches)."""
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=None,  # the dataset's items are batches already
         sampler=range(start, len(dataset)),
         num_workers=num_workers,
         pin_memory=pin_memory,
     )
+    return _one_line_errors(loader)
 
 
 def eval_loader(
     files: ImageFiles, processor, rank: int, world: int, batch_size: int, num_workers: int
-) -> DataLoader:
-    """This process's share (every ``world``-th image from ``rank``) in batches of processed images."""
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This process's share (every ``world``-th image from ``rank``): uint8 ``[n, 3, S, S]`` and labels."""
     dataset = EvalImages(files, range(rank, len(files), world), processor)
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    return _one_line_errors(DataLoader(dataset, batch_size=batch_size, num_workers=num_workers))
+
+
+def _one_line_errors(loader: Iterable) -> Iterator:
+    """``loader``'s items; an unreadable image stops it with the one-line ``ImageDataError`` naming the file.
+
+    torch re-raises a worker's exception with the worker's whole traceback as its message; the last line,
+    ``<module>.ImageDataError: <message>``, holds all a user needs.
+    """
+    try:
+        yield from loader
+    except ImageDataError as err:
+        last = str(err).rstrip().rsplit("\n", 1)[-1]
+        prefix = f"{ImageDataError.__module__}.{ImageDataError.__name__}: "
+        raise ImageDataError(last.removeprefix(prefix)) from None
 
 
 __all__ = [
