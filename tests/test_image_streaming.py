@@ -267,3 +267,20 @@ def test_imagenet_config_is_the_papers_recipe_and_streams():
         1e-4,
         0.1,
     )
+
+
+def test_the_decode_benchmark_runs_on_a_folder_of_your_own(folder, tmp_path):
+    """benchmarks/image_decode.py --folder: one JSON record with every rate (smoke run; no timing asserted)."""
+    output = tmp_path / "decode.json"
+    args = ["--folder", str(folder), "--size", "24", "--repeats", "1", "--workers", "0", "--batch-size", "6"]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "image_decode.py"), *args, "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(output.read_text())
+    assert record["images"] == 36 and record["source"] == str(folder)
+    for key in ("train_images_per_s_one_core", "eval_images_per_s_one_core", "loader_images_per_s"):
+        assert record[key] > 0, key
