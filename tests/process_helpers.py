@@ -6,6 +6,8 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,18 @@ def run_process_group(cmd: list[str], timeout: float) -> tuple[int, str]:
         _, stderr = proc.communicate()
         pytest.fail(f"{cmd[:6]} timed out after {timeout}s:\n{stderr[-3000:]}")
     return proc.returncode, stderr
+
+
+def train_image(args: list[str], launcher: Sequence[str] = (sys.executable,)) -> subprocess.CompletedProcess:
+    """``scripts/train_image.py`` with ``args`` under ``launcher``, offline and on one thread, output captured."""
+    return subprocess.run(
+        [*launcher, str(REPO / "scripts" / "train_image.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**OFFLINE_ENV, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+        cwd=REPO,
+    )
 
 
 def free_port() -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from process_helpers import run_process_group, two_cpu_processes
+from process_helpers import run_process_group, train_image, two_cpu_processes
 from safetensors.torch import load_file
 
 from fixup_transformer.errors import ImageDataError
@@ -126,18 +125,6 @@ def test_streamed_batches_depend_only_on_seed_epoch_batch_and_position(folder):
     assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(one, other, strict=True))
 
 
-def _train(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "train_image.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=REPO,
-    )
-
-
 @pytest.mark.slow
 def test_streamed_training_resumes_exactly_and_its_top1_is_the_pipelines(folder, tmp_path):
     common = [
@@ -147,17 +134,17 @@ def test_streamed_training_resumes_exactly_and_its_top1_is_the_pipelines(folder,
         "--optim.lr", "0.05", "--progress_bar", "false", "--num_threads", "1",
     ]  # fmt: skip
     full, paused = tmp_path / "full", tmp_path / "paused"
-    result = _train([*common, "--output_dir", str(full)])
+    result = train_image([*common, "--output_dir", str(full)])
     assert result.returncode == 0, result.stderr[-4000:]
     # 6 updates per epoch: a checkpoint inside the first epoch (5), at its end (6) and at the pause (7).
     extra = ["--checkpoint_every_steps", "5", "--keep_checkpoints", "5", "--stop_after_steps", "7"]
-    result = _train([*common, "--output_dir", str(paused), *extra])
+    result = train_image([*common, "--output_dir", str(paused), *extra])
     assert result.returncode == 0, result.stderr[-4000:]
     checkpoints = paused / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-5", "checkpoint-6", "checkpoint-7"]
     for name in ("checkpoint-6", "checkpoint-7"):  # as if killed right after update 5's checkpoint
         shutil.rmtree(checkpoints / name)
-    result = _train([*common, "--output_dir", str(paused), "--resume", "--num_workers", "0"])
+    result = train_image([*common, "--output_dir", str(paused), "--resume", "--num_workers", "0"])
     assert result.returncode == 0, result.stderr[-4000:]
     assert "resumed from" in result.stdout + result.stderr and "update 5" in result.stdout + result.stderr
 
@@ -205,10 +192,10 @@ def test_an_unreadable_image_stops_the_run_with_one_line_naming_it_and_a_repaire
         "--family", "cifar", "--depth", "8", "--width_multiplier", "0.25", "--batch_size", "6",
         "--epochs", "1", "--progress_bar", "false", "--num_threads", "1", "--output_dir", str(tmp_path / "run"),
     ]  # fmt: skip
-    result = _train([*args, "--stop_after_steps", "1"])
+    result = train_image([*args, "--stop_after_steps", "1"])
     assert result.returncode == 0, result.stderr[-3000:]  # its batch comes later in the epoch
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-1").is_dir()
-    result = _train([*args, "--resume"])
+    result = train_image([*args, "--resume"])
     assert result.returncode == 2, result.stderr[-3000:]
     error = [line for line in result.stderr.splitlines() if str(broken) in line]
     assert len(error) == 1 and "cannot read the image" in error[0], result.stderr[-3000:]
@@ -216,7 +203,7 @@ def test_an_unreadable_image_stops_the_run_with_one_line_naming_it_and_a_repaire
         -3000:
     ]
     broken.write_bytes(good)  # repaired: the run resumes from its checkpoint
-    result = _train([*args, "--resume"])
+    result = train_image([*args, "--resume"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout + result.stderr
 
@@ -236,7 +223,7 @@ def test_two_streaming_processes_train_like_one(folder, tmp_path):
         [*launch, str(REPO / "scripts" / "train_image.py"), *common, "--output_dir", str(two)], 300
     )
     assert returncode == 0, stderr[-3000:]
-    result = _train([*common, "--output_dir", str(one)])
+    result = train_image([*common, "--output_dir", str(one)])
     assert result.returncode == 0, result.stderr[-3000:]
     a = load_file(str(one / "final" / "model.safetensors"))
     b = load_file(str(two / "final" / "model.safetensors"))

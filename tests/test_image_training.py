@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from process_helpers import run_process_group, two_cpu_processes
+from process_helpers import run_process_group, train_image, two_cpu_processes
 from safetensors.torch import load_file
 
 import fixup_transformer.vision as V
@@ -91,18 +89,6 @@ def test_unknown_or_invalid_config_keys_are_rejected(tmp_path):
             load_config(ImageTrainConfig, None, {key: value})
 
 
-def _run(args: list[str], launcher: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [*launcher, str(REPO / "scripts" / "train_image.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=REPO,
-    )
-
-
 def _epoch_records(path: Path) -> list[dict]:
     drop = {"img_per_s", "train_seconds", "time_breakdown"}
     records = [json.loads(line) for line in path.read_text().splitlines()]
@@ -127,25 +113,27 @@ def test_train_image_script_end_to_end_with_exact_resume(cifar10, tmp_path):
         else [sys.executable]
     )  # fmt: skip
     full = tmp_path / "full"
-    result = _run([*common, "--output_dir", str(full)], launcher)
+    result = train_image([*common, "--output_dir", str(full)], launcher)
     assert result.returncode == 0, result.stderr[-4000:]
 
     paused = tmp_path / "paused"
-    result = _run([*common, "--output_dir", str(paused), "--stop_after_steps", "5"], [sys.executable])
+    result = train_image([*common, "--output_dir", str(paused), "--stop_after_steps", "5"], [sys.executable])
     assert result.returncode == 0, result.stderr[-4000:]
     assert (paused / "checkpoints" / "checkpoint-5" / "trainer_state.json").is_file()
     assert not (paused / "final").exists()
     # Rerun without --resume: refused, nothing touched (a fresh run there would mix with the old one's files)
     metrics_before = (paused / "metrics.jsonl").read_bytes()
     checkpoints_before = sorted(p.name for p in (paused / "checkpoints").iterdir())
-    result = _run([*common, "--output_dir", str(paused)], [sys.executable])
+    result = train_image([*common, "--output_dir", str(paused)], [sys.executable])
     assert result.returncode == 2 and "already has checkpoints; resume with --resume" in result.stderr
     assert (paused / "metrics.jsonl").read_bytes() == metrics_before
     assert sorted(p.name for p in (paused / "checkpoints").iterdir()) == checkpoints_before
     # A resume may not change what the checkpoint's optimizer state would silently override
-    result = _run([*common, "--output_dir", str(paused), "--resume", "--optim.lr", "0.05"], [sys.executable])
+    result = train_image(
+        [*common, "--output_dir", str(paused), "--resume", "--optim.lr", "0.05"], [sys.executable]
+    )
     assert result.returncode == 2 and "optim.lr" in result.stderr and "cannot resume" in result.stderr
-    result = _run([*common, "--output_dir", str(paused), "--resume"], [sys.executable])
+    result = train_image([*common, "--output_dir", str(paused), "--resume"], [sys.executable])
     assert result.returncode == 0, result.stderr[-4000:]
     assert "resumed from" in result.stdout + result.stderr
 
@@ -199,7 +187,7 @@ def test_two_processes_train_like_one_and_stop_together_on_the_time_budget(cifar
     )
     assert returncode == 0, stderr[-3000:]
     one = tmp_path / "one"
-    result = _run([*common, "--output_dir", str(one)], [sys.executable])
+    result = train_image([*common, "--output_dir", str(one)], [sys.executable])
     assert result.returncode == 0, result.stderr[-3000:]
     a = load_file(str(one / "final" / "model.safetensors"))
     b = load_file(str(two / "final" / "model.safetensors"))
@@ -237,13 +225,13 @@ def test_a_rerun_of_a_spent_time_budget_trains_no_extra_update(cifar10, tmp_path
         "--batch_size", "64", "--epochs", "50", "--progress_bar", "false", "--num_threads", "1",
         "--max_minutes", "0.01", "--output_dir", str(run),
     ]  # fmt: skip
-    assert _run(argv, [sys.executable]).returncode == 0
+    assert train_image(argv, [sys.executable]).returncode == 0
     steps = sorted(p.name for p in (run / "checkpoints").iterdir())
     files = ["metrics.jsonl", "config.yaml", "final/model.safetensors", "final/export_info.json"]
     before = {name: ((run / name).read_bytes(), (run / name).stat().st_mtime_ns) for name in files}
     # The finished run, rerun with --resume and a changed evaluation setting: nothing to do, nothing written,
     # and the change is reported as not applied (--resume itself is not a setting of the run).
-    result = _run([*argv, "--resume", "auto", "--eval_batch_size", "32"], [sys.executable])
+    result = train_image([*argv, "--resume", "auto", "--eval_batch_size", "32"], [sys.executable])
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
     assert "is already complete" in out and "nothing to do" in out, out[-2000:]
