@@ -421,14 +421,18 @@ class ImageTrainer:
             every = cfg.checkpoint_every_steps
             if every and state.step % every == 0 and state.batches_done < self.steps_per_epoch:
                 # (an epoch's end is checkpointed by fit() anyway)
-                state.loss_sum = float(acc.reduce(self._loss_sum.clone(), "mean"))
+                self._store_loss_sum()
                 with self.clock.section("checkpoints"):
                     self._save_checkpoint()
         bar.close()
         batches.close()  # a budget stop leaves the epoch unfinished: stop its loader's workers now
-        # Only the main process writes the checkpoint's state: it keeps the mean over all processes.
-        state.loss_sum = float(acc.reduce(self._loss_sum.clone(), "mean"))
+        self._store_loss_sum()
         return stop
+
+    def _store_loss_sum(self) -> None:
+        """Put the epoch's loss sum so far into the state a checkpoint saves. Only the main process writes the
+        checkpoint's state: it keeps the mean over all processes of their sums."""
+        self.state.loss_sum = float(self.accelerator.reduce(self._loss_sum.clone(), "mean"))
 
     def _batch(self, perm: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's share of batch ``b`` of the epoch, augmented, on the device.
