@@ -245,6 +245,42 @@ def training_flops(trainer: Trainer) -> int:
     return counter.get_total_flops()
 
 
+def step_profile(trainer: Trainer, top: int) -> dict:
+    """One training step under torch.profiler: what the device runs and how busy it is.
+
+    On CUDA: the kernels launched per step, their summed time against the step's wall time (a step much
+    longer than its kernels is launch-bound: the host, not the GPU, sets the pace), and the ``top`` kernels
+    by time. On CPU: the operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_cuda = trainer.args.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    synchronize(trainer.args.device)
+    with profile(activities=activities) as profiler:
+        start = time.perf_counter()
+        trainer.step()
+        synchronize(trainer.args.device)
+        wall_ms = (time.perf_counter() - start) * 1e3
+    totals: dict[str, list[float]] = {}
+    if on_cuda:
+        for event in profiler.events():
+            if event.device_type == torch.autograd.DeviceType.CUDA:
+                entry = totals.setdefault(event.name, [0, 0.0])
+                entry[0] += 1
+                entry[1] += event.time_range.elapsed_us() / 1e3
+    else:
+        for event in profiler.key_averages():
+            totals[event.key] = [event.count, event.self_cpu_time_total / 1e3]
+    ranked = sorted(totals.items(), key=lambda item: -item[1][1])
+    busy_ms = sum(ms for _, ms in totals.values())
+    return {
+        "wall_ms_profiled": wall_ms,
+        "kernels" if on_cuda else "operator_calls": sum(int(count) for count, _ in totals.values()),
+        "busy_ms": busy_ms,
+        "top": [{"name": name[:120], "calls": int(count), "ms": ms} for name, (count, ms) in ranked[:top]],
+    }
+
+
 def cuda_memory(variants: list[str], args: argparse.Namespace) -> dict[str, dict]:
     """Peak allocated GPU memory of ``--mem-steps`` training steps above what model + optimizer hold.
 
@@ -550,6 +586,16 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             f"MFU (vs dense bf16 peak {peak:.0f} TFLOP/s): "
             + ", ".join(f"{v} {m:.1%}" for v, m in results["mfu"].items())
         )
+    if args.profile_top:
+        results["train_profile"] = {v: step_profile(t, args.profile_top) for v, t in trainers.items()}
+        for variant, profiled in results["train_profile"].items():
+            count = profiled.get("kernels", profiled.get("operator_calls"))
+            print(
+                f"  [profile] {variant}: one step {profiled['wall_ms_profiled']:.1f} ms wall, {count} "
+                f"{'kernels' if 'kernels' in profiled else 'operator calls'}, {profiled['busy_ms']:.1f} ms in them"
+            )
+            for row in profiled["top"]:
+                print(f"      {row['ms']:8.2f} ms {row['calls']:5d}x  {row['name']}")
     del trainers  # drop optimizer state before generation
 
     models = {v: m for v, m in models.items() if v not in TRAINING_ONLY}
@@ -753,6 +799,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compile",
         action="store_true",
         help="time training with torch.compile'd forwards (both models; memory and generation stay eager)",
+    )
+    run.add_argument(
+        "--profile-top",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the timing, profile one training step per model and list its N most costly kernels "
+        "(CUDA; operators on CPU), with the kernel count and the device's busy time per step",
     )
     run.add_argument("--quick", action="store_true", help="smoke run: tiny workload, 1 warmup, 2 repeats")
     run.add_argument("--output", help="write the JSON report here")

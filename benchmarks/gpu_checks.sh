@@ -24,7 +24,8 @@ left() { echo $((START + BUDGET - $(date +%s))); }  # seconds left in the budget
 upto() { local t; t=$(($(left) - $2)); echo $((t < $1 ? (t > 5 ? t : 5) : $1)); }  # min(cap, left - reserve)
 OUT=${OUT:-runs/gpu_checks}
 DATA=${FIXUP_DATA_DIR:-../shared/data}
-SPEED_UPDATES=${MT_SPEED_UPDATES:-300}
+SPEED_UPDATES=${MT_SPEED_UPDATES:-300}        # 0 skips part 2c
+PROFILE_TOP=${PROFILE_TOP:-12}                # kernels listed per model from one profiled training step
 PARTS=${PARTS:-123}                         # which parts run (digits); part 3 uses the grid settings below
 GRID_LAYERS=${GRID_LAYERS:-50 18 6}         # N of N+N, deepest first
 GRID_BATCH=${GRID_BATCH:-16}                # sentences (copy task: sequences) per update, 16 tokens each
@@ -58,15 +59,15 @@ for size in iwslt base; do
     reserve=$([ "$size" = iwslt ] && echo 300 || echo 190)  # base still gets its time after a slow iwslt
     timeout "$(upto 110 "$reserve")" python3 benchmarks/bench_vs_marian.py --device cuda --precision bf16 \
         --size "$size" --tokens 8192 --src-len 32 --tgt-len 32 --threads 8 --no-postln --with-logits \
-        --output "$OUT/bench_${size}_bf16.json" || log "bench $size failed: $?"
+        --profile-top "$PROFILE_TOP" --output "$OUT/bench_${size}_bf16.json" || log "bench $size failed: $?"
 done
 log "2b. base, torch.compile, 32k-token batches (MFU)"
 timeout "$(upto 200 120)" python3 benchmarks/bench_vs_marian.py --device cuda --precision bf16 --size base --tokens 32768 \
     --src-len 32 --tgt-len 32 --threads 8 --compile --no-postln --with-logits --warmup 2 --repeats 3 --mem-repeats 1 \
-    --output "$OUT/bench_base_bf16_compile.json" || log "bench compile failed: $?"
+    --profile-top "$PROFILE_TOP" --output "$OUT/bench_base_bf16_compile.json" || log "bench compile failed: $?"
 
 log "2c. the default Multi30k job alone, $SPEED_UPDATES updates in fp32 then in bf16 (train.mixed_precision auto)"
-for precision in no auto; do
+for precision in $([ "$SPEED_UPDATES" -gt 0 ] && echo no auto); do
     timeout "$(upto 75 60)" python3 -m accelerate.commands.launch --num_processes 1 scripts/train_mt.py \
         --config configs/multi30k_de_en.yaml --output_dir "$WORK/mt_speed_$precision" \
         --data.data_dir "$DATA/multi30k" --train.max_minutes null --train.max_updates "$SPEED_UPDATES" \
