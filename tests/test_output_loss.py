@@ -189,7 +189,7 @@ def test_compiled_logits_loss_builds_no_vocabulary_sized_buffer_in_backward():
 
     torch._dynamo.reset()
     compiled, (forward_code, backward_code) = run_and_get_code(loss_and_grads, torch.compile(projected_loss))
-    for got, expected in zip(compiled, loss_and_grads(projected_loss)):
+    for got, expected in zip(compiled, loss_and_grads(projected_loss), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # inductor's reduction order
     allocation = f"empty_strided_cpu(({tokens}, {vocab})"
     assert allocation in forward_code  # the logits themselves: the check below can see such a buffer
