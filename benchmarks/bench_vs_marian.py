@@ -535,6 +535,10 @@ def model_code_state() -> dict:
 
 def run_benchmark(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
+    if args.no_cudnn_attention:
+        from fixup_transformer.hardware import skip_per_shape_attention_builds
+
+        print(f"cuDNN attention turned off: {skip_per_shape_attention_builds()}")
     code = {"start": model_code_state()}
     print(f"model code: {code['start']}")
     variants = [FIXUP, FIXUP_FOLDED, MARIAN] + ([FIXUP_POSTLN] if args.postln else [])
@@ -799,6 +803,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compile",
         action="store_true",
         help="time training with torch.compile'd forwards (both models; memory and generation stay eager)",
+    )
+    run.add_argument(
+        "--no-cudnn-attention",
+        action="store_true",
+        help="turn cuDNN's attention off for both models, as the library's training and translation do on "
+        "CUDA (hardware.skip_per_shape_attention_builds); torch then picks flash or memory-efficient attention",
     )
     run.add_argument(
         "--profile-top",
