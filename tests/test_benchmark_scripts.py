@@ -75,3 +75,17 @@ def test_dropout_speed_switches_only_the_dropout_and_restores_the_models(tmp_pat
     assert modeling_fixup_transformer.dropout is dropout  # the model's own dropout again afterwards
     with pytest.raises(SystemExit):
         dropout_speed.main(["--repeats", "0"])
+
+
+def test_operator_counts_split_each_step_into_its_phases(tmp_path):
+    op_counts = load("op_counts")
+    output = tmp_path / "counts.json"
+    report = op_counts.main(["--variants", "fixup", "marian", "--output", str(output)])
+    assert json.loads(output.read_text())["models"].keys() == {"fixup", "marian"}
+    for counted in report["models"].values():
+        phases = ("forward", "backward", "optimizer")
+        assert counted["total"] == sum(counted[phase]["operators"] for phase in phases)
+        assert sum(counted["backward"]["by_autograd_node"].values()) == counted["backward"]["operators"]
+        assert not set(counted["forward"]["by_operator"]) & op_counts.NO_KERNEL
+    # One fused AdamW kernel per dtype group (a Python loop over parameters would count hundreds).
+    assert report["models"]["marian"]["optimizer"]["by_operator"].get("_fused_adamw_", 0) >= 1

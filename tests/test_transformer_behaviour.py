@@ -358,6 +358,31 @@ def test_fp32_training_keeps_no_scaled_weight_copy_for_backward():
     assert not [shape for shape, ptr in saved if shape in final_shapes and ptr not in parameters]
 
 
+def test_backward_through_the_fused_projections_copies_no_gradient_into_shape():
+    # On a GPU at translation batch sizes eager steps are launch-bound, so each kernel counts. Splitting a
+    # fused QKV/KV output into heads must let backward stack the parts' gradients straight into the
+    # projection's layout: one stack per fused projection, no clone to make a permuted gradient contiguous
+    # (the split before 2026-11-27 cost one clone per attention, and a stack for the single query too).
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Operators(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    model = trained().train()
+    loss = model(input_ids=random_batch(3, 7), labels=random_batch(3, 5, seed=1)).loss
+    with Operators() as backward:
+        loss.backward()
+    fused = [m for m in model.modules() if hasattr(m, "qkv_proj") or hasattr(m, "kv_proj")]
+    assert backward.names.count("stack") == len(fused)
+    assert "clone" not in backward.names
+
+
 @pytest.mark.parametrize("position_embedding", ["sinusoidal", "learned"])
 def test_left_padding_gives_the_positions_and_translation_of_the_unpadded_sentence(position_embedding):
     # Positions count the unmasked tokens (fairseq's make_positions), so left pads shift nothing.

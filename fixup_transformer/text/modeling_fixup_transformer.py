@@ -369,9 +369,17 @@ class FixupAttention(nn.Module):
         self.input_shift = self.output_scale = nn.Identity()
 
     def _split_heads(self, states: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        """``parts`` tensors of ``[batch, heads, length, head_dim]``, views of the fused projection's output.
+
+        Unbound before the heads move ahead of the positions: in backward the parts' gradients then stack
+        into one buffer laid out as the projection's output, with no copy to make it contiguous (a permute
+        before the unbind cost one ``[tokens, parts * d]`` copy per attention and step; one part needs no
+        stack at all)."""
         batch, length, _ = states.shape
+        if parts == 1:
+            return (states.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2),)
         states = states.view(batch, length, parts, self.num_heads, self.head_dim)
-        return states.permute(2, 0, 3, 1, 4).unbind(0)
+        return tuple(part.transpose(1, 2) for part in states.unbind(2))
 
     def forward(
         self,
