@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import sys
@@ -80,6 +81,19 @@ def count_step(trainer: bench.Trainer) -> dict:
     return phases
 
 
+@contextlib.contextmanager
+def dropout_as_on_cuda(enabled: bool):
+    """Within: the Fixup model's dropout is ``F.dropout`` (one kernel each way on CUDA), not the CPU's
+    one-byte masks. Restored on exit: the counts may run inside another program (the tests)."""
+    original = fixup_dropout._byte_masks_apply
+    if enabled:
+        fixup_dropout._byte_masks_apply = lambda inputs, p: False
+    try:
+        yield
+    finally:
+        fixup_dropout._byte_masks_apply = original
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(bench.SIZES), default="iwslt")
@@ -104,14 +118,12 @@ def main(argv: list[str] | None = None) -> dict:
         ["--size", args.size, "--precision", args.precision, "--train-batch", str(args.batch)]
         + ["--src-len", str(args.length), "--tgt-len", str(args.length), "--threads", "1"]
     )
-    if args.gpu_paths:
-        # What a CUDA step runs: F.dropout (one kernel each way there) instead of the CPU's one-byte masks.
-        fixup_dropout._byte_masks_apply = lambda inputs, p: False
     report = {"settings": vars(args), "torch": torch.__version__, "models": {}}
     for variant in args.variants:
         trainer = bench.Trainer(bench.build_model(variant, bench_args), bench_args)
-        trainer.step()  # AdamW's state exists from the first step on; count a later one
-        counted = count_step(trainer)
+        with dropout_as_on_cuda(args.gpu_paths):
+            trainer.step()  # AdamW's state exists from the first step on; count a later one
+            counted = count_step(trainer)
         report["models"][variant] = counted
         print(
             f"{variant:13s} {counted['total']:5d} operators per step: forward {counted['forward']['operators']}, "

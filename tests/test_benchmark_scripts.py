@@ -79,6 +79,9 @@ def test_dropout_speed_switches_only_the_dropout_and_restores_the_models(tmp_pat
 
 def test_operator_counts_split_each_step_into_its_phases(tmp_path):
     op_counts = load("op_counts")
+    from fixup_transformer.text import dropout
+
+    byte_masks = dropout._byte_masks_apply
     output = tmp_path / "counts.json"
     report = op_counts.main(["--variants", "fixup", "marian", "--output", str(output)])
     assert json.loads(output.read_text())["models"].keys() == {"fixup", "marian"}
@@ -89,3 +92,4 @@ def test_operator_counts_split_each_step_into_its_phases(tmp_path):
         assert not set(counted["forward"]["by_operator"]) & op_counts.NO_KERNEL
     # One fused AdamW kernel per dtype group (a Python loop over parameters would count hundreds).
     assert report["models"]["marian"]["optimizer"]["by_operator"].get("_fused_adamw_", 0) >= 1
+    assert dropout._byte_masks_apply is byte_masks  # the CUDA dropout path was only borrowed
