@@ -240,12 +240,12 @@ def test_a_rerun_of_a_spent_time_budget_trains_no_extra_update(cifar10, tmp_path
     assert {name: ((run / name).read_bytes(), (run / name).stat().st_mtime_ns) for name in files} == before
 
 
-def test_evaluate_top1_leaves_the_model_in_the_mode_it_came_in():
+def test_evaluation_leaves_the_model_in_the_mode_it_came_in():
     from types import SimpleNamespace
 
     from accelerate import Accelerator
 
-    from fixup_transformer.training.image import evaluate_top1
+    from fixup_transformer.training.image import evaluate_accuracy
 
     model = V.FixupResNetForImageClassification(
         V.FixupResNetConfig.cifar(8, normalization="batchnorm", init="kaiming")
@@ -255,5 +255,33 @@ def test_evaluate_top1_leaves_the_model_in_the_mode_it_came_in():
     mean, std = [0.5] * 3, [0.25] * 3
     for training in (True, False):
         model.train(training)
-        assert 0.0 <= evaluate_top1(model, images, labels, Accelerator(cpu=True), mean, std, cfg) <= 1.0
+        accuracy = evaluate_accuracy(model, images, labels, Accelerator(cpu=True), mean, std, cfg)
+        assert 0.0 <= accuracy["test_top1"] <= accuracy["test_top5"] <= 1.0  # CIFAR-10: both reported
         assert model.training is training and all(m.training is training for m in model.modules())
+
+
+@pytest.mark.parametrize("classes", [7, 5])
+def test_top5_counts_a_label_among_the_five_highest_scores_and_only_beyond_five_classes(classes):
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from fixup_transformer.training.image import accuracy_of_batches
+
+    class FixedScores(torch.nn.Module):  # the image whose pixel value is i gets the scores of row i
+        def __init__(self, scores):
+            super().__init__()
+            self.scores, self.config = scores, SimpleNamespace(num_labels=scores.size(1))
+
+        def forward(self, pixel_values):
+            return SimpleNamespace(logits=self.scores[pixel_values.long().flatten()])
+
+    scores = torch.arange(classes, dtype=torch.float).flip(0).repeat(4, 1)  # class 0 first, then 1, 2, ...
+    labels = torch.tensor([0, 4, 5, 1])[: 4 if classes > 5 else 2] % classes
+    images = torch.arange(len(labels)).float()
+    batches = [(images[:1], labels[:1]), (images[1:], labels[1:])]
+    accuracy = accuracy_of_batches(FixedScores(scores), batches, Accelerator(cpu=True), channels_last=False)
+    if classes > 5:  # ranks 1, 5, 6, 2: top-1 one of four, top-5 three of four
+        assert accuracy == {"test_top1": 0.25, "test_top5": 0.75}
+    else:  # top-5 of five classes would always be 1: not reported
+        assert accuracy == {"test_top1": 0.5}

@@ -157,8 +157,8 @@ def processor_for_training_images(model_config, height: int, width: int) -> Fixu
     )
 
 
-def evaluate_top1(model, images: torch.Tensor, labels: torch.Tensor, accelerator, mean, std, cfg) -> float:
-    """Top-1 accuracy of in-memory uint8 images over this process's share, summed over processes."""
+def evaluate_accuracy(model, images: torch.Tensor, labels: torch.Tensor, accelerator, mean, std, cfg) -> dict:
+    """Test accuracies (:func:`accuracy_of_batches`) of in-memory uint8 images: each process scores its share."""
     rank, world = accelerator.process_index, accelerator.num_processes
     images, labels = images[rank::world], labels[rank::world]
     size = cfg.eval_batch_size
@@ -166,17 +166,17 @@ def evaluate_top1(model, images: torch.Tensor, labels: torch.Tensor, accelerator
         (normalize(images[i : i + size].to(accelerator.device), mean, std), labels[i : i + size])
         for i in range(0, len(labels), size)
     )
-    return top1_of_batches(model, batches, accelerator, cfg.channels_last)
+    return accuracy_of_batches(model, batches, accelerator, cfg.channels_last)
 
 
 @torch.no_grad()
-def top1_of_batches(model, batches, accelerator, channels_last: bool) -> float:
-    """Top-1 accuracy over this process's ``(pixel_values, labels)`` batches, summed over processes; the model
-    is left in the mode it came in."""
+def accuracy_of_batches(model, batches, accelerator, channels_last: bool) -> dict[str, float]:
+    """``{"test_top1": ..., "test_top5": ...}`` over this process's ``(pixel_values, labels)`` batches, counted
+    over all processes; top-5 only for models of more than five classes (ImageNet's second number; with five
+    or fewer it is 1 by definition). The model is left in the mode it came in."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=accelerator.device)
-    total = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    counts = torch.zeros(3, dtype=torch.long, device=accelerator.device)  # top-1 hits, top-5 hits, images
     for x, y in batches:
         x = x.to(accelerator.device)
         if channels_last:
@@ -184,11 +184,25 @@ def top1_of_batches(model, batches, accelerator, channels_last: bool) -> float:
         with accelerator.autocast():
             logits = model(pixel_values=x).logits
         y = y.to(accelerator.device)
-        correct += (logits.argmax(-1) == y).sum()
-        total += y.numel()
+        counts[0] += (logits.argmax(-1) == y).sum()  # argmax: the label the pipeline ranks first
+        counts[1] += (logits.topk(min(5, logits.size(-1)), dim=-1).indices == y.unsqueeze(1)).any(dim=1).sum()
+        counts[2] += y.numel()
     model.train(was_training)
-    correct, total = accelerator.reduce(correct, "sum"), accelerator.reduce(total, "sum")
-    return float(correct) / max(1, int(total))
+    top1, top5, total = accelerator.reduce(counts, "sum").tolist()
+    classes = accelerator.unwrap_model(model).config.num_labels  # also on a process without test images
+    accuracy = {"test_top1": top1 / max(1, total)}
+    if classes > 5:
+        accuracy["test_top5"] = top5 / max(1, total)
+    return accuracy
+
+
+ACCURACY_LABELS = {"test_top1": "top-1", "test_top5": "top-5"}
+
+
+def accuracy_text(record: dict, prefix: str) -> str:
+    """``"<prefix> top-1 76.10%, top-5 92.87%"`` for the accuracies in ``record`` (empty without them)."""
+    present = [f"{label} {100 * record[key]:.2f}%" for key, label in ACCURACY_LABELS.items() if key in record]
+    return f"{prefix} {', '.join(present)}" if present else ""
 
 
 # What a resumed image run may change: where its data lives, what it evaluates, its budget, how it runs and
@@ -296,7 +310,7 @@ class ImageTrainer:
         if acc.is_main_process and self.completed is None:  # config.yaml: the settings of the results
             dump_config(cfg, self.out / "config.yaml")
         self.config_yaml = dump_yaml(cfg)
-        self.last_eval: tuple[int, float] | None = None  # (update, test top-1) of the newest evaluation
+        self.last_eval: tuple[int, dict] | None = None  # (update, test accuracies) of the newest evaluation
         self.lr_used = self.optimizer.param_groups[0]["lr"]  # main group's lr of the newest update
 
     def _resume(self) -> None:
@@ -539,14 +553,11 @@ class ImageTrainer:
             "time_breakdown": self.clock.rounded(),
         }
         if epoch % cfg.eval_every_epochs == 0 or epoch == cfg.epochs:
-            record["test_top1"] = self._evaluate()
+            record.update(self._evaluate())
         self.metrics.write(record)
-        self.accelerator.print(
-            f"epoch {epoch}: train loss {train_loss:.4f}"
-            + (f", test top-1 {100 * record['test_top1']:.2f}%" if "test_top1" in record else "")
-        )
+        self.accelerator.print(f"epoch {epoch}: train loss {train_loss:.4f}{accuracy_text(record, ', test')}")
 
-    def _evaluate(self) -> float:
+    def _evaluate(self) -> dict[str, float]:
         with self.clock.section("evaluation"):
             cfg, acc = self.cfg, self.accelerator
             if cfg.stream:
@@ -559,12 +570,12 @@ class ImageTrainer:
                     cfg.num_workers,
                 )
                 batches = ((self._to_device(images), labels) for images, labels in loader)
-                top1 = top1_of_batches(self.model, batches, acc, cfg.channels_last)
+                accuracy = accuracy_of_batches(self.model, batches, acc, cfg.channels_last)
             else:
                 mean, std = self.processor.image_mean, self.processor.image_std
-                top1 = evaluate_top1(self.model, self.test_x, self.test_y, acc, mean, std, cfg)
-        self.last_eval = (self.state.step, top1)
-        return top1
+                accuracy = evaluate_accuracy(self.model, self.test_x, self.test_y, acc, mean, std, cfg)
+        self.last_eval = (self.state.step, accuracy)
+        return accuracy
 
     def _save_checkpoint(self) -> None:
         if self.state.loss_count:
@@ -586,12 +597,14 @@ class ImageTrainer:
         if stop == "stop_after_steps":
             acc.print(f"paused at update {state.step}; continue with --resume")
             return {"kind": "paused", "step": state.step}
-        top1 = self.last_eval[1] if self.last_eval and self.last_eval[0] == state.step else self._evaluate()
+        accuracy = (
+            self.last_eval[1] if self.last_eval and self.last_eval[0] == state.step else self._evaluate()
+        )
         final = {
             "kind": "final",
             "epoch": state.epoch,
             "step": state.step,
-            "test_top1": top1,
+            **accuracy,
             "train_seconds": state.train_seconds,
             "time_breakdown": self.clock.rounded(),
             "stopped_early": stop,
@@ -612,7 +625,7 @@ class ImageTrainer:
                     finalize=lambda tmp: add_remote_code(tmp, model.config),
                 )
         acc.wait_for_everyone()
-        acc.print(f"final test top-1 {100 * top1:.2f}% -> {self.out / 'final'}")
+        acc.print(f"final{accuracy_text(final, ' test')} -> {self.out / 'final'}")
         # The sections include the final evaluation and export, which come after the training clock stops.
         total = max(state.train_seconds, sum(self.clock.seconds.values()))
         acc.print(f"time: {self.clock.summary(total)}")
@@ -646,6 +659,6 @@ __all__ = [
     "ImageTrainerState",
     "train",
     "main",
-    "evaluate_top1",
-    "top1_of_batches",
+    "accuracy_of_batches",
+    "evaluate_accuracy",
 ]
