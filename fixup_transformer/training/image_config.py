@@ -12,6 +12,7 @@ from typing import Literal
 from huggingface_hub.errors import StrictDataclassError
 
 from ..vision.configuration_fixup_resnet import FixupResNetConfig
+from ..vision.streaming import CROP_SCALE
 from .config import ConfigError, field_doc, require
 from .optim import OptimConfig
 from .schedules import ScheduleConfig
@@ -66,7 +67,8 @@ class ImageTrainConfig:
         4, "Random-crop zero padding in pixels (0 disables cropping); in-memory data only."
     )
     crop_scale: list[float] = field_doc(
-        [0.08, 1.0], "stream: range of the image area a random-resized crop covers (torchvision's default)."
+        list(CROP_SCALE),
+        "stream: range of the image area a random-resized crop covers (torchvision's default).",
     )
     hflip: bool = field_doc(True, "Random horizontal flips.")
     mixup_alpha: float = field_doc(0.0, "Mixup Beta(alpha, alpha) parameter; 0 disables mixup.")
